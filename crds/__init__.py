@@ -1,0 +1,72 @@
+"""The InferenceDeployment API (group ``infleet.dev``, version ``v1alpha1``).
+
+The pydantic models here are the single source of truth: the CRD beside them
+(``inferencedeployments.infleet.dev.yaml``) is rendered from them by ``infleet crds``,
+and every component validates the objects it reads through them.
+"""
+
+from infleet.api.errors import SpecError
+from infleet.api.spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    VERSION,
+    Accuracy,
+    AccuracyMetric,
+    Backend,
+    Batching,
+    Calibration,
+    ClassOverride,
+    ClassSelection,
+    InferenceDeploymentSpec,
+    ModelSource,
+    Precision,
+    Scaling,
+    Slo,
+)
+from infleet.api.status import (
+    ClassStatus,
+    Condition,
+    EngineState,
+    EngineStatus,
+    InferenceDeploymentStatus,
+    LatencyPoint,
+    ObservedLoad,
+    Phase,
+    RungResult,
+)
+from infleet.api.validation import parse_spec
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "SHORT_NAME",
+    "VERSION",
+    "Accuracy",
+    "AccuracyMetric",
+    "Backend",
+    "Batching",
+    "Calibration",
+    "ClassOverride",
+    "ClassSelection",
+    "ClassStatus",
+    "Condition",
+    "EngineState",
+    "EngineStatus",
+    "InferenceDeploymentSpec",
+    "InferenceDeploymentStatus",
+    "LatencyPoint",
+    "ModelSource",
+    "ObservedLoad",
+    "Phase",
+    "Precision",
+    "RungResult",
+    "Scaling",
+    "Slo",
+    "SpecError",
+    "parse_spec",
+]

@@ -1,0 +1,242 @@
+"""``InferenceDeployment.spec``: what the user asks for."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from infleet.api.base import ApiModel, CelRule
+
+GROUP = "infleet.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "InferenceDeployment"
+PLURAL = "inferencedeployments"
+SINGULAR = "inferencedeployment"
+SHORT_NAME = "idep"
+
+# A DNS-1123 label: node-class names and served model names end up in object names and URLs.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+SHA256_HEX = r"^[0-9a-f]{64}$"
+MODEL_URI = r"^(https?|s3|pvc|file)://.+$"
+
+
+class Backend(StrEnum):
+    """Inference backends infleet can build engines for."""
+
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+    TVM = "tvm"
+
+
+class Precision(StrEnum):
+    """Numeric precision of an engine, from most to least exact."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    FP8 = "fp8"
+
+
+class AccuracyMetric(StrEnum):
+    """How an engine's outputs are compared with the FP32 ONNX Runtime reference."""
+
+    TOP1 = "top1"
+    """Fraction of validation inputs whose arg-max differs from the reference (0 = all agree)."""
+    COSINE = "cosine"
+    """1 - cosine similarity of the flattened outputs, worst over validation inputs."""
+    MAX_ABS_ERROR = "max-abs-error"
+    """Largest absolute element-wise difference over validation inputs."""
+
+
+# The deviation an FP16 engine may show when the spec gives no budget. FP16 is routine for
+# GPU serving, so it is tried without a budget, but still gated; INT8 and FP8 never are.
+DEFAULT_FP16_DEVIATION: dict[AccuracyMetric, float] = {
+    AccuracyMetric.TOP1: 0.01,
+    AccuracyMetric.COSINE: 1e-3,
+    AccuracyMetric.MAX_ABS_ERROR: 1e-2,
+}
+
+
+class ModelSource(ApiModel):
+    """The ONNX model to serve."""
+
+    uri: Annotated[str, Field(pattern=MODEL_URI, max_length=2048)]
+    """Where the ONNX file lives: https://, http://, s3://bucket/key, pvc://claim/path or file:///path."""
+    sha256: Annotated[str | None, Field(pattern=SHA256_HEX)] = None
+    """Expected SHA-256 of the file, 64 lower-case hex characters; a mismatch fails the build."""
+    name: Annotated[str | None, Field(pattern=DNS_LABEL, max_length=63)] = None
+    """Name the model is served under; defaults to metadata.name."""
+
+
+class Slo(ApiModel):
+    """The service level the autoscaler holds."""
+
+    latency_p99_ms: Annotated[float, Field(gt=0, le=600_000)]
+    """Target 99th-percentile request latency in milliseconds."""
+    max_throughput_rps: Annotated[float | None, Field(gt=0)] = None
+    """Optional cap on provisioned capacity, in requests per second."""
+
+
+class Calibration(ApiModel):
+    """Calibration data for INT8/FP8 engines."""
+
+    uri: Annotated[str | None, Field(pattern=MODEL_URI, max_length=2048)] = None
+    """An .npz file of named input arrays; synthetic inputs are used when absent."""
+    samples: Annotated[int, Field(ge=1, le=100_000)] = 256
+    """How many calibration samples to use."""
+
+
+class Accuracy(ApiModel):
+    """How far a reduced-precision engine may deviate from the FP32 reference."""
+
+    metric: AccuracyMetric = AccuracyMetric.COSINE
+    """Comparison metric: top1, cosine or max-abs-error."""
+    max_deviation: Annotated[float | None, Field(ge=0)] = None
+    """Largest deviation allowed, in the metric's units. Without it INT8 and FP8 are never tried."""
+    calibration: Calibration | None = None
+    """Calibration data for INT8/FP8; synthetic inputs when absent."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.metric != 'top1' || !has(self.maxDeviation) || self.maxDeviation <= 1.0",
+            message="accuracy.maxDeviation for metric top1 is a fraction and must be <= 1",
+            holds=lambda a: a.metric != AccuracyMetric.TOP1
+            or a.max_deviation is None
+            or a.max_deviation <= 1.0,
+            field_path=".maxDeviation",
+        ),
+        CelRule(
+            rule="self.metric != 'cosine' || !has(self.maxDeviation) || self.maxDeviation <= 2.0",
+            message="accuracy.maxDeviation for metric cosine is 1 - similarity and must be <= 2",
+            holds=lambda a: a.metric != AccuracyMetric.COSINE
+            or a.max_deviation is None
+            or a.max_deviation <= 2.0,
+            field_path=".maxDeviation",
+        ),
+    )
+
+
+class ClassOverride(ApiModel):
+    """Pins the backend and/or precision for one node class."""
+
+    class_name: Annotated[str, Field(alias="class", pattern=DNS_LABEL, max_length=63)]
+    """Node class name as `infleet plan` prints it (for example nvidia-h100-80gb)."""
+    backend: Backend | None = None
+    """Backend to use on this class instead of the default."""
+    precision: Precision | None = None
+    """Precision to use on this class; skips the precision ladder."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.backend) || has(self.precision)",
+            message="classes.overrides[]: an override must set backend, precision or both",
+            holds=lambda o: o.backend is not None or o.precision is not None,
+        ),
+        CelRule(
+            rule="!has(self.precision) || self.precision != 'fp8' || "
+            "!has(self.backend) || self.backend == 'tensorrt'",
+            message="classes.overrides[]: precision fp8 needs backend tensorrt",
+            holds=lambda o: o.precision != Precision.FP8
+            or o.backend in (None, Backend.TENSORRT),
+            field_path=".precision",
+        ),
+    )
+
+
+class ClassSelection(ApiModel):
+    """Which node classes may serve the model, and per-class overrides."""
+
+    allow: Annotated[
+        list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] | None,
+        Field(max_length=64),
+    ] = None
+    """Only these classes may be used; every class when absent."""
+    overrides: Annotated[list[ClassOverride], Field(max_length=64)] = []
+    """Per-class backend/precision overrides."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.overrides.all(o, self.overrides.exists_one(p, p['class'] == o['class']))",
+            message="classes.overrides: each class may be overridden only once",
+            holds=lambda s: len({o.class_name for o in s.overrides}) == len(s.overrides),
+            field_path=".overrides",
+        ),
+        CelRule(
+            rule="!has(self.allow) || self.overrides.all(o, o['class'] in self.allow)",
+            message="classes.overrides: every overridden class must also be in classes.allow",
+            holds=lambda s: s.allow is None
+            or all(o.class_name in s.allow for o in s.overrides),
+            field_path=".overrides",
+        ),
+    )
+
+
+class Batching(ApiModel):
+    """Dynamic batching in the serving pods."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Largest batch the server forms; engines are built and profiled up to it."""
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    """Longest a request waits for others to join its batch, in milliseconds."""
+
+
+class Scaling(ApiModel):
+    """Bounds for the SLO autoscaler, over all classes together."""
+
+    min_replicas: Annotated[int, Field(ge=0, le=10_000)] = 1
+    """Fewest serving replicas."""
+    max_replicas: Annotated[int, Field(ge=1, le=10_000)] = 20
+    """Most serving replicas."""
+    headroom_fraction: Annotated[float, Field(ge=0, le=4)] = 0.2
+    """Capacity provisioned above measured demand, as a fraction (0.2 = 20 %)."""
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+    """How long demand must stay lower before replicas are removed."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.maxReplicas >= self.minReplicas",
+            message="scaling.maxReplicas must be greater than or equal to scaling.minReplicas",
+            holds=lambda s: s.max_replicas >= s.min_replicas,
+            field_path=".maxReplicas",
+        ),
+    )
+
+
+def _default_object() -> dict[str, object]:
+    # Lets the API server apply the nested defaults when the whole object is omitted.
+    return {"default": {}}
+
+
+class InferenceDeploymentSpec(ApiModel):
+    """One model, served across the node classes of the cluster."""
+
+    model: ModelSource
+    """The ONNX model to serve."""
+    slo: Slo
+    """The latency target."""
+    accuracy: Annotated[Accuracy, Field(json_schema_extra=_default_object())] = Accuracy()
+    """Accuracy budget for reduced-precision engines."""
+    classes: Annotated[ClassSelection, Field(json_schema_extra=_default_object())] = (
+        ClassSelection()
+    )
+    """Allowed node classes and per-class overrides."""
+    batching: Annotated[Batching, Field(json_schema_extra=_default_object())] = Batching()
+    """Dynamic batching in the serving pods."""
+    scaling: Annotated[Scaling, Field(json_schema_extra=_default_object())] = Scaling()
+    """Autoscaling bounds."""
+    replicas: Annotated[int | None, Field(ge=0, le=10_000)] = None
+    """Pins the total replica count (set by `kubectl scale`); the SLO autoscaler decides when absent."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.replicas) || (self.replicas >= self.scaling.minReplicas && "
+            "self.replicas <= self.scaling.maxReplicas)",
+            message="replicas must lie between scaling.minReplicas and scaling.maxReplicas",
+            holds=lambda s: s.replicas is None
+            or s.scaling.min_replicas <= s.replicas <= s.scaling.max_replicas,
+            field_path=".replicas",
+        ),
+    )

@@ -1,0 +1,161 @@
+"""``InferenceDeployment.status``: what infleet observed and decided.
+
+Written only by the operator, so these models tolerate fields they do not know (a newer
+operator may have written them) instead of refusing them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from infleet.api.base import ApiModel
+from infleet.api.spec import Backend, Precision
+
+
+class StatusModel(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Phase(StrEnum):
+    """Overall state of a deployment."""
+
+    PENDING = "Pending"
+    BUILDING = "Building"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class EngineState(StrEnum):
+    """Lifecycle of one class's engine."""
+
+    PENDING = "Pending"
+    BUILDING = "Building"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class Condition(StatusModel):
+    """A Kubernetes-style condition (type, status, reason, message)."""
+
+    type: str
+    """Condition type, for example Ready or EnginesBuilt."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str = ""
+    """One CamelCase word for machines."""
+    message: str = ""
+    """A sentence for people."""
+    last_transition_time: str | None = None
+    """RFC 3339 time the status last changed."""
+    observed_generation: int | None = None
+    """The spec generation this condition describes."""
+
+
+class RungResult(StatusModel):
+    """The accuracy gate's verdict on one precision rung."""
+
+    precision: Precision
+    """Precision that was built."""
+    deviation: float | None = None
+    """Measured deviation from the FP32 reference, in the spec's metric."""
+    passed: bool
+    """Whether the rung met the accuracy budget."""
+    message: str = ""
+    """Why it failed or was skipped."""
+
+
+class LatencyPoint(StatusModel):
+    """Measured latency at one batch size on the build node."""
+
+    batch_size: Annotated[int, Field(ge=1)]
+    """Batch size measured."""
+    p50_ms: float
+    """Median latency of one batch, in milliseconds."""
+    p99_ms: float
+    """99th-percentile latency of one batch, in milliseconds."""
+    throughput_ips: float
+    """Inferences (rows) per second at this batch size."""
+
+
+class EngineStatus(StatusModel):
+    """The engine built for one class."""
+
+    key: str = ""
+    """Content address of the engine in the store."""
+    state: EngineState = EngineState.PENDING
+    """Pending, Building, Ready or Failed."""
+    backend: Backend | None = None
+    """Backend of the engine that was kept."""
+    precision: Precision | None = None
+    """Precision of the engine that was kept."""
+    accuracy: list[RungResult] = []
+    """Every rung the builder tried, with its measured deviation."""
+    profile: list[LatencyPoint] = []
+    """Latency and throughput per batch size."""
+    message: str = ""
+    """What happened, for people."""
+
+
+class ObservedLoad(StatusModel):
+    """Live load measured on a class's serving pods."""
+
+    rps: float = 0.0
+    """Requests per second."""
+    p99_ms: float | None = None
+    """Observed 99th-percentile latency in milliseconds."""
+
+
+class ClassStatus(StatusModel):
+    """One node class: what infleet chose there and how it is doing."""
+
+    name: str
+    """Node class name."""
+    nodes: int = 0
+    """Ready, schedulable nodes in the class."""
+    backend: Backend | None = None
+    """Backend chosen for this class."""
+    precision: Precision | None = None
+    """Precision currently served."""
+    reason: str = ""
+    """Why this backend and precision (or why the class is excluded)."""
+    engine: EngineStatus = EngineStatus()
+    """Engine build state."""
+    replicas: int = 0
+    """Serving replicas that exist."""
+    ready_replicas: int = 0
+    """Serving replicas that are ready."""
+    desired_replicas: int = 0
+    """Replicas the planner wants."""
+    weight: int = 0
+    """Share of traffic routed to this class, in percent."""
+    observed: ObservedLoad = ObservedLoad()
+    """Live load."""
+
+
+class InferenceDeploymentStatus(StatusModel):
+    """Observed state of an InferenceDeployment."""
+
+    observed_generation: int | None = None
+    """The spec generation this status describes."""
+    phase: Phase = Phase.PENDING
+    """Pending, Building, Ready, Degraded or Failed."""
+    conditions: list[Condition] = []
+    """Ready, EnginesBuilt, SpecValid and friends."""
+    endpoint: str | None = None
+    """URL that serves the model (Open Inference Protocol)."""
+    classes: list[ClassStatus] = []
+    """Per node class."""
+    classes_in_use: int = 0
+    """Classes with at least one desired replica."""
+    replicas: int = 0
+    """Serving replicas over all classes (scale subresource)."""
+    ready_replicas: int = 0
+    """Ready serving replicas over all classes."""
+    p99_ms: float | None = None
+    """Observed 99th-percentile latency over all classes, in milliseconds."""
+    selector: str = ""
+    """Label selector of the serving pods (scale subresource)."""

@@ -1,0 +1,3 @@
+from infleet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The engine manifest: the JSON file written next to every engine in the store.
+
+It is the contract between ``infleet build`` (which writes it), ``infleet serve`` (which
+loads the engine it describes) and the operator (which reads the build summary). Bump
+MANIFEST_VERSION on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from infleet.api import Backend, LatencyPoint, Precision, RungResult
+
+MANIFEST_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+# Open Inference Protocol (KServe v2) tensor datatypes.
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorSpec(_Frozen):
+    """One model input or output as the server exposes it."""
+
+    name: str
+    datatype: Datatype
+    shape: list[int]
+    """Row-major shape; -1 marks a dynamic dimension (the batch dimension first)."""
+
+
+class EngineKey(_Frozen):
+    """Everything an engine depends on; equal keys mean an interchangeable engine."""
+
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    backend: Backend
+    backend_version: str
+    precision: Precision
+    hardware_fingerprint: str
+    builder_version: str
+
+    def digest(self) -> str:
+        """Content address of the engine: the store's directory name."""
+        canonical = self.model_dump_json()  # field order is fixed by the model
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+class EngineManifest(_Frozen):
+    """What was built, how well it matches the reference, and how fast it is."""
+
+    manifest_version: int = MANIFEST_VERSION
+    key: EngineKey
+    engine_file: str
+    """Engine artefact, relative to the manifest's directory."""
+    model_name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: Annotated[int, Field(ge=1)]
+    node_class: str
+    accuracy: list[RungResult] = []
+    """Every precision rung tried, with its measured deviation."""
+    profile: list[LatencyPoint] = []
+    """Latency and throughput per batch size on the build node."""
+    options: dict[str, str] = {}
+    """Backend-specific build options (target string, threads, tuning trials...)."""
+    notes: list[str] = []
+    """Why this engine was kept over the alternatives that were measured."""
+    created_at: str
+    build_seconds: float
