@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from infleet.api.spec import (
     API_VERSION,
     GROUP,
@@ -78,11 +77,23 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def schema_of(model: type[Any]) -> dict[str, Any]:
-    """The structural OpenAPI v3 schema of one pydantic model."""
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_defaults(n) for n in node]
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    return node
+
+
+def schema_of(model: type[Any], *, defaults: bool = True) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of one pydantic model.
+
+    ``defaults=False`` drops every default: the status is written whole by the operator,
+    and the API server would otherwise try to validate defaults such as ``backend: null``.
+    """
     raw = model.model_json_schema(by_alias=True, mode="validation")
     result: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
-    return result
+    return result if defaults else _without_defaults(result)
 
 
 def render_crd() -> dict[str, Any]:
@@ -118,7 +129,7 @@ def render_crd() -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": schema_of(InferenceDeploymentSpec),
-                                "status": schema_of(InferenceDeploymentStatus),
+                                "status": schema_of(InferenceDeploymentStatus, defaults=False),
                             },
                         }
                     },

@@ -5,9 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
-
 from infleet.api.base import ApiModel, CelRule
+from pydantic import Field
 
 GROUP = "infleet.dev"
 VERSION = "v1alpha1"
@@ -228,7 +227,7 @@ class InferenceDeploymentSpec(ApiModel):
     scaling: Annotated[Scaling, Field(json_schema_extra=_default_object())] = Scaling()
     """Autoscaling bounds."""
     replicas: Annotated[int | None, Field(ge=0, le=10_000)] = None
-    """Pins the total replica count (set by `kubectl scale`); the SLO autoscaler decides when absent."""
+    """Pins the total replica count (`kubectl scale` sets it); absent: the autoscaler decides."""
 
     cel_rules = (
         CelRule(

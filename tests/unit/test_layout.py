@@ -1,0 +1,78 @@
+"""The package layout promises of DESIGN.md, checked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+BACKENDS = ("onnxruntime", "tvm", "tensorrt", "torch", "onnx")
+
+
+def test_operator_folder_is_never_a_top_level_package() -> None:
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    out = subprocess.run(
+        [sys.executable, "-c", "import operator, infleet.operator; print(operator.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(out.stdout.strip()).parent != ROOT / "operator"
+    assert "site-packages" not in out.stdout and out.stdout.strip().endswith("operator.py")
+
+
+def test_no_repo_folder_shadows_the_import_root() -> None:
+    assert not (ROOT / "infleet").exists(), "a top-level infleet/ folder shadows the package"
+
+
+def _nested(folder: Path, other: Path, path: Path) -> bool:
+    return other != folder and other.is_relative_to(folder) and path.is_relative_to(other)
+
+
+def test_every_python_folder_is_a_listed_package() -> None:
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    mapped = {Path(folder): name for name, folder in setuptools["package-dir"].items()}
+    listed = set(setuptools["packages"])
+    for folder, root_name in mapped.items():
+        for py in (ROOT / folder).rglob("*.py"):
+            rel = py.parent.relative_to(ROOT / folder)
+            if any(_nested(folder, other, folder / rel) for other in mapped):
+                continue  # checked under the deeper folder's own mapping
+            name = ".".join([root_name, *rel.parts])
+            assert name in listed, f"{py.relative_to(ROOT)} is in {name}, missing from pyproject"
+
+
+def test_operator_and_scheduler_never_import_a_backend() -> None:
+    code = f"""
+import importlib, pkgutil, sys
+import infleet.operator, infleet.scheduler, infleet.api, infleet.cli
+for pkg in (infleet.operator, infleet.scheduler, infleet.api):
+    for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        importlib.import_module(mod.name)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {BACKENDS!r})
+print(",".join(loaded))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"backend modules imported: {out.stdout}"
+
+
+def test_cli_help_lists_only_registered_commands() -> None:
+    from infleet.cli import COMMANDS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "infleet", "--help"], capture_output=True, text=True, check=True
+    )
+    for name in COMMANDS:
+        assert name in out.stdout
+    assert "crds" in COMMANDS
+
+
+def test_crds_check_passes_on_the_committed_file() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "infleet", "crds", "--check"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
