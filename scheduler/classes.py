@@ -1,0 +1,252 @@
+"""Node classes: nodes grouped by the hardware that matters for an engine.
+
+:func:`derive_classes` is pure and deterministic: the same nodes in any order, with any
+labels that do not describe hardware, give the same classes with the same names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from infleet.scheduler.affinity import NodeAffinity, Requirement
+from infleet.scheduler.hardware import (
+    ARCH_LABEL,
+    CPUID_PREFIX,
+    GPU_MEMORY_LABEL,
+    GPU_PRODUCT_LABEL,
+    INSTANCE_TYPE_LABEL,
+    HardwareKey,
+    hardware_key,
+    key_label_signature,
+    relevant_features,
+)
+from infleet.scheduler.inventory import HOSTNAME_LABEL, NodeInfo, Resources, Taint
+
+# Taints the node lifecycle controller manages; they mirror state counted separately
+# (NotReady, cordoned) and must never be tolerated on purpose.
+LIFECYCLE_TAINT_PREFIX = "node.kubernetes.io/"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeClass:
+    """One class and what the cluster offers in it."""
+
+    name: str
+    key: HardwareKey
+    fingerprint: str
+    nodes: tuple[str, ...]
+    """Every member node's name, sorted (usable or not)."""
+    usable_nodes: int
+    """Ready, schedulable nodes that carry no taint beyond ``tolerations``."""
+    unschedulable_nodes: int
+    """Cordoned nodes (counted whether Ready or not)."""
+    not_ready_nodes: int
+    """Schedulable nodes that are not Ready."""
+    tainted_nodes: int
+    """Ready, schedulable nodes with a taint the class does not tolerate."""
+    allocatable: Resources
+    """Sum over usable nodes."""
+    free: Resources
+    """Sum over usable nodes of allocatable minus the requests of running pods."""
+    free_per_node: tuple[tuple[Resources, int], ...]
+    """Distinct free resources of usable nodes, with how many nodes have them."""
+    max_allocatable: Resources
+    """Largest allocatable of a single usable node, per resource (what one pod could get)."""
+    gpus_per_node: tuple[int, ...]
+    """Distinct allocatable GPU counts over member nodes."""
+    gpu_memory_bytes: int
+    """Smallest per-GPU memory over member nodes; 0 when unknown or a CPU class."""
+    tolerations: tuple[Taint, ...]
+    """NoSchedule/NoExecute taints every member node carries: the class's own gating taints."""
+    affinity: NodeAffinity
+    """Selects exactly the member nodes of this inventory."""
+
+    def replicas_that_fit(self, request: Resources) -> int:
+        """Pods of size ``request`` that fit in the free resources, node by node."""
+        return sum(free.fits(request) * count for free, count in self.free_per_node)
+
+
+def _blocking(taints: Iterable[Taint]) -> frozenset[Taint]:
+    return frozenset(
+        t
+        for t in taints
+        if t.effect != "PreferNoSchedule" and not t.key.startswith(LIFECYCLE_TAINT_PREFIX)
+    )
+
+
+def _selector_keys(key: HardwareKey) -> list[str]:
+    keys = [ARCH_LABEL, INSTANCE_TYPE_LABEL]
+    if key.is_gpu:
+        keys += [GPU_PRODUCT_LABEL, GPU_MEMORY_LABEL]
+    else:
+        keys += [GPU_PRODUCT_LABEL]
+        keys += [CPUID_PREFIX + f for f in relevant_features(key.arch)]
+    return keys
+
+
+def _requirement(key: str, values: Sequence[str | None], is_flag: bool) -> Requirement | None:
+    seen = sorted({v for v in values if v is not None})
+    if is_flag:
+        # NFD writes "true"; NotIn matches nodes without the label too.
+        present = {v.lower() == "true" for v in values if v is not None}
+        if any(v is None for v in values):
+            present.add(False)
+        if present == {True}:
+            return Requirement(key, "In", ("true",))
+        if present == {False}:
+            return Requirement(key, "NotIn", ("true",))
+        return None
+    if all(v is not None for v in values):
+        return Requirement(key, "In", tuple(seen))
+    if not seen:
+        return Requirement(key, "DoesNotExist")
+    return None  # mixed presence: verification below adds what is needed
+
+
+def _affinity(
+    key: HardwareKey,
+    members: Sequence[NodeInfo],
+    groups: Mapping[tuple[str | None, ...], list[NodeInfo]],
+    keys: Sequence[str],
+) -> NodeAffinity:
+    wanted = _selector_keys(key)
+    reqs: list[Requirement] = []
+    for label in wanted:
+        req = _requirement(
+            label, [n.labels.get(label) for n in members], label.startswith(CPUID_PREFIX)
+        )
+        if req is not None:
+            reqs.append(req)
+    affinity = NodeAffinity(tuple(reqs))
+    # Prove exactness on this inventory: evaluate once per distinct signature of the labels
+    # the affinity reads, then pin intruders (GPU nodes without GFD labels look like CPU nodes
+    # to a label selector) or stragglers by hostname.
+    member_names = {n.name for n in members}
+    intruders: list[str] = []
+    missed: list[str] = []
+    for sig, nodes in groups.items():
+        if affinity.matches(_labels(keys, sig)):
+            intruders += [n.hostname for n in nodes if n.name not in member_names]
+        else:
+            missed += [n.hostname for n in nodes if n.name in member_names]
+    if missed:
+        # Cannot happen with the In lists above; kept so the promise holds whatever changes.
+        hosts = tuple(sorted({n.hostname for n in members}))
+        return NodeAffinity((Requirement(HOSTNAME_LABEL, "In", hosts),))
+    if intruders:
+        reqs.append(Requirement(HOSTNAME_LABEL, "NotIn", tuple(sorted(set(intruders)))))
+    return NodeAffinity(tuple(reqs))
+
+
+def _labels(keys: Sequence[str], sig: tuple[str | None, ...]) -> dict[str, str]:
+    return {k: v for k, v in zip(keys, sig, strict=True) if v is not None}
+
+
+def _unique_names(keys: Iterable[HardwareKey]) -> dict[HardwareKey, str]:
+    """Names from keys; a (pathological) collision gets a hash suffix on every party to it,
+    decided by the keys alone, so the outcome does not depend on node order."""
+    by_name: dict[str, list[HardwareKey]] = {}
+    for k in keys:
+        by_name.setdefault(k.name(), []).append(k)
+    out: dict[HardwareKey, str] = {}
+    for name, ks in by_name.items():
+        if len(ks) == 1:
+            out[ks[0]] = name
+            continue
+        for k in ks:
+            digest = hashlib.sha256(repr(k).encode()).hexdigest()[:6]
+            out[k] = f"{name[:56]}-{digest}"
+    return out
+
+
+def derive_classes(nodes: Iterable[NodeInfo]) -> list[NodeClass]:
+    """Group nodes into classes, sorted by name."""
+    node_list = list(nodes)
+    key_cache: dict[tuple[object, ...], HardwareKey] = {}
+    members: dict[HardwareKey, list[NodeInfo]] = {}
+    for node in node_list:
+        sig = key_label_signature(node)
+        key = key_cache.get(sig)
+        if key is None:
+            key = key_cache[sig] = hardware_key(node)
+        members.setdefault(key, []).append(node)
+
+    # Every label any class's affinity reads; nodes grouped by their values of those labels.
+    label_keys: list[str] = [HOSTNAME_LABEL]
+    for key in members:
+        for k in _selector_keys(key):
+            if k not in label_keys:
+                label_keys.append(k)
+    sel_keys = label_keys[1:]
+    groups: dict[tuple[str | None, ...], list[NodeInfo]] = {}
+    for node in node_list:
+        groups.setdefault(tuple(node.labels.get(k) for k in sel_keys), []).append(node)
+
+    names = _unique_names(members)
+    out = []
+    for key, nodes_in in members.items():
+        nodes_in.sort(key=lambda n: n.name)
+        out.append(_summarise(names[key], key, nodes_in, groups, sel_keys))
+    out.sort(key=lambda c: c.name)
+    return out
+
+
+def _summarise(
+    name: str,
+    key: HardwareKey,
+    nodes: list[NodeInfo],
+    groups: Mapping[tuple[str | None, ...], list[NodeInfo]],
+    sel_keys: Sequence[str],
+) -> NodeClass:
+    tolerated = frozenset.intersection(*(_blocking(n.taints) for n in nodes))
+    usable: list[NodeInfo] = []
+    unschedulable = not_ready = tainted = 0
+    for n in nodes:
+        if n.unschedulable:
+            unschedulable += 1
+        elif not n.ready:
+            not_ready += 1
+        elif _blocking(n.taints) - tolerated:
+            tainted += 1
+        else:
+            usable.append(n)
+    allocatable = free = Resources()
+    free_hist: Counter[Resources] = Counter()
+    max_cpu = max_mem = max_gpu = 0
+    for n in usable:
+        allocatable = allocatable + n.allocatable
+        f = n.free
+        free = free + f
+        free_hist[f] += 1
+        max_cpu = max(max_cpu, n.allocatable.cpu_millis)
+        max_mem = max(max_mem, n.allocatable.memory_bytes)
+        max_gpu = max(max_gpu, n.allocatable.gpus)
+    gpu_mem = 0
+    if key.is_gpu:
+        mibs = [n.labels.get(GPU_MEMORY_LABEL, "") for n in nodes]
+        parsed = [int(m) for m in mibs if m.strip().isdigit()]
+        if parsed:
+            gpu_mem = min(parsed) * 2**20
+        elif key.gpu_memory_gb:
+            gpu_mem = key.gpu_memory_gb * 10**9
+    return NodeClass(
+        name=name,
+        key=key,
+        fingerprint=key.fingerprint(),
+        nodes=tuple(n.name for n in nodes),
+        usable_nodes=len(usable),
+        unschedulable_nodes=unschedulable,
+        not_ready_nodes=not_ready,
+        tainted_nodes=tainted,
+        allocatable=allocatable,
+        free=free,
+        free_per_node=tuple(sorted(free_hist.items())),
+        max_allocatable=Resources(max_cpu, max_mem, max_gpu),
+        gpus_per_node=tuple(sorted({n.allocatable.gpus for n in nodes})),
+        gpu_memory_bytes=gpu_mem,
+        tolerations=tuple(sorted(tolerated)),
+        affinity=_affinity(key, nodes, groups, sel_keys),
+    )

@@ -1,0 +1,323 @@
+"""What a node's labels say about its hardware, reduced to what matters for an engine.
+
+The result is a :class:`HardwareKey`: nodes with equal keys form one node class. Its name is a
+pure function of the key (never of the other nodes), so a class keeps its name when nodes
+come and go, and the name is injective: two different keys never share a name.
+
+Reduction rules, and why:
+
+* GPU nodes (GPU Feature Discovery labels, or allocatable ``nvidia.com/gpu``): GPU model,
+  memory (rounded to the marketed size), compute capability, MIG profile, arch. The node's
+  CPU features are ignored: the engine runs on the GPU. The GPU count is *not* part of the
+  key: a replica uses one GPU whichever node size it lands on, and free capacity is counted
+  node by node, so 4- and 8-GPU nodes of one model are one class.
+* CPU nodes: arch plus the Node Feature Discovery flags that change the backend, the
+  precision ladder or the compile target (``X86_FEATURES``, ``ARM_FEATURES``). The name is the
+  best tier (``x86-amx``, ``arm64-asimddp``...) plus a ``-<flag>``/``-no<flag>`` suffix only
+  where the node departs from what that tier implies on real hardware.
+* ``node.kubernetes.io/instance-type`` is appended when present, as the issue asks: it keys
+  cloud prices, and it separates CPU generations that NFD flags alone do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from infleet.scheduler.inventory import NodeInfo
+
+ARCH_LABEL = "kubernetes.io/arch"
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+GPU_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
+GPU_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
+CPUID_PREFIX = "feature.node.kubernetes.io/cpu-cpuid."
+
+# Flags that matter, most significant first (the order of name suffixes).
+X86_FEATURES = ("AMXINT8", "AVX512VNNI", "AVXVNNI", "AVX512F", "AVX2")
+ARM_FEATURES = ("SVE2", "SVE", "I8MM", "ASIMDDP", "ASIMDHP")
+
+# (tier, headline flag, flags that tier implies on shipping server CPUs). Sapphire Rapids and
+# later have all of AMX's set; Ice Lake and Zen 4 the VNNI set; Graviton3 the SVE set;
+# Graviton2 and Ampere Altra (Neoverse N1) the ASIMDDP set.
+X86_TIERS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("amx", "AMXINT8", frozenset({"AMXINT8", "AVX512VNNI", "AVXVNNI", "AVX512F", "AVX2"})),
+    ("avx512vnni", "AVX512VNNI", frozenset({"AVX512VNNI", "AVX512F", "AVX2"})),
+    ("avxvnni", "AVXVNNI", frozenset({"AVXVNNI", "AVX2"})),
+    ("avx512", "AVX512F", frozenset({"AVX512F", "AVX2"})),
+    ("avx2", "AVX2", frozenset({"AVX2"})),
+)
+ARM_TIERS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("sve2", "SVE2", frozenset({"SVE2", "SVE", "I8MM", "ASIMDDP", "ASIMDHP"})),
+    ("sve", "SVE", frozenset({"SVE", "I8MM", "ASIMDDP", "ASIMDHP"})),
+    ("asimddp", "ASIMDDP", frozenset({"ASIMDDP", "ASIMDHP"})),
+)
+
+# Compute capability by normalised model, for nodes whose GFD omits the compute labels.
+KNOWN_COMPUTE: dict[str, tuple[int, int]] = {
+    "k80": (3, 7),
+    "p4": (6, 1),
+    "p40": (6, 1),
+    "p100": (6, 0),
+    "v100": (7, 0),
+    "t4": (7, 5),
+    "a100": (8, 0),
+    "a30": (8, 0),
+    "a10": (8, 6),
+    "a10g": (8, 6),
+    "a40": (8, 6),
+    "rtx-a6000": (8, 6),
+    "l4": (8, 9),
+    "l40": (8, 9),
+    "l40s": (8, 9),
+    "rtx-4090": (8, 9),
+    "h100": (9, 0),
+    "h200": (9, 0),
+    "h20": (9, 0),
+    "gh200": (9, 0),
+    "b200": (10, 0),
+    "gb200": (10, 0),
+}
+
+# Marketed memory sizes in GB; a label in MiB rounds up to the nearest one (T4 reports
+# 15360 MiB and is sold as 16 GB, H100 81559 MiB as 80 GB, L4 23034 MiB as 24 GB).
+MARKETED_GB = (4, 6, 8, 10, 11, 12, 16, 20, 24, 32, 40, 48, 64, 80, 94, 96, 141, 144, 180, 192)
+
+_VENDOR_TOKENS = {"NVIDIA", "TESLA", "GEFORCE", "QUADRO"}
+# Form factor and memory technology: they do not change the engine.
+_DROPPED_TOKENS = re.compile(r"^(SXM\d*|PCIE|HBM\d*E?|NVL|NVLINK|MAX-?Q)$")
+_GB_TOKEN = re.compile(r"^(\d+)GB$")
+_NOT_DNS = re.compile(r"[^a-z0-9]+")
+
+
+class Accelerator(StrEnum):
+    NVIDIA = "nvidia"
+    CPU = "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuModel:
+    """A GPU product string reduced to model, memory and MIG profile."""
+
+    model: str
+    """Lower-case model such as ``h100``, ``a10g``, ``rtx-a6000``; ``gpu`` when unknown."""
+    memory_gb: int | None
+    mig: str | None
+    """MIG profile such as ``1g.5gb`` under GFD's ``single`` strategy."""
+
+
+def _dns(text: str) -> str:
+    return _NOT_DNS.sub("-", text.lower()).strip("-")
+
+
+def normalize_gpu_product(product: str) -> GpuModel:
+    """``A100-SXM4-40GB``, ``NVIDIA-H100-80GB-HBM3``, ``Tesla-T4``, ``NVIDIA-L4`` and
+    ``NVIDIA-A100-SXM4-40GB-MIG-1g.5gb`` alike: vendor prefixes and form factors dropped."""
+    text = product.strip().replace(" ", "-").replace("_", "-")
+    mig = None
+    upper = text.upper()
+    if "-MIG-" in upper:
+        cut = upper.index("-MIG-")
+        mig = text[cut + 5 :].lower() or None
+        text = text[:cut]
+    memory_gb = None
+    model_tokens = []
+    for token in text.upper().split("-"):
+        if not token or token in _VENDOR_TOKENS or _DROPPED_TOKENS.match(token):
+            continue
+        gb = _GB_TOKEN.match(token)
+        if gb:
+            memory_gb = int(gb.group(1))
+            continue
+        model_tokens.append(token)
+    model = _dns("-".join(model_tokens)) or "gpu"
+    return GpuModel(model, memory_gb, mig)
+
+
+def marketed_gb(memory_mib: int) -> int:
+    gib = memory_mib / 1024
+    for size in MARKETED_GB:
+        if size >= gib * 0.995:
+            return size if size <= gib * 1.15 else round(gib)
+    return round(gib)
+
+
+def _int_label(labels: Mapping[str, str], key: str) -> int | None:
+    raw = labels.get(key)
+    if raw is None:
+        return None
+    try:
+        return int(raw.strip())
+    except ValueError:
+        return None
+
+
+def normalize_arch(raw: str | None) -> str:
+    if raw is None:
+        return "amd64"  # the Kubernetes default; every kubelet sets the label in practice
+    raw = raw.lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(raw, raw)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HardwareKey:
+    """Everything that puts two nodes in one class. Plain, ordered, hashable."""
+
+    accelerator: Accelerator
+    arch: str
+    gpu_model: str = ""
+    gpu_memory_gb: int = 0
+    """0 when unknown."""
+    compute: tuple[int, int] | None = None
+    mig: str = ""
+    cpu_tier: str = ""
+    cpu_features: tuple[str, ...] = ()
+    """Relevant NFD flags present, in X86_FEATURES/ARM_FEATURES order."""
+    instance_type: str = ""
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.accelerator is Accelerator.NVIDIA
+
+    def engine_fields(self) -> dict[str, object]:
+        """What an engine depends on: the key without the instance type."""
+        return {
+            "accelerator": self.accelerator.value,
+            "arch": self.arch,
+            "gpu_model": self.gpu_model,
+            "gpu_memory_gb": self.gpu_memory_gb,
+            "compute": list(self.compute) if self.compute else None,
+            "mig": self.mig,
+            "cpu_tier": self.cpu_tier,
+            "cpu_features": list(self.cpu_features),
+        }
+
+    def fingerprint(self) -> str:
+        """Hardware fingerprint for the engine key: equal for classes that can share an
+        engine (classes that differ only in instance type share one)."""
+        canonical = json.dumps(self.engine_fields(), sort_keys=True, separators=(",", ":"))
+        return "hw1-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def name(self) -> str:
+        """Stable readable class name, a DNS label of at most 63 characters."""
+        if self.is_gpu:
+            parts = ["nvidia", self.gpu_model]
+            if self.gpu_memory_gb and not self.mig:
+                parts.append(f"{self.gpu_memory_gb}gb")
+            if self.mig:
+                parts += ["mig", self.mig]
+            if self.compute is not None and KNOWN_COMPUTE.get(self.gpu_model) != self.compute:
+                parts.append(f"cc{self.compute[0]}{self.compute[1]}")
+            if self.arch != "amd64":
+                parts.append(self.arch)
+        else:
+            parts = ["x86" if self.arch == "amd64" else self.arch]
+            parts += self._cpu_name_parts()
+        if self.instance_type:
+            parts.append(self.instance_type)
+        name = _dns("-".join(parts))
+        if len(name) > 63:
+            digest = hashlib.sha256(repr(self).encode()).hexdigest()[:8]
+            name = name[:54].rstrip("-") + "-" + digest
+        return name
+
+    def _cpu_name_parts(self) -> list[str]:
+        order = X86_FEATURES if self.arch == "amd64" else ARM_FEATURES
+        tiers = X86_TIERS if self.arch == "amd64" else ARM_TIERS
+        implied: frozenset[str] = frozenset()
+        parts = []
+        for tier, _, flags in tiers:
+            if tier == self.cpu_tier:
+                parts.append(tier)
+                implied = flags
+        present = set(self.cpu_features)
+        for flag in order:
+            if flag in implied and flag not in present:
+                parts.append("no" + flag.lower())
+            elif flag in present and flag not in implied:
+                parts.append(flag.lower())
+        return parts
+
+
+def _cpu_tier(arch: str, present: frozenset[str]) -> str:
+    tiers = X86_TIERS if arch == "amd64" else ARM_TIERS if arch == "arm64" else ()
+    for tier, headline, _ in tiers:
+        if headline in present:
+            return tier
+    return ""
+
+
+def relevant_features(arch: str) -> tuple[str, ...]:
+    return X86_FEATURES if arch == "amd64" else ARM_FEATURES if arch == "arm64" else ()
+
+
+def is_gpu_node(node: NodeInfo) -> bool:
+    labels = node.labels
+    return (
+        node.allocatable.gpus > 0
+        or GPU_PRODUCT_LABEL in labels
+        or labels.get(GPU_PRESENT_LABEL, "").lower() == "true"
+    )
+
+
+def hardware_key(node: NodeInfo) -> HardwareKey:
+    """The class key of one node, from its labels and allocatable resources only."""
+    labels = node.labels
+    arch = normalize_arch(labels.get(ARCH_LABEL))
+    instance = _dns(labels.get(INSTANCE_TYPE_LABEL, ""))
+    if is_gpu_node(node):
+        product = labels.get(GPU_PRODUCT_LABEL)
+        gpu = normalize_gpu_product(product) if product else GpuModel("gpu", None, None)
+        memory_mib = _int_label(labels, GPU_MEMORY_LABEL)
+        if gpu.mig:
+            memory_gb = 0  # the MIG profile names the slice's memory
+        elif memory_mib:
+            memory_gb = marketed_gb(memory_mib)
+        else:
+            memory_gb = gpu.memory_gb or 0
+        major = _int_label(labels, GPU_MAJOR_LABEL)
+        minor = _int_label(labels, GPU_MINOR_LABEL)
+        compute = (major, minor or 0) if major is not None else KNOWN_COMPUTE.get(gpu.model)
+        return HardwareKey(
+            accelerator=Accelerator.NVIDIA,
+            arch=arch,
+            gpu_model=gpu.model,
+            gpu_memory_gb=memory_gb,
+            compute=compute,
+            mig=_dns(gpu.mig or ""),
+            instance_type=instance,
+        )
+    order = relevant_features(arch)
+    present = frozenset(
+        f for f in order if labels.get(CPUID_PREFIX + f, "").lower() == "true"
+    )
+    return HardwareKey(
+        accelerator=Accelerator.CPU,
+        arch=arch,
+        cpu_tier=_cpu_tier(arch, present),
+        cpu_features=tuple(f for f in order if f in present),
+        instance_type=instance,
+    )
+
+
+def key_label_signature(node: NodeInfo) -> tuple[object, ...]:
+    """The inputs of :func:`hardware_key`: nodes with equal signatures have equal keys, so
+    class derivation computes each key once per distinct signature, not once per node."""
+    labels = node.labels
+    return (
+        labels.get(ARCH_LABEL),
+        labels.get(INSTANCE_TYPE_LABEL),
+        labels.get(GPU_PRODUCT_LABEL),
+        labels.get(GPU_MEMORY_LABEL),
+        labels.get(GPU_MAJOR_LABEL),
+        labels.get(GPU_MINOR_LABEL),
+        labels.get(GPU_PRESENT_LABEL),
+        node.allocatable.gpus > 0,
+        tuple(labels.get(CPUID_PREFIX + f) for f in X86_FEATURES + ARM_FEATURES),
+    )

@@ -1,0 +1,364 @@
+"""Backend and precision per node class, with the reason for every decision.
+
+Three layers, each overriding the one before: the default table of DESIGN.md, the cluster's
+operator configuration (:class:`ClusterPolicy`), and the deployment's ``spec.classes``.
+Then the choice is checked against the hardware, the model and the accuracy budget; a rung
+that cannot run is dropped with its reason, and a class left with nothing is excluded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from infleet.api import AccuracyMetric, Backend, InferenceDeploymentSpec, Precision
+from infleet.api.spec import DEFAULT_FP16_DEVIATION
+from infleet.scheduler.classes import NodeClass
+from infleet.scheduler.hardware import HardwareKey
+from infleet.scheduler.inventory import Resources
+
+GIB = 2**30
+_WIDTH = {Precision.FP32: 4, Precision.FP16: 2, Precision.INT8: 1, Precision.FP8: 1}
+_LOW = (Precision.INT8, Precision.FP8)
+_BACKEND_NAME = {
+    Backend.TENSORRT: "TensorRT",
+    Backend.ONNXRUNTIME: "ONNX Runtime",
+    Backend.TVM: "TVM",
+}
+
+# Rough on-demand prices per GPU-hour, used only when the operator configuration gives no
+# costPerHour for a class; `infleet plan` marks such costs as estimated.
+DEFAULT_GPU_HOUR: Mapping[str, float] = MappingProxyType(
+    {
+        "t4": 0.35,
+        "l4": 0.8,
+        "a10": 1.0,
+        "a10g": 1.0,
+        "v100": 3.0,
+        "a100": 4.0,
+        "a30": 1.5,
+        "l40s": 2.0,
+        "l40": 1.8,
+        "h100": 10.0,
+        "h200": 12.0,
+        "gh200": 10.0,
+        "b200": 15.0,
+    }
+)
+
+
+CPU_REPLICA = Resources(4000, 8 * GIB, 0)
+GPU_REPLICA = Resources(4000, 16 * GIB, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassDefaults:
+    """A cluster-wide override for the classes a selector matches."""
+
+    backend: Backend | None = None
+    precision_ladder: tuple[Precision, ...] | None = None
+    cost_per_hour: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPolicy:
+    """Cluster-wide inputs of the policy and the planner (from the operator configuration)."""
+
+    class_defaults: Mapping[str, ClassDefaults] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Keyed by class selector: a class name or a prefix of one ending at a dash."""
+    cpu_replica: Resources = CPU_REPLICA
+    """Requests of one serving pod on a CPU class (memory grows with the model)."""
+    gpu_replica: Resources = GPU_REPLICA
+    """Requests of one serving pod on a GPU class."""
+    gpu_workspace_bytes: int = 3 * GIB // 2
+    """GPU memory a replica needs beyond the weights: CUDA context and TensorRT workspace."""
+    cpu_core_hour: float = 0.04
+    memory_gib_hour: float = 0.005
+    gpu_hour: Mapping[str, float] = field(default_factory=lambda: DEFAULT_GPU_HOUR)
+    default_gpu_hour: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the policy may know about the model; everything optional."""
+
+    size_bytes: int | None = None
+    """Size of the ONNX file; weights are taken as FP32 and scale with the precision."""
+    unsupported_ops: Mapping[Backend, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Operators of the model each backend cannot run (found by whoever inspects the model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClassDecision:
+    """Backend, ladder and replica shape for one class, or why the class is excluded."""
+
+    class_name: str
+    backend: Backend | None
+    ladder: tuple[Precision, ...]
+    """Precisions the builder tries, first that passes the accuracy gate wins."""
+    reasons: tuple[str, ...]
+    """Short human reasons, in the order the decisions were taken."""
+    exclusion: str | None
+    """Why the class cannot serve the model; None when it can."""
+    replica: Resources
+    """Requests of one serving pod."""
+    cost_per_hour: float
+    cost_estimated: bool
+    """True when the cost comes from DEFAULT_GPU_HOUR and friends, not the configuration."""
+
+    @property
+    def excluded(self) -> bool:
+        return self.exclusion is not None
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def selector_matches(selector: str, class_name: str) -> bool:
+    """``nvidia-h100`` matches ``nvidia-h100-80gb`` (prefix at a dash) and itself."""
+    return class_name == selector or class_name.startswith(selector + "-")
+
+
+def most_specific(selectors: Mapping[str, object] | list[str], class_name: str) -> str | None:
+    matching = [s for s in selectors if selector_matches(s, class_name)]
+    return max(matching, key=len) if matching else None
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _cc(compute: tuple[int, int] | None) -> str:
+    return f"{compute[0]}.{compute[1]}" if compute else "unknown"
+
+
+def default_choice(hw: HardwareKey) -> tuple[Backend, tuple[Precision, ...], str]:
+    """DESIGN.md's table: backend, precision ladder and why."""
+    fp8, int8, fp16, fp32 = Precision.FP8, Precision.INT8, Precision.FP16, Precision.FP32
+    if hw.is_gpu:
+        cc = hw.compute
+        if cc is None:
+            return (
+                Backend.TENSORRT,
+                (fp16, fp32),
+                "TensorRT: NVIDIA GPU, compute capability unknown (no GPU Feature Discovery "
+                "labels), INT8/FP8 not planned",
+            )
+        if cc >= (8, 9):
+            return Backend.TENSORRT, (fp8, int8, fp16, fp32), f"TensorRT: NVIDIA compute {_cc(cc)}"
+        if cc >= (7, 0):
+            return Backend.TENSORRT, (int8, fp16, fp32), f"TensorRT: NVIDIA compute {_cc(cc)}"
+        return (
+            Backend.ONNXRUNTIME,
+            (fp32,),
+            f"ONNX Runtime (CUDA): compute {_cc(cc)} is below TensorRT's 7.0",
+        )
+    feats = set(hw.cpu_features)
+    if hw.arch == "amd64":
+        if feats & {"AMXINT8", "AVX512VNNI", "AVXVNNI"}:
+            best = next(f for f in ("AMXINT8", "AVX512VNNI", "AVXVNNI") if f in feats)
+            return Backend.ONNXRUNTIME, (int8, fp32), f"ONNX Runtime: x86 with {best}"
+        return Backend.ONNXRUNTIME, (fp32,), "ONNX Runtime: x86 without VNNI/AMX"
+    if hw.arch == "arm64":
+        if "ASIMDHP" in feats:
+            return Backend.TVM, (fp16, fp32), "TVM: arm64 with FP16 arithmetic (ASIMDHP)"
+        return Backend.TVM, (fp32,), "TVM: arm64 without FP16 arithmetic"
+    return Backend.ONNXRUNTIME, (fp32,), f"ONNX Runtime: generic {hw.arch} CPU"
+
+
+def _default_ladder(backend: Backend, hw: HardwareKey) -> tuple[Precision, ...]:
+    chosen, ladder, _ = default_choice(hw)
+    if chosen == backend:
+        return ladder
+    full = (Precision.FP8, Precision.INT8, Precision.FP16, Precision.FP32)
+    return tuple(p for p in full if precision_problem(backend, hw, p) is None)
+
+
+def backend_problem(backend: Backend, hw: HardwareKey) -> str | None:
+    if backend == Backend.TENSORRT:
+        if not hw.is_gpu:
+            return "TensorRT needs an NVIDIA GPU"
+        if hw.compute is not None and hw.compute < (7, 0):
+            return f"TensorRT needs compute >= 7.0 (this class: {_cc(hw.compute)})"
+    if backend == Backend.TVM and hw.is_gpu:
+        return "infleet's TVM builder targets CPUs; this class serves on its GPU"
+    return None
+
+
+def precision_problem(backend: Backend, hw: HardwareKey, p: Precision) -> str | None:
+    """Why ``backend`` cannot build ``p`` on this hardware; None when it can."""
+    up = p.value.upper()
+    if backend == Backend.TENSORRT:
+        if p == Precision.FP8 and (hw.compute is None or hw.compute < (8, 9)):
+            return f"FP8 skipped: needs compute >= 8.9 (this class: {_cc(hw.compute)})"
+        if p == Precision.INT8 and hw.compute is None:
+            return "INT8 skipped: compute capability unknown"
+        return None
+    if p == Precision.FP8:
+        return "FP8 skipped: TensorRT only"
+    if backend == Backend.ONNXRUNTIME:
+        if hw.is_gpu and p == Precision.INT8:
+            return "INT8 skipped: ONNX Runtime's CUDA provider has no INT8 build in infleet"
+        if not hw.is_gpu and p == Precision.FP16:
+            return "FP16 skipped: ONNX Runtime has no fast FP16 kernels on CPUs"
+        return None
+    # TVM on CPUs
+    if p == Precision.INT8:
+        return "INT8 skipped: infleet's TVM builder has no INT8 path"
+    if p == Precision.FP16 and "ASIMDHP" not in hw.cpu_features:
+        return f"{up} skipped: the CPU has no FP16 arithmetic (ASIMDHP)"
+    return None
+
+
+def _weights(size: int, p: Precision) -> int:
+    return size * _WIDTH[p] // 4
+
+
+def _replica(cls: NodeClass, policy: ClusterPolicy, model: ModelFacts) -> Resources:
+    base = policy.gpu_replica if cls.key.is_gpu else policy.cpu_replica
+    if model.size_bytes is None:
+        return base
+    # The server holds the FP32 model (reference and fallback) and its engine in host memory.
+    need = 2 * model.size_bytes + GIB // 2
+    return Resources(base.cpu_millis, max(base.memory_bytes, need), base.gpus)
+
+
+_MIG_SLICES = re.compile(r"^(\d+)g")
+
+
+def estimate_cost(hw: HardwareKey, replica: Resources, policy: ClusterPolicy) -> float:
+    gpu = 0.0
+    if replica.gpus:
+        price = policy.gpu_hour.get(hw.gpu_model, policy.default_gpu_hour)
+        if hw.mig:
+            m = _MIG_SLICES.match(hw.mig)
+            price *= (int(m.group(1)) if m else 1) / 7
+        gpu = replica.gpus * price
+    cpu = replica.cpu_millis / 1000 * policy.cpu_core_hour
+    mem = replica.memory_bytes / GIB * policy.memory_gib_hour
+    return round(gpu + cpu + mem, 6)
+
+
+def _describe_request(r: Resources) -> str:
+    out = f"{r.cpu_millis / 1000:g} CPU, {_fmt_bytes(r.memory_bytes)}"
+    return out + (f", {r.gpus} GPU" if r.gpus else "")
+
+
+def _budget(spec: InferenceDeploymentSpec) -> tuple[AccuracyMetric, float | None]:
+    return spec.accuracy.metric, spec.accuracy.max_deviation
+
+
+def decide(
+    cls: NodeClass,
+    spec: InferenceDeploymentSpec,
+    policy: ClusterPolicy | None = None,
+    model: ModelFacts | None = None,
+) -> ClassDecision:
+    """The backend, precision ladder and replica shape for ``cls``, with reasons."""
+    policy = policy or ClusterPolicy()
+    model = model or ModelFacts()
+    hw = cls.key
+    name = cls.name
+    reasons: list[str] = []
+    replica = _replica(cls, policy, model)
+    sel = most_specific(policy.class_defaults, name)
+    defaults = policy.class_defaults[sel] if sel else ClassDefaults()
+    if defaults.cost_per_hour is not None:
+        cost, estimated = defaults.cost_per_hour, False
+    else:
+        cost, estimated = estimate_cost(hw, replica, policy), True
+
+    def result(
+        backend: Backend | None, ladder: tuple[Precision, ...], exclusion: str | None
+    ) -> ClassDecision:
+        if exclusion:
+            reasons.append("excluded: " + exclusion)
+        return ClassDecision(
+            name, backend, ladder, tuple(reasons), exclusion, replica, cost, estimated
+        )
+
+    allow = spec.classes.allow
+    if allow is not None and most_specific(allow, name) is None:
+        return result(None, (), "not in spec.classes.allow")
+
+    backend, ladder, why = default_choice(hw)
+    reasons.append(why)
+    if defaults.backend is not None and defaults.backend != backend:
+        backend = defaults.backend
+        ladder = _default_ladder(backend, hw)
+        reasons.append(f"{_BACKEND_NAME[backend]}: operator config classes.{sel}")
+    if defaults.precision_ladder:
+        ladder = defaults.precision_ladder
+        rungs = " -> ".join(p.value.upper() for p in ladder)
+        reasons.append(f"ladder {rungs}: operator config classes.{sel}")
+
+    overrides = {o.class_name: o for o in spec.classes.overrides}
+    osel = most_specific(list(overrides), name)
+    if osel is not None:
+        o = overrides[osel]
+        if o.backend is not None and o.backend != backend:
+            backend = o.backend
+            ladder = _default_ladder(backend, hw)
+            reasons.append(f"{_BACKEND_NAME[backend]}: spec.classes.overrides[{osel}]")
+        if o.precision is not None:
+            ladder = (o.precision,)
+            reasons.append(f"{o.precision.value.upper()} pinned: spec.classes.overrides[{osel}]")
+
+    problem = backend_problem(backend, hw)
+    if problem:
+        return result(backend, (), problem)
+    ops = model.unsupported_ops.get(backend, ())
+    if ops:
+        listed = ", ".join(sorted(ops)[:5]) + (" ..." if len(ops) > 5 else "")
+        return result(backend, (), f"{_BACKEND_NAME[backend]} cannot run operators: {listed}")
+
+    metric, budget = _budget(spec)
+    kept: list[Precision] = []
+    gpu_mem = cls.gpu_memory_bytes if hw.is_gpu else 0
+    for p in ladder:
+        why_not = precision_problem(backend, hw, p)
+        up = p.value.upper()
+        if why_not is None and p in _LOW and budget is None:
+            why_not = f"{up} skipped: no accuracy budget (spec.accuracy.maxDeviation)"
+        if why_not is None and gpu_mem and model.size_bytes is not None:
+            need = _weights(model.size_bytes, p) + policy.gpu_workspace_bytes
+            if need > gpu_mem:
+                why_not = (
+                    f"{up} skipped: {_fmt_bytes(_weights(model.size_bytes, p))} weights + "
+                    f"{_fmt_bytes(policy.gpu_workspace_bytes)} workspace exceed "
+                    f"{_fmt_bytes(gpu_mem)} GPU memory"
+                )
+        if why_not:
+            reasons.append(why_not)
+        else:
+            kept.append(p)
+    if not kept:
+        return result(backend, (), "no precision left to build")
+
+    low = [p.value.upper() for p in kept if p in _LOW]
+    if low and budget is not None:
+        reasons.append(f"{'/'.join(low)} gated at {metric.value} <= {budget:g}")
+    if Precision.FP16 in kept and budget is None:
+        reasons.append(
+            f"FP16 gated at default {metric.value} <= {DEFAULT_FP16_DEVIATION[metric]:g}"
+        )
+
+    biggest = cls.max_allocatable
+    if cls.usable_nodes and biggest.fits(replica) == 0:
+        return result(
+            backend,
+            tuple(kept),
+            f"a replica needs {_describe_request(replica)}; the largest node offers "
+            f"{_describe_request(biggest)}",
+        )
+    if estimated:
+        reasons.append(f"cost {cost:.2f}/h estimated (no costPerHour in operator config)")
+    return result(backend, tuple(kept), None)
+
