@@ -1,0 +1,178 @@
+"""``infleet serve``: load engines from their manifests and serve them over HTTP.
+
+The process starts listening at once (liveness answers while a large engine loads), loads
+each engine in a worker thread, runs one warm-up batch through its batcher, and only then
+turns ready. SIGTERM (or Ctrl-C) starts a drain: readiness turns false, new inference
+requests get 503 with ``Connection: close``, requests already in flight finish, then the
+process exits 0. A second Ctrl-C exits at once.
+
+Configuration is parsed in :func:`run`, never at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from infleet.runtime.manifest import EngineManifest
+    from infleet.runtime.server.batcher import BatchPolicy
+    from infleet.runtime.server.engines import EngineOptions
+
+log = logging.getLogger("infleet.serve")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("engines (give one or more)")
+    src.add_argument(
+        "--manifest",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="engine manifest (manifest.json) to serve; repeatable",
+    )
+    src.add_argument(
+        "--engine-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="engine directory holding manifest.json; repeatable",
+    )
+    src.add_argument("--model-name", help="served name (one engine only; default: the manifest's)")
+    src.add_argument("--model-version", default="1", help="served version (default: 1)")
+    net = parser.add_argument_group("network")
+    net.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104 (a pod serves on all of its interfaces)
+        help="address to bind (default: 0.0.0.0)",
+    )
+    net.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    net.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=64.0,
+        help="largest request body; larger ones get 413 (default: 64)",
+    )
+    net.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=1024,
+        help="inference requests handled at once; more get 429 (default: 1024)",
+    )
+    b = parser.add_argument_group("batching")
+    b.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="rows per engine batch (default and upper bound: the manifest's)",
+    )
+    b.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=2.0,
+        help="longest a request waits for its batch to fill (default: 2)",
+    )
+    b.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=256,
+        help="requests allowed to wait per model; more get 429 (default: 256)",
+    )
+    b.add_argument(
+        "--batch-concurrency",
+        type=int,
+        default=1,
+        help="batches run at once per model (default: 1; raise for GPUs)",
+    )
+    e = parser.add_argument_group("engine")
+    e.add_argument("--threads", type=int, default=0, help="intra-op threads (default: backend's)")
+    e.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="where to run (default: auto, the accelerator when present)",
+    )
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=30.0,
+        help="longest SIGTERM waits for in-flight requests (default: 30)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    manifests: tuple[Path, ...]
+    model_name: str | None
+    model_version: str
+    host: str
+    port: int
+    max_body_bytes: int
+    max_in_flight: int
+    policy: BatchPolicy
+    batch_size_given: bool
+    engine: EngineOptions
+    drain_timeout_s: float
+
+
+def parse_config(args: argparse.Namespace) -> ServeConfig:
+    from infleet.runtime.manifest import MANIFEST_FILE
+    from infleet.runtime.server.batcher import BatchPolicy
+    from infleet.runtime.server.engines import EngineOptions
+    from infleet.runtime.server.errors import ConfigError
+
+    manifests = [*args.manifest, *(d / MANIFEST_FILE for d in args.engine_dir)]
+    if not manifests:
+        raise ConfigError("give at least one --manifest or --engine-dir")
+    if args.model_name and len(manifests) > 1:
+        raise ConfigError("--model-name only works with a single engine")
+    try:
+        policy = BatchPolicy(
+            max_batch_size=args.max_batch_size or 1 << 30,
+            max_queue_delay_s=args.max_queue_delay_ms / 1000,
+            max_queue_size=args.max_queue_size,
+            max_concurrent_batches=args.batch_concurrency,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if args.max_in_flight < 1 or args.max_body_mb <= 0 or not 0 <= args.port < 65536:
+        raise ConfigError("--max-in-flight, --max-body-mb and --port must be positive")
+    return ServeConfig(
+        manifests=tuple(manifests),
+        model_name=args.model_name,
+        model_version=args.model_version,
+        host=args.host,
+        port=args.port,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_in_flight=args.max_in_flight,
+        policy=policy,
+        batch_size_given=args.max_batch_size is not None,
+        engine=EngineOptions(threads=args.threads, device=args.device),
+        drain_timeout_s=args.drain_timeout_s,
+    )
+
+
+def read_manifest(path: Path) -> EngineManifest:
+    from infleet.runtime.manifest import EngineManifest
+    from infleet.runtime.server.errors import ConfigError
+    from pydantic import ValidationError
+
+    try:
+        return EngineManifest.model_validate_json(path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"cannot read manifest {path}: {e.strerror}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{path} is not a valid engine manifest: {e}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from infleet.runtime.server.process import serve
+
+    config = parse_config(args)
+    manifests = [(path, read_manifest(path)) for path in config.manifests]  # fail before binding
+    return serve(config, manifests)

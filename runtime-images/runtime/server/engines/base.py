@@ -1,0 +1,76 @@
+"""The engine-runtime interface every backend implements, and the registry that loads one."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+import numpy as np
+from infleet.api import Backend
+from infleet.runtime.manifest import EngineManifest, TensorSpec
+from infleet.runtime.server.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Runtime knobs that are the server's choice, not the build's."""
+
+    threads: int = 0
+    """Intra-op threads (0: the backend's default, usually one per core)."""
+    device: str = "auto"
+    """"auto" (the accelerator when present), "cpu" or "gpu"."""
+
+
+class EngineRuntime(Protocol):
+    """A loaded engine. ``run`` is called from worker threads, never on the event loop."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    text_strings: bool
+    """BYTES inputs must be given as ``str`` (UTF-8) rather than ``bytes``."""
+    description: str
+    """Backend and device, for logs and metadata."""
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output by name."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EngineLoader(Protocol):
+    def load(
+        self, manifest: EngineManifest, engine_path: Path, options: EngineOptions
+    ) -> EngineRuntime: ...
+
+
+# backend -> module with ``load(manifest, engine_path, options)``; imported on first use
+REGISTRY: dict[Backend, str] = {
+    Backend.ONNXRUNTIME: "infleet.runtime.server.engines.onnxruntime_engine",
+    Backend.TVM: "infleet.runtime.server.engines.tvm_engine",
+    Backend.TENSORRT: "infleet.runtime.server.engines.tensorrt_engine",
+}
+
+
+def load_engine(
+    manifest: EngineManifest, manifest_dir: Path, options: EngineOptions
+) -> EngineRuntime:
+    engine_path = (manifest_dir / manifest.engine_file).resolve()
+    if not engine_path.is_file():
+        raise ConfigError(f"engine file {engine_path} named by the manifest does not exist")
+    module = cast(EngineLoader, importlib.import_module(REGISTRY[manifest.key.backend]))
+    return module.load(manifest, engine_path, options)
+
+
+def check_names(
+    what: str, declared: tuple[TensorSpec, ...], actual: list[str], engine_path: Path
+) -> None:
+    """The manifest must describe the engine it names; a mismatch is a broken build."""
+    if sorted(s.name for s in declared) != sorted(actual):
+        raise ConfigError(
+            f"{engine_path.name}: the manifest's {what} {[s.name for s in declared]} do not "
+            f"match the engine's {actual}"
+        )

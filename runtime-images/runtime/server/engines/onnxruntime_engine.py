@@ -1,0 +1,89 @@
+"""ONNX Runtime: the CPU engine on x86/ARM, and the CUDA execution provider when present."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from infleet.runtime.manifest import EngineManifest, TensorSpec
+from infleet.runtime.server.engines.base import EngineOptions, check_names
+from infleet.runtime.server.errors import BackendUnavailable, EngineError
+
+# ORT's "tensor(float)" style names -> v2 datatypes, to check the manifest against the model
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class OnnxRuntimeEngine:
+    text_strings = True  # ORT string tensors take Python str
+
+    def __init__(self, manifest: EngineManifest, engine_path: Path, options: EngineOptions):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailable(
+                "onnxruntime is not installed (pip install 'infleet[onnxruntime]')"
+            ) from e
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if options.device in ("auto", "gpu") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        elif options.device == "gpu":
+            raise BackendUnavailable(
+                "--device gpu: onnxruntime has no CUDAExecutionProvider here "
+                "(install infleet[gpu] on a machine with an NVIDIA GPU)"
+            )
+        try:
+            self._session = ort.InferenceSession(str(engine_path), so, providers=providers)
+        except Exception as e:  # ORT raises its own untyped errors
+            raise EngineError(f"onnxruntime cannot load {engine_path.name}: {e}") from e
+        self.inputs = tuple(manifest.inputs)
+        self.outputs = tuple(manifest.outputs)
+        check_names(
+            "inputs", self.inputs, [i.name for i in self._session.get_inputs()], engine_path
+        )
+        check_names(
+            "outputs", self.outputs, [o.name for o in self._session.get_outputs()], engine_path
+        )
+        _check_types(self.inputs, {i.name: i.type for i in self._session.get_inputs()}, engine_path)
+        self._output_names = [o.name for o in self.outputs]
+        self.description = f"onnxruntime {ort.__version__} ({self._session.get_providers()[0]})"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, dict(inputs))
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        del self._session
+
+
+def _check_types(specs: tuple[TensorSpec, ...], actual: dict[str, str], path: Path) -> None:
+    for spec in specs:
+        real = _ORT_TYPES.get(actual[spec.name])
+        if real != spec.datatype:
+            raise EngineError(
+                f"{path.name}: input {spec.name!r} is {actual[spec.name]} in the model but "
+                f"{spec.datatype} in the manifest"
+            )
+
+
+def load(manifest: EngineManifest, engine_path: Path, options: EngineOptions) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(manifest, engine_path, options)
