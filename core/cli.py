@@ -27,6 +27,7 @@ class Command(Protocol):
 # name -> (module, one-line help). Only commands that work are listed.
 COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("infleet.api.command", "render the InferenceDeployment CRD from the API models"),
+    "plan": ("infleet.scheduler.command", "show classes, backends and replicas infleet would plan"),
     "serve": ("infleet.runtime.server.command", "serve engines over the KServe v2 protocol"),
 }
 

@@ -12,9 +12,10 @@ Reduction rules, and why:
   key: a replica uses one GPU whichever node size it lands on, and free capacity is counted
   node by node, so 4- and 8-GPU nodes of one model are one class.
 * CPU nodes: arch plus the Node Feature Discovery flags that change the backend, the
-  precision ladder or the compile target (``X86_FEATURES``, ``ARM_FEATURES``). The name is the
-  best tier (``x86-amx``, ``arm64-asimddp``...) plus a ``-<flag>``/``-no<flag>`` suffix only
-  where the node departs from what that tier implies on real hardware.
+  precision ladder or the compile target (``X86_FEATURES``, ``ARM_FEATURES``). The class is
+  the best tier the node reaches (``x86-amx``, ``arm64-asimddp``...); flags the tier implies on
+  shipping CPUs but the node lacks add a ``-no<flag>`` suffix (``arm64-sve-noi8mm``), flags
+  beyond the tier are ignored (the engine is built for the tier's flags).
 * ``node.kubernetes.io/instance-type`` is appended when present, as the issue asks: it keys
   cloud prices, and it separates CPU generations that NFD flags alone do not.
 """
@@ -47,7 +48,7 @@ ARM_FEATURES = ("SVE2", "SVE", "I8MM", "ASIMDDP", "ASIMDHP")
 # later have all of AMX's set; Ice Lake and Zen 4 the VNNI set; Graviton3 the SVE set;
 # Graviton2 and Ampere Altra (Neoverse N1) the ASIMDDP set.
 X86_TIERS: tuple[tuple[str, str, frozenset[str]], ...] = (
-    ("amx", "AMXINT8", frozenset({"AMXINT8", "AVX512VNNI", "AVXVNNI", "AVX512F", "AVX2"})),
+    ("amx", "AMXINT8", frozenset({"AMXINT8", "AVX512VNNI", "AVX512F", "AVX2"})),
     ("avx512vnni", "AVX512VNNI", frozenset({"AVX512VNNI", "AVX512F", "AVX2"})),
     ("avxvnni", "AVXVNNI", frozenset({"AVXVNNI", "AVX2"})),
     ("avx512", "AVX512F", frozenset({"AVX512F", "AVX2"})),
@@ -178,7 +179,8 @@ class HardwareKey:
     mig: str = ""
     cpu_tier: str = ""
     cpu_features: tuple[str, ...] = ()
-    """Relevant NFD flags present, in X86_FEATURES/ARM_FEATURES order."""
+    """The tier's implied flags the node has, in X86_FEATURES/ARM_FEATURES order; flags
+    beyond the tier do not change the engine and are ignored."""
     instance_type: str = ""
 
     @property
@@ -228,29 +230,22 @@ class HardwareKey:
         return name
 
     def _cpu_name_parts(self) -> list[str]:
-        order = X86_FEATURES if self.arch == "amd64" else ARM_FEATURES
         tiers = X86_TIERS if self.arch == "amd64" else ARM_TIERS
-        implied: frozenset[str] = frozenset()
-        parts = []
-        for tier, _, flags in tiers:
+        order = X86_FEATURES if self.arch == "amd64" else ARM_FEATURES
+        for tier, _, implied in tiers:
             if tier == self.cpu_tier:
-                parts.append(tier)
-                implied = flags
-        present = set(self.cpu_features)
-        for flag in order:
-            if flag in implied and flag not in present:
-                parts.append("no" + flag.lower())
-            elif flag in present and flag not in implied:
-                parts.append(flag.lower())
-        return parts
+                present = set(self.cpu_features)
+                return [tier] + ["no" + f.lower() for f in order if f in implied - present]
+        return []
 
 
-def _cpu_tier(arch: str, present: frozenset[str]) -> str:
+def _cpu_tier(arch: str, present: frozenset[str]) -> tuple[str, frozenset[str]]:
+    """The best tier whose headline flag the node has, and the flags that tier implies."""
     tiers = X86_TIERS if arch == "amd64" else ARM_TIERS if arch == "arm64" else ()
-    for tier, headline, _ in tiers:
+    for tier, headline, implied in tiers:
         if headline in present:
-            return tier
-    return ""
+            return tier, implied
+    return "", frozenset()
 
 
 def relevant_features(arch: str) -> tuple[str, ...]:
@@ -297,11 +292,12 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
     present = frozenset(
         f for f in order if labels.get(CPUID_PREFIX + f, "").lower() == "true"
     )
+    tier, implied = _cpu_tier(arch, present)
     return HardwareKey(
         accelerator=Accelerator.CPU,
         arch=arch,
-        cpu_tier=_cpu_tier(arch, present),
-        cpu_features=tuple(f for f in order if f in present),
+        cpu_tier=tier,
+        cpu_features=tuple(f for f in order if f in present and f in implied),
         instance_type=instance,
     )
 

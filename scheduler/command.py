@@ -1,0 +1,180 @@
+"""``infleet plan``: what infleet would do for a deployment, without doing it.
+
+The only module of the package that performs I/O: it reads the deployment, the inventory
+(a file, or Nodes and Pods from the cluster through the kubernetes client), the optional
+profiles and operator configuration, then calls the pure planner and prints the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+EXIT_INFEASIBLE = 2
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f", "--filename", required=True, type=Path,
+        help="InferenceDeployment manifest (YAML or JSON); its status' engine profiles are used",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--inventory", type=Path,
+        help="nodes from a file: a NodeInventory, or Node/Pod objects (kubectl get -o yaml)",
+    )
+    source.add_argument(
+        "--kubeconfig", type=Path,
+        help="read Nodes and Pods from this cluster (default when --inventory is absent: "
+        "$KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument("--context", help="kubeconfig context")
+    parser.add_argument("--demand", type=float, metavar="RPS", help="demand in requests/s")
+    parser.add_argument(
+        "--profiles", type=Path,
+        help="ClassProfiles file: capacity per replica and batch-1 latency per class",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="operator configuration (class costs and overrides)"
+    )
+    parser.add_argument(
+        "--model-size", metavar="BYTES",
+        help="model size (e.g. 2.5Gi) for the GPU memory check; read from file:// URIs",
+    )
+    parser.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+
+
+def _load_documents(path: Path) -> list[Any]:
+    import yaml
+
+    from infleet.scheduler.errors import InventoryError
+
+    try:
+        text = path.read_text()
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except (OSError, yaml.YAMLError) as e:
+        raise InventoryError(f"cannot read {path}: {e}") from e
+
+
+def _deployment(path: Path) -> dict[str, Any]:
+    from infleet.api import KIND
+    from infleet.api.errors import SpecError
+
+    docs = _load_documents(path)
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == KIND:
+            return d
+    raise SpecError([f"{path}: no {KIND} document found"])
+
+
+def _cluster_objects(
+    kubeconfig: Path | None, context: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    from infleet.scheduler.errors import ClusterReadError
+
+    try:
+        api_client = config.new_client_from_config(
+            config_file=str(kubeconfig) if kubeconfig else None, context=context
+        )
+    except (ConfigException, OSError) as e:
+        raise ClusterReadError(f"cannot load kubeconfig: {e}") from e
+    core = client.CoreV1Api(api_client)
+    try:
+        # Raw JSON: the adapters read the wire's camelCase dicts, and 10k Nodes parse faster
+        # without building the client's model objects.
+        nodes = json.loads(core.list_node(_preload_content=False).data)["items"]
+        pods = json.loads(
+            core.list_pod_for_all_namespaces(
+                field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                _preload_content=False,
+            ).data
+        )["items"]
+    except ApiException as e:
+        raise ClusterReadError(f"reading Nodes/Pods failed: {e.status} {e.reason}") from e
+    except OSError as e:  # urllib3 connection errors derive from OSError
+        raise ClusterReadError(f"cannot reach the API server: {e}") from e
+    finally:
+        api_client.close()
+    return nodes, pods
+
+
+def _model_size(arg: str | None, uri: str) -> int | None:
+    from infleet.scheduler.inventory import parse_quantity
+
+    if arg is not None:
+        try:
+            return int(parse_quantity(arg))
+        except ValueError as e:
+            from infleet.scheduler.errors import SchedulerError
+
+            raise SchedulerError(f"--model-size: {e}") from e
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+        if path.is_file():
+            return path.stat().st_size
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from infleet.api import parse_spec
+    from infleet.operator.config import OperatorConfig
+    from infleet.scheduler.classes import derive_classes
+    from infleet.scheduler.inventory import nodes_from_documents, nodes_from_objects
+    from infleet.scheduler.plan import plan_deployment
+    from infleet.scheduler.policy import ModelFacts
+    from infleet.scheduler.profiles import profiles_from_data, profiles_from_status
+    from infleet.scheduler.report import plan_to_dict, plan_to_table
+    from infleet.scheduler.settings import cluster_policy
+
+    obj = _deployment(args.filename)
+    spec = parse_spec(obj.get("spec") or {})
+    name = str((obj.get("metadata") or {}).get("name", ""))
+
+    if args.inventory is not None:
+        nodes = nodes_from_documents(_load_documents(args.inventory))
+    else:
+        node_objs, pod_objs = _cluster_objects(args.kubeconfig, args.context)
+        nodes = nodes_from_objects(node_objs, pod_objs)
+
+    profiles = profiles_from_status(obj.get("status") or {}, spec)
+    if args.profiles is not None:
+        docs = _load_documents(args.profiles)
+        profiles.update(profiles_from_data(docs[0] if docs else {}, spec, str(args.profiles)))
+
+    policy = cluster_policy(OperatorConfig.load(args.config))
+    model = ModelFacts(size_bytes=_model_size(args.model_size, spec.model.uri))
+    plan = plan_deployment(
+        derive_classes(nodes),
+        spec,
+        name=name,
+        demand_rps=args.demand,
+        profiles=profiles,
+        policy=policy,
+        model=model,
+    )
+    if model.size_bytes is None:
+        plan = _with_note(plan, "model size unknown: GPU memory not checked (pass --model-size)")
+    if args.output == "json":
+        sys.stdout.write(json.dumps(plan_to_dict(plan), indent=2) + "\n")
+    elif args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(plan_to_dict(plan), sort_keys=False))
+    else:
+        sys.stdout.write(plan_to_table(plan))
+    return 0 if plan.feasible else EXIT_INFEASIBLE
+
+
+def _with_note(plan: Any, note: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(plan, notes=(*plan.notes, note))
