@@ -106,7 +106,7 @@ def _decode_input(raw: object, binary: memoryview, offset: int) -> tuple[Tensor,
     if not isinstance(name, str) or not name:
         raise InvalidInput("each input needs a 'name' string")
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
             f"input {name!r}: unknown datatype {datatype!r} (one of {', '.join(sorted(DATATYPES))})"
         )
@@ -174,6 +174,8 @@ def _array_from_json(
         ) from None
     if values.size != count:
         raise _count_mismatch(name, values.size, shape, count)
+    if count and values.dtype.kind in "fO" and datatype in ("INT64", "UINT64"):
+        values = _wide_integers(data, values, datatype, name)
     if count:
         _check_kind(values, datatype, name)
     target = numpy_dtype(datatype)
@@ -183,6 +185,21 @@ def _array_from_json(
         # JSON has no inf/nan, so a non-finite result is an overflow of the target type
         raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
     return array
+
+
+def _wide_integers(data: list[Any], values: np.ndarray, datatype: str, name: str) -> np.ndarray:
+    """numpy infers float64 (or object) for integers past 2**63; parse them as the target.
+
+    The direct conversion truncates fractions silently, so it is kept only when it agrees
+    with the inferred values: then every element was an integer.
+    """
+    try:
+        exact = np.asarray(data, dtype=numpy_dtype(datatype))
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInput(f"input {name!r}: a value is not an integer within {datatype}") from None
+    if values.dtype.kind == "f" and not np.array_equal(exact.astype(np.float64), values):
+        raise InvalidInput(f"input {name!r}: 'data' holds non-integer numbers, not {datatype}")
+    return exact
 
 
 def _check_kind(values: np.ndarray, datatype: str, name: str) -> None:

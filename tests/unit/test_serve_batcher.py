@@ -1,0 +1,199 @@
+"""The dynamic batcher with real numpy "engines" (plain functions: our own seam, no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+from infleet.runtime.server.batcher import Batcher, BatchPolicy
+from infleet.runtime.server.errors import EngineError, Overloaded
+
+
+class RecordingEngine:
+    """y = 2x + row-sum, so a mixed-up row would show; remembers each batch's size."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.delay_s = delay_s
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.gate.wait(5)
+        x = inputs["x"]
+        self.batches.append(len(x))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return {"y": 2 * x + x.sum(axis=tuple(range(1, x.ndim)), keepdims=True)}
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return 2 * x + x.sum(axis=tuple(range(1, x.ndim)), keepdims=True)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_requests_arriving_while_the_engine_is_busy_are_merged_and_split_exactly() -> None:
+    engine = RecordingEngine()
+    batcher = Batcher(engine, BatchPolicy(max_batch_size=16, max_queue_delay_s=0.05))
+
+    async def main() -> None:
+        engine.gate.clear()  # hold the first batch so the others queue up behind it
+        rng = np.random.default_rng(1)
+        xs = [rng.random((int(rng.integers(1, 4)), 5)) for _ in range(9)]
+        tasks = [asyncio.create_task(batcher.submit({"x": x})) for x in xs]
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        results = await asyncio.gather(*tasks)
+        for x, out in zip(xs, results, strict=True):
+            np.testing.assert_array_equal(out["y"], expected(x))
+
+    run(main())
+    assert engine.batches[0] <= 3 and len(engine.batches) == 2  # the first ran alone
+    assert sum(engine.batches) == engine.batches[0] + sum(engine.batches[1:])
+    batcher.close()
+
+
+def test_a_lone_request_runs_at_once_without_waiting_for_the_delay() -> None:
+    engine = RecordingEngine()
+    batcher = Batcher(engine, BatchPolicy(max_batch_size=8, max_queue_delay_s=10.0))
+
+    async def main() -> float:
+        started = time.perf_counter()
+        await batcher.submit({"x": np.ones((1, 2))})
+        return time.perf_counter() - started
+
+    assert run(main()) < 5.0  # would be 10 s if the batcher waited for the delay
+    batcher.close()
+
+
+def test_incompatible_shapes_are_never_merged() -> None:
+    engine = RecordingEngine()
+    batcher = Batcher(engine, BatchPolicy(max_batch_size=8, max_queue_delay_s=0.01))
+
+    async def main() -> None:
+        engine.gate.clear()
+        xs = [np.ones((1, 3)), np.ones((1, 4)), np.full((2, 3), 2.0), np.full((1, 4), 3.0)]
+        tasks = [asyncio.create_task(batcher.submit({"x": x})) for x in xs]
+        await asyncio.sleep(0.02)
+        engine.gate.set()
+        for x, out in zip(xs, await asyncio.gather(*tasks), strict=True):
+            np.testing.assert_array_equal(out["y"], expected(x))
+
+    run(main())
+    # the first runs alone; then the oldest group ([1, 4] twice), then the [2, 3] one
+    assert engine.batches == [1, 2, 2]
+    batcher.close()
+
+
+def test_batches_never_exceed_the_max_batch_size() -> None:
+    engine = RecordingEngine()
+    batcher = Batcher(engine, BatchPolicy(max_batch_size=4, max_queue_delay_s=0.0))
+
+    async def main() -> None:
+        engine.gate.clear()
+        tasks = [asyncio.create_task(batcher.submit({"x": np.full((1, 2), i)})) for i in range(11)]
+        await asyncio.sleep(0.02)
+        engine.gate.set()
+        outs = await asyncio.gather(*tasks)
+        assert [o["y"][0, 0] for o in outs] == [2 * i + 2 * i for i in range(11)]
+
+    run(main())
+    assert max(engine.batches) <= 4 and sum(engine.batches) == 11
+    batcher.close()
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    engine = RecordingEngine()
+    batcher = Batcher(engine, BatchPolicy(max_batch_size=1, max_queue_size=2))
+
+    async def main() -> None:
+        engine.gate.clear()
+        running = asyncio.create_task(batcher.submit({"x": np.ones((1, 1))}))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1))})) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        with pytest.raises(Overloaded):
+            await batcher.submit({"x": np.ones((1, 1))})
+        assert time.perf_counter() - started < 1.0
+        engine.gate.set()
+        await asyncio.gather(running, *queued)
+
+    run(main())
+    batcher.close()
+
+
+def test_an_engine_fault_fails_only_its_batch_and_the_batcher_keeps_working() -> None:
+    calls = {"n": 0}
+
+    def flaky(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected fault")  # a fault injected on purpose
+        return {"y": inputs["x"]}
+
+    batcher = Batcher(flaky, BatchPolicy())
+
+    async def main() -> None:
+        with pytest.raises(EngineError, match="injected fault"):
+            await batcher.submit({"x": np.ones((1, 1))})
+        out = await batcher.submit({"x": np.ones((1, 1))})
+        assert out["y"].shape == (1, 1)
+
+    run(main())
+    batcher.close()
+
+
+def test_wrong_row_count_from_the_engine_is_an_engine_error() -> None:
+    gate = threading.Event()
+
+    def broken(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        gate.wait(5)
+        return {"y": np.zeros((1, 1))}  # always one row, whatever the batch
+
+    batcher = Batcher(broken, BatchPolicy())
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit({"x": np.ones((1, 1))}))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1))})) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await first
+        for task in rest:
+            with pytest.raises(EngineError, match="expected 2 rows"):
+                await task
+
+    run(main())
+    batcher.close()
+
+
+def test_unbatchable_engines_run_each_request_alone() -> None:
+    engine = RecordingEngine()
+    batcher = Batcher(engine, BatchPolicy(max_batch_size=8), batchable=False)
+
+    async def main() -> None:
+        engine.gate.clear()
+        tasks = [asyncio.create_task(batcher.submit({"x": np.ones((2, 2))})) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        engine.gate.set()
+        await asyncio.gather(*tasks)
+        await batcher.wait_idle()
+
+    run(main())
+    assert engine.batches == [2, 2, 2]
+    batcher.close()
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        BatchPolicy(max_batch_size=0)
+    with pytest.raises(ValueError):
+        BatchPolicy(max_queue_delay_s=-1)
