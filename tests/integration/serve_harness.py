@@ -54,7 +54,7 @@ class ServerProcess:
                 "--port",
                 str(self.port),
                 *args,
-            ],  # fmt: skip
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -37,7 +37,7 @@ def engines(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(engines, tmp_path_factory):
-    root, dirs = engines
+    _, dirs = engines
     args = [a for d in dirs for a in ("--engine-dir", str(d))]
     proc = ServerProcess(
         [*args, "--max-body-mb", "4", "--max-queue-delay-ms", "5"],
@@ -266,7 +266,7 @@ ERRORS = {
                         "parameters": {"binary_data_size": 100},
                     }
                 ]
-            }  # fmt: skip
+            }
         )
         + b"\0" * 100,
         {"inference-header-content-length": "121"},

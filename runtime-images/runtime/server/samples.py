@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from infleet.api import Backend, Precision
 from infleet.runtime.manifest import MANIFEST_FILE, EngineKey, EngineManifest, TensorSpec
 

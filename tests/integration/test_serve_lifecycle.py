@@ -1,0 +1,118 @@
+"""``infleet serve`` under overload and on SIGTERM, with a deliberately slow real model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+from infleet.runtime.server import samples
+from serve_harness import ServerProcess, json_input
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def slow_dir(tmp_path_factory):
+    # ~0.1 s per engine call on a 2-core machine, whatever the batch size
+    return samples.slow_engine(tmp_path_factory.mktemp("slow"), products=16).parent
+
+
+def _body(value: float) -> dict:
+    return {"inputs": [json_input("x", np.full((1, 1), value, np.float32), "FP32")]}
+
+
+async def _post(client: httpx.AsyncClient, value: float) -> tuple[httpx.Response, float]:
+    response = await client.post("/v2/models/slow/infer", json=_body(value))
+    return response, time.perf_counter()
+
+
+def test_overload_is_refused_at_once_with_429_and_retry_after(slow_dir, tmp_path) -> None:
+    server = ServerProcess(
+        ["--engine-dir", str(slow_dir), "--max-batch-size", "1", "--max-queue-size", "2"],
+        tmp_path / "serve.log",
+    )
+    try:
+        server.wait_ready()
+
+        async def main() -> list[tuple[httpx.Response, float]]:
+            limits = httpx.Limits(max_connections=12)
+            async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as c:
+                return await asyncio.gather(*(_post(c, float(i)) for i in range(12)))
+
+        results = asyncio.run(main())
+        ok = [(r, t) for r, t in results if r.status_code == 200]
+        refused = [(r, t) for r, t in results if r.status_code == 429]
+        assert len(ok) + len(refused) == 12, [r.status_code for r, _ in results]
+        # one request runs, two wait; the rest cannot be queued
+        assert 3 <= len(ok) <= 4 and len(refused) >= 8
+        for response, _ in refused:
+            assert response.headers["retry-after"] == "1"
+            assert "queue is full" in response.json()["error"]
+        # "at once": every refusal came back before the first accepted request finished
+        assert max(t for _, t in refused) < min(t for _, t in ok)
+        for response, _ in ok:  # the accepted ones got their own value back
+            assert response.json()["outputs"][0]["data"][0] in range(12)
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'infleet_serve_requests_total{model="slow",outcome="overloaded"}' in metrics
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_in_flight_limit_refuses_with_429(slow_dir, tmp_path) -> None:
+    server = ServerProcess(
+        ["--engine-dir", str(slow_dir), "--max-in-flight", "3"], tmp_path / "serve.log"
+    )
+    try:
+        server.wait_ready()
+
+        async def main() -> list[tuple[httpx.Response, float]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+                return await asyncio.gather(*(_post(c, 1.0) for _ in range(8)))
+
+        statuses = sorted(r.status_code for r, _ in asyncio.run(main()))
+        assert statuses.count(200) >= 3 and statuses.count(429) >= 1, statuses
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(slow_dir, tmp_path) -> None:
+    server = ServerProcess(
+        ["--engine-dir", str(slow_dir), "--max-batch-size", "2"], tmp_path / "serve.log"
+    )
+    try:
+        server.wait_ready()
+
+        async def main() -> tuple[list[httpx.Response], list[object]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+                in_flight = [asyncio.create_task(_post(c, float(i))) for i in range(6)]
+                await asyncio.sleep(0.05)  # all six are queued or running (~0.3 s of work)
+                server.sigterm()
+                await asyncio.sleep(0.05)
+                after: list[object] = []
+                async with httpx.AsyncClient(base_url=server.url, timeout=5) as fresh:
+                    for path in ("/v2/health/ready", "/v2/models/slow/infer"):
+                        try:
+                            if path.endswith("infer"):
+                                after.append(await fresh.post(path, json=_body(9.0)))
+                            else:
+                                after.append(await fresh.get(path))
+                        except httpx.TransportError as e:  # already closed: refused too
+                            after.append(e)
+                done = await asyncio.gather(*in_flight)
+                return [r for r, _ in done], after
+
+        done, after = asyncio.run(main())
+        assert [r.status_code for r in done] == [200] * 6
+        assert sorted(r.json()["outputs"][0]["data"][0] for r in done) == [0, 1, 2, 3, 4, 5]
+        ready, infer = after
+        assert isinstance(ready, httpx.TransportError) or ready.status_code == 503
+        if isinstance(infer, httpx.Response):
+            assert infer.status_code == 503 and infer.headers["retry-after"]
+            assert "shutting down" in infer.json()["error"]
+        assert server.proc.wait(30) == 0, server.log()
+        assert "drained" in server.log()
+    finally:
+        server.stop()
