@@ -75,6 +75,9 @@ class EngineManifest(_Frozen):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: Annotated[int, Field(ge=1)]
+    batch_sizes: list[int] = []
+    """Batch sizes compiled into the engine; empty = any batch from 1 to max_batch_size.
+    With static sizes (TVM) the server pads a batch up to the next listed size."""
     node_class: str
     accuracy: list[RungResult] = []
     """Every precision rung tried, with its measured deviation."""
@@ -86,3 +89,41 @@ class EngineManifest(_Frozen):
     """Why this engine was kept over the alternatives that were measured."""
     created_at: str
     build_seconds: float
+
+
+class BuildSummary(_Frozen):
+    """What `infleet build` reports: written to stdout and the pod's termination message.
+
+    The operator copies it into ``status.classes[].engine``; `to_message` keeps it within the
+    4 KiB Kubernetes allows for a termination message.
+    """
+
+    engine_key: str
+    """``EngineKey.digest()`` of the engine kept: its directory in the store."""
+    key: EngineKey
+    backend: Backend
+    precision: Precision
+    cache_hit: bool
+    """True when the engine (or this whole build request) was already in the store."""
+    model_sha256: str
+    node_class: str
+    accuracy: list[RungResult] = []
+    profile: list[LatencyPoint] = []
+    notes: list[str] = []
+    build_seconds: float = 0.0
+
+    def to_message(self, limit: int = 4096) -> str:
+        """Compact JSON of at most ``limit`` bytes: notes, then profile points, are trimmed."""
+        summary = self
+        text = summary.model_dump_json(exclude_none=True)
+        while len(text.encode()) > limit and summary.notes:
+            summary = summary.model_copy(update={"notes": summary.notes[:-1]})
+            text = summary.model_dump_json(exclude_none=True)
+        while len(text.encode()) > limit and len(summary.profile) > 1:
+            profile = summary.profile
+            summary = summary.model_copy(update={"profile": [profile[0], *profile[2:]]})
+            text = summary.model_dump_json(exclude_none=True)
+        while len(text.encode()) > limit and summary.accuracy:
+            summary = summary.model_copy(update={"accuracy": summary.accuracy[1:]})
+            text = summary.model_dump_json(exclude_none=True)
+        return text

@@ -1,0 +1,350 @@
+"""`infleet build` orchestration: fetch, reference, ladder walk per backend, measured choice.
+
+For each backend (the scheduler's default first, then alternatives the class can also run)
+the precision ladder is walked: each rung is built (or taken from the store), compared with
+the FP32 ONNX Runtime reference, and the first rung within the budget is profiled and stored.
+Among backends that produced a passing engine, the fastest (geometric-mean throughput over the
+profiled batch sizes) is kept, and the notes say what was measured and why it won.
+
+A whole build request is keyed too (model, class, backends, ladder, budget, options): a second
+identical request finds its record and the stored engine, and returns without building.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from infleet import __version__
+from infleet.api import AccuracyMetric, Backend, LatencyPoint, Precision, RungResult
+from infleet.runtime import fetch as fetching
+from infleet.runtime.accuracy import Budget, verdict, worst_deviation
+from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder
+from infleet.runtime.builders.base import Runner, run_any_batch
+from infleet.runtime.errors import (
+    AccuracyGateFailed,
+    BackendUnavailable,
+    BuildError,
+    ModelError,
+    UnsupportedModel,
+)
+from infleet.runtime.hardware import Arch, HardwareTarget, cpu_limit_threads, target_for_class
+from infleet.runtime.manifest import BuildSummary, EngineKey, EngineManifest
+from infleet.runtime.onnxmodel import ModelInfo, model_info, synthetic_inputs
+from infleet.runtime.profile import measure, speed_score
+from infleet.runtime.store import EngineStore
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = f"infleet-{__version__}/1"
+"""Enters every engine key: bump the suffix when a builder change makes old engines stale."""
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model_uri: str
+    node_class: str
+    store: Path
+    backends: tuple[Backend, ...]
+    """The scheduler's backend first; the rest are alternatives measured against it."""
+    ladder: tuple[Precision, ...] = (Precision.FP32,)
+    model_sha256: str | None = None
+    model_name: str = "model"
+    metric: AccuracyMetric = AccuracyMetric.COSINE
+    max_deviation: float | None = None
+    max_batch: int = 8
+    dims: Mapping[str, int] = field(default_factory=dict)
+    calibration_uri: str | None = None
+    calibration_sha256: str | None = None
+    calibration_samples: int = 64
+    validation_samples: int = 16
+    tuning_trials: int = 0
+    tuning_seconds: float = 0.0
+    batch_sizes: tuple[int, ...] = ()
+    int8_method: str = "auto"
+    arch: Arch | None = None
+    features: frozenset[str] | None = None
+    compute_capability: tuple[int, int] | None = None
+    threads: int | None = None
+    profile_seconds: float = 0.5
+    fetch_options: fetching.FetchOptions = field(default_factory=fetching.FetchOptions)
+
+    def digest(self, model_sha256: str, target: HardwareTarget, calibration_sha: str | None) -> str:
+        fields = {
+            "model": model_sha256, "target": target.fingerprint(), "class": self.node_class,
+            "backends": [b.value for b in self.backends], "ladder": [p.value for p in self.ladder],
+            "metric": self.metric.value, "budget": self.max_deviation, "max_batch": self.max_batch,
+            "dims": dict(sorted(self.dims.items())), "calibration": calibration_sha,
+            "samples": [self.calibration_samples, self.validation_samples],
+            "tuning": [self.tuning_trials, self.tuning_seconds], "batch_sizes": list(self.batch_sizes),
+            "int8": self.int8_method, "builder": BUILDER_VERSION,
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass
+class _Candidate:
+    backend: Backend
+    manifest: EngineManifest | None = None
+    rungs: list[RungResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cache_hit: bool = False
+    emulated: bool = False
+
+
+def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> BuildSummary:
+    started = time.monotonic()
+    store = EngineStore(request.store)
+    progress(f"fetching {request.model_uri}")
+    fetched = fetching.fetch(
+        request.model_uri, request.store / "models", request.model_sha256, request.fetch_options
+    )
+    progress(f"model sha256 {fetched.sha256} ({fetched.size} bytes)")
+    info = model_info(fetched.path)
+    if not info.inputs:
+        raise ModelError(f"{request.model_uri}: the model has no inputs")
+    target = target_for_class(request.node_class, request.arch, request.features, request.compute_capability)
+    threads = request.threads or cpu_limit_threads()
+    calibration, calibration_sha, calibration_note = _calibration(request, info, store)
+    req_digest = request.digest(fetched.sha256, target, calibration_sha)
+    with store.lock(f"request-{req_digest}"):
+        cached = _cached_summary(store, req_digest)
+        if cached is not None:
+            progress(f"cache hit: engine {cached.engine_key} exists for this request")
+            return cached
+        with tempfile.TemporaryDirectory(dir=store.root / "staging", prefix="work-") as work:
+            job = BuildJob(
+                model_path=fetched.path, info=info, target=target, max_batch=_max_batch(request, info),
+                dims=dict(request.dims), calibration=calibration, threads=threads,
+                work_dir=Path(work), tuning_trials=request.tuning_trials,
+                tuning_seconds=request.tuning_seconds, batch_sizes=request.batch_sizes,
+                int8_method=request.int8_method,
+            )  # fmt: skip
+            summary = _build(request, job, store, fetched.sha256, progress, started)
+        summary = summary.model_copy(update={"notes": [calibration_note, *summary.notes]})
+        store.put_request(req_digest, json.loads(summary.model_dump_json()))
+    return summary
+
+
+def _max_batch(request: BuildRequest, info: ModelInfo) -> int:
+    fixed = info.fixed_batch
+    return fixed if fixed is not None else request.max_batch
+
+
+def _cached_summary(store: EngineStore, digest: str) -> BuildSummary | None:
+    record = store.get_request(digest)
+    if record is None:
+        return None
+    try:
+        summary = BuildSummary.model_validate(record)
+    except ValueError:
+        return None
+    if store.get(summary.key) is None:  # the engine was removed: build again
+        return None
+    return summary.model_copy(update={"cache_hit": True, "build_seconds": 0.0})
+
+
+def _calibration(
+    request: BuildRequest, info: ModelInfo, store: EngineStore
+) -> tuple[dict[str, np.ndarray], str | None, str]:
+    if request.calibration_uri is None:
+        data = synthetic_inputs(info, request.calibration_samples, request.dims, seed=0)
+        return data, None, f"calibration and validation: synthetic inputs ({request.calibration_samples} samples)"
+    fetched = fetching.fetch(
+        request.calibration_uri, store.root / "data", request.calibration_sha256, request.fetch_options
+    )
+    try:
+        with np.load(fetched.path) as npz:
+            data = {t.name: np.asarray(npz[t.name]) for t in info.inputs}
+    except KeyError as e:
+        raise ModelError(f"{request.calibration_uri}: no array named {e} for the model input") from e
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{request.calibration_uri}: not a readable .npz file: {e}") from e
+    for t in info.inputs:
+        a = data[t.name]
+        if a.dtype != t.dtype or a.ndim != len(t.dims):
+            raise ModelError(
+                f"{request.calibration_uri}: {t.name} is {a.dtype}{list(a.shape)}, "
+                f"the model wants {t.dtype} with {len(t.dims)} dimensions"
+            )
+    data = {k: v[: request.calibration_samples] for k, v in data.items()}
+    rows = len(next(iter(data.values())))
+    return data, fetched.sha256, f"calibration and validation: {rows} samples from {request.calibration_uri}"
+
+
+def _validation(request: BuildRequest, info: ModelInfo, calibration: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if request.calibration_uri is not None:
+        return {k: v[: request.validation_samples] for k, v in calibration.items()}
+    return synthetic_inputs(info, request.validation_samples, request.dims, seed=1)
+
+
+def _build(
+    request: BuildRequest, job: BuildJob, store: EngineStore, model_sha: str, progress: Progress, started: float
+) -> BuildSummary:
+    from infleet.runtime.builders.onnxruntime import reference_runner
+
+    validation = _validation(request, job.info, job.calibration)
+    progress("running the FP32 ONNX Runtime reference")
+    reference = run_any_batch(reference_runner(job.model_path, job.threads), validation, job.max_batch)
+    budget = Budget(request.metric, request.max_deviation)
+    candidates: list[_Candidate] = []
+    for i, backend in enumerate(request.backends):
+        try:
+            builder = get_builder(backend)
+            version = builder.version()
+        except BackendUnavailable as e:
+            if i == 0:
+                raise
+            candidates.append(_Candidate(backend, notes=[f"alternative {backend} not measured: {e}"]))
+            continue
+        cand = _walk_ladder(request, job, store, builder, version, model_sha, budget, validation, reference, progress)
+        candidates.append(cand)
+    passing = [c for c in candidates if c.manifest is not None]
+    if not passing:
+        tried = "; ".join(f"{c.backend} {r.precision}: {r.message}" for c in candidates for r in c.rungs)
+        errors = [r.message for c in candidates for r in c.rungs]
+        if errors and all(m.startswith("unsupported model") for m in errors):
+            raise UnsupportedModel(f"no backend can build this model: {tried}")
+        raise AccuracyGateFailed(f"no precision rung passed the accuracy gate: {tried or 'nothing to try'}")
+    winner, choice_notes = choose(passing)
+    assert winner.manifest is not None
+    notes = [*choice_notes, *(n for c in candidates for n in c.notes)]
+    for c in candidates:
+        if c is not winner and c.rungs:
+            notes.append(f"{c.backend} rungs: " + ", ".join(f"{r.precision} {'pass' if r.passed else 'fail'} ({r.message})" for r in c.rungs))
+    return BuildSummary(
+        engine_key=winner.manifest.key.digest(),
+        key=winner.manifest.key,
+        backend=winner.backend,
+        precision=winner.manifest.key.precision,
+        cache_hit=winner.cache_hit,
+        model_sha256=model_sha,
+        node_class=request.node_class,
+        accuracy=winner.rungs,
+        profile=winner.manifest.profile,
+        notes=notes,
+        build_seconds=round(time.monotonic() - started, 2),
+    )
+
+
+def choose(passing: list[_Candidate]) -> tuple[_Candidate, list[str]]:
+    """The fastest passing engine; the scheduler's default when speeds cannot be compared."""
+    if len(passing) == 1:
+        return passing[0], []
+    measured = [c for c in passing if c.manifest is not None and c.manifest.profile and not c.emulated]
+    if len(measured) < 2:
+        return passing[0], [f"kept {passing[0].backend}: the alternatives could not be timed on this host"]
+    common = sorted(set.intersection(*({p.batch_size for p in c.manifest.profile} for c in measured if c.manifest)))
+    scores = {c.backend: speed_score(c.manifest.profile, common) for c in measured if c.manifest}
+    best = max(measured, key=lambda c: scores[c.backend])
+    shown = ", ".join(f"{b} {s:.1f}/s" for b, s in scores.items())
+    return best, [f"kept {best.backend}: fastest passing engine (geometric-mean throughput over batch sizes {common}: {shown})"]
+
+
+def _walk_ladder(
+    request: BuildRequest,
+    job: BuildJob,
+    store: EngineStore,
+    builder: EngineBuilder,
+    version: str,
+    model_sha: str,
+    budget: Budget,
+    validation: Mapping[str, np.ndarray],
+    reference: list[np.ndarray],
+    progress: Progress,
+) -> _Candidate:
+    cand = _Candidate(builder.backend)
+    for precision in request.ladder:
+        limit = budget.limit(precision)
+        if limit is None:
+            cand.rungs.append(RungResult(precision=precision, passed=False, message=f"skipped: {precision} is tried only with accuracy.maxDeviation"))
+            continue
+        reason = builder.unsupported(precision, job.target)
+        if reason is not None:
+            cand.rungs.append(RungResult(precision=precision, passed=False, message=f"skipped: {reason}"))
+            continue
+        key = EngineKey(
+            model_sha256=model_sha, backend=builder.backend, backend_version=version,
+            precision=precision, hardware_fingerprint=job.target.fingerprint(), builder_version=BUILDER_VERSION,
+        )  # fmt: skip
+        progress(f"{builder.backend} {precision}: engine {key.digest()}")
+        with store.lock(key.digest()):
+            result = _rung(request, job, store, builder, key, budget, validation, reference, progress)
+        rung, manifest, hit, emulated, notes = result
+        cand.rungs.append(rung)
+        cand.notes.extend(notes)
+        progress(f"{builder.backend} {precision}: {'PASS' if rung.passed else 'FAIL'} {rung.message}")
+        if manifest is not None:
+            cand.manifest = manifest.model_copy(update={"accuracy": list(cand.rungs)})
+            cand.cache_hit, cand.emulated = hit, emulated
+            break
+    return cand
+
+
+def _rung(request, job, store, builder, key, budget, validation, reference, progress):  # type: ignore[no-untyped-def]
+    """Build (or reuse) one engine and gate it; returns (rung, manifest|None, hit, emulated, notes)."""
+    precision = key.precision
+    existing = store.get(key)
+    notes: list[str] = []
+    if existing is not None:
+        engine_dir, manifest, staged = store.engine_dir(key), existing, None
+        progress(f"{builder.backend} {precision}: reusing stored engine")
+    else:
+        staged = store.staging()
+        t0 = time.monotonic()
+        try:
+            built = builder.build(job, precision, staged)
+        except BackendUnavailable:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        except BuildError as e:
+            shutil.rmtree(staged, ignore_errors=True)
+            word = "unsupported model" if isinstance(e, UnsupportedModel) else "build failed"
+            return RungResult(precision=precision, passed=False, message=f"{word}: {e}"), None, False, False, []
+        notes.extend(built.notes)
+        engine_dir = staged
+        manifest = EngineManifest(
+            key=key, engine_file=built.engine_file, model_name=request.model_name,
+            inputs=[t.spec() for t in job.info.inputs], outputs=[t.spec() for t in job.info.outputs],
+            max_batch_size=job.max_batch, batch_sizes=list(built.batch_sizes), node_class=request.node_class,
+            options=dict(built.options), notes=list(built.notes),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            build_seconds=round(time.monotonic() - t0, 2),
+        )  # fmt: skip
+    runner: Runner = builder.load(engine_dir, manifest, job.threads)
+    if runner.emulated:
+        progress(f"{builder.backend} {precision}: running the {job.target.arch} engine under emulation")
+    outputs = run_any_batch(runner, validation, job.max_batch) if not runner.emulated else runner.run(validation)
+    rung = verdict(budget, precision, worst_deviation(budget.metric, reference, outputs))
+    if not rung.passed:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        return rung, None, False, False, notes
+    if existing is not None:
+        return rung, existing, True, runner.emulated, notes
+    profile: list[LatencyPoint] = []
+    if runner.emulated:
+        notes.append(f"{builder.backend}: no latency profile: the {job.target.arch} engine ran under emulation; the serving pod measures it at start")
+    else:
+        progress(f"{builder.backend} {precision}: profiling batch sizes up to {job.max_batch}")
+        profile = measure(
+            runner,
+            lambda b: synthetic_inputs(job.info, b, job.dims, seed=2),
+            job.max_batch,
+            seconds_per_size=request.profile_seconds,
+        )
+    manifest = manifest.model_copy(update={"profile": profile, "accuracy": [rung]})
+    final = store.commit(staged, manifest)
+    return rung, EngineManifest.model_validate_json((final / "manifest.json").read_bytes()), False, runner.emulated, notes

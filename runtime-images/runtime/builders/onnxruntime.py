@@ -1,0 +1,190 @@
+"""ONNX Runtime engines: the graph optimised for the node and saved, optionally quantised.
+
+The engine is an ONNX file that ORT has already optimised (level ALL, for the build node's
+CPU or for the CUDA provider on GPU classes); loading it skips the optimiser. INT8 uses
+onnxruntime.quantization: static QDQ with calibration data (convolutional models), or dynamic
+quantisation (transformer-style models made of MatMul/Gemm, where activation ranges vary per
+input and static ranges cost accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infleet.api import Backend, Precision
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds
+from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
+from infleet.runtime.hardware import HardwareTarget
+from infleet.runtime.manifest import EngineManifest
+
+log = logging.getLogger(__name__)
+
+ENGINE_FILE = "engine.onnx"
+CALIBRATION_BATCH = 8
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendUnavailable(
+            "onnxruntime is not installed (pip install 'infleet[onnxruntime]')"
+        ) from e
+    return onnxruntime
+
+
+def providers_for(target: HardwareTarget) -> list[str]:
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if target.gpu else ["CPUExecutionProvider"]
+
+
+def int8_method(job: BuildJob) -> str:
+    """static (QDQ, calibrated) for conv nets; dynamic for MatMul-only (transformer) graphs."""
+    if job.int8_method != "auto":
+        return job.int8_method
+    ops = job.info.op_types
+    if "Conv" not in ops and ops & {"MatMul", "Gemm"}:
+        return "dynamic"
+    return "static"
+
+
+class OnnxRuntimeBuilder:
+    backend = Backend.ONNXRUNTIME
+
+    def version(self) -> str:
+        return str(_ort().__version__)
+
+    def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
+        if not target.is_host():
+            return f"ONNX Runtime builds on the node it serves; target {target.arch} is not this host"
+        if precision in (Precision.FP16, Precision.FP8):
+            return f"{precision} is not offered by the ONNX Runtime builder (CPU kernels are FP32/INT8)"
+        if target.gpu and "CUDAExecutionProvider" not in _ort().get_available_providers():
+            return "this onnxruntime has no CUDA provider (install infleet[gpu])"
+        if target.gpu and precision == Precision.INT8:
+            return "INT8 on GPUs is TensorRT's job; the CUDA provider runs FP32"
+        return None
+
+    def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
+        ort = _ort()
+        options = {"providers": ",".join(providers_for(job.target)), "optimization": "all"}
+        source = job.model_path
+        if precision == Precision.INT8:
+            method = int8_method(job)
+            source = self._quantize(job, method, out_dir)
+            options["quantization"] = f"{method} (QDQ, u8 activations, s8 per-channel weights)" if method == "static" else "dynamic (s8 weights, per-batch activation ranges)"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # the "hardware specific" warning is expected: keys carry the CPU
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(out_dir / ENGINE_FILE)
+        opts.intra_op_num_threads = job.threads
+        try:
+            ort.InferenceSession(str(source), opts, providers=providers_for(job.target))
+        except Exception as e:
+            raise _wrap(e, "optimising the graph") from e
+        finally:
+            if source != job.model_path:
+                source.unlink(missing_ok=True)
+        return BuiltEngine(engine_file=ENGINE_FILE, options=options)
+
+    def _quantize(self, job: BuildJob, method: str, out_dir: Path) -> Path:
+        from onnxruntime import quantization as q
+
+        pre = job.work_dir / "int8-pre.onnx"
+        out = job.work_dir / "int8.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.WARNING))  # the quantiser logs every tensor at INFO
+        try:
+            # Shape inference + basic folding first: the quantiser needs value shapes.
+            q.quant_pre_process(str(job.model_path), str(pre), skip_symbolic_shape=True)
+            vnni = bool(job.target.features & {"avx512vnni", "avxvnni", "amxint8"})
+            if method == "dynamic":
+                q.quantize_dynamic(str(pre), str(out), weight_type=q.QuantType.QInt8)
+            else:
+                q.quantize_static(
+                    str(pre),
+                    str(out),
+                    _reader(q.CalibrationDataReader, job.calibration),
+                    quant_format=q.QuantFormat.QDQ,
+                    activation_type=q.QuantType.QUInt8,
+                    weight_type=q.QuantType.QInt8,
+                    per_channel=True,
+                    # Without VNNI, u8*s8 products can saturate the 16-bit accumulation of
+                    # AVX2's vpmaddubsw; ORT's guidance is 7-bit weights there.
+                    reduce_range=not vnni,
+                    calibrate_method=q.CalibrationMethod.MinMax,
+                )
+        except Exception as e:
+            raise _wrap(e, f"{method} INT8 quantisation") from e
+        finally:
+            root.setLevel(level)
+            pre.unlink(missing_ok=True)
+        return out
+
+    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> OrtRunner:
+        ort = _ort()
+        opts = ort.SessionOptions()
+        # The engine is the optimiser's output already; running it again only costs start time.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        providers = manifest.options.get("providers", "CPUExecutionProvider").split(",")
+        try:
+            session = ort.InferenceSession(str(engine_dir / manifest.engine_file), opts, providers=providers)
+        except Exception as e:
+            raise _wrap(e, "loading the engine") from e
+        return OrtRunner(session)
+
+
+class OrtRunner:
+    batch_sizes: tuple[int, ...] = ()
+    emulated = False
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def run(self, feeds: Feeds) -> list[np.ndarray]:
+        return list(self.session.run(None, dict(feeds)))
+
+
+def reference_runner(model_path: Path, threads: int) -> OrtRunner:
+    """The FP32 reference every engine is compared with: ORT CPU, optimiser limited to basic."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.intra_op_num_threads = threads
+    try:
+        return OrtRunner(ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"]))
+    except Exception as e:
+        raise _wrap(e, "loading the FP32 reference") from e
+
+
+def _reader(base: type, data: Feeds) -> Any:
+    """A CalibrationDataReader feeding the calibration samples in small batches."""
+
+    class Reader(base):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            self._batches = iter_batches(data, CALIBRATION_BATCH)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    return Reader()
+
+
+def iter_batches(data: Feeds, batch: int) -> Iterator[dict[str, np.ndarray]]:
+    rows = len(next(iter(data.values())))
+    for start in range(0, rows, batch):
+        yield {k: v[start : start + batch] for k, v in data.items()}
+
+
+def _wrap(e: Exception, doing: str) -> BuildError:
+    text = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+    if "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "is not a registered function/op" in text or "No Op registered" in text:
+        return UnsupportedModel(f"onnxruntime, {doing}: unsupported operator: {text}")
+    return BuildError(f"onnxruntime, {doing}: {text}")

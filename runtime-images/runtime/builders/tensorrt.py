@@ -1,0 +1,297 @@
+"""TensorRT engines: the ONNX parser, FP16 / INT8 (entropy calibration) / FP8, one optimisation
+profile for the dynamic batch, a timing cache, and a serialized plan; plus the plan's loader.
+
+Written against the TensorRT 10 Python API. The pure parts (profile shapes, calibration
+batching, capability checks) are separate functions, tested without a GPU; the calls into
+``tensorrt`` and CUDA run only on an NVIDIA build node. When ``tensorrt`` cannot be imported the
+builder says so (BackendUnavailable); it never falls back to another backend silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infleet.api import Backend, Precision
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds
+from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
+from infleet.runtime.hardware import HardwareTarget
+from infleet.runtime.manifest import EngineManifest
+from infleet.runtime.onnxmodel import ModelInfo
+
+log = logging.getLogger(__name__)
+
+ENGINE_FILE = "engine.plan"
+WORKSPACE_BYTES = 4 << 30
+MIN_COMPUTE = {Precision.FP32: (7, 0), Precision.FP16: (7, 0), Precision.INT8: (7, 0),
+               Precision.FP8: (8, 9)}  # fmt: skip
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise BackendUnavailable(
+            "tensorrt cannot be imported: TensorRT engines are built on an NVIDIA node from the "
+            f"tensorrt image (pip install 'infleet[tensorrt]' on a CUDA host) [{e}]"
+        ) from e
+    return tensorrt
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as e:
+        raise BackendUnavailable("cuda-python is needed for TensorRT buffers (pip install cuda-python)") from e
+    return cudart
+
+
+@dataclass(frozen=True)
+class ProfileShapes:
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def profile_shapes(
+    info: ModelInfo, max_batch: int, dims: Mapping[str, int], opt_batch: int | None = None
+) -> dict[str, ProfileShapes]:
+    """min/opt/max shapes per input for one optimisation profile over the batch dimension.
+
+    opt is where TensorRT picks its tactics: by default the middle power of two, the batch a
+    dynamic batcher forms most under load (max_batch itself is rarer, 1 is latency-bound).
+    """
+    if opt_batch is None:
+        opt_batch = 1 << (max(max_batch, 1).bit_length() - 1) // 2 if max_batch > 1 else 1
+        opt_batch = min(max(opt_batch, 1), max_batch)
+    if not 1 <= opt_batch <= max_batch:
+        raise BuildError(f"tensorrt: opt batch {opt_batch} is outside 1..{max_batch}")
+    shapes = {}
+    for t in info.inputs:
+        if t.batched:
+            shapes[t.name] = ProfileShapes(t.shape(1, dims), t.shape(opt_batch, dims), t.shape(max_batch, dims))
+        else:
+            fixed = t.shape(1, dims)
+            shapes[t.name] = ProfileShapes(fixed, fixed, fixed)
+    return shapes
+
+
+class CalibrationBatches:
+    """Cuts calibration samples into equal batches for TensorRT's calibrator.
+
+    TensorRT asks for a fixed batch size up front; a short final batch would change the input
+    shape mid-calibration, so it is dropped (at least one full batch is required).
+    """
+
+    def __init__(self, data: Feeds, batch_size: int, order: list[str]) -> None:
+        rows = {len(v) for v in data.values()}
+        if len(rows) != 1:
+            raise BuildError(f"tensorrt: calibration inputs disagree on sample count: {sorted(rows)}")
+        self.rows = rows.pop()
+        if self.rows < batch_size:
+            raise BuildError(f"tensorrt: {self.rows} calibration samples, fewer than one batch of {batch_size}")
+        missing = [n for n in order if n not in data]
+        if missing:
+            raise BuildError(f"tensorrt: calibration data lacks inputs {missing}")
+        self.batch_size = batch_size
+        self.order = order
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.rows // self.batch_size
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        for i in range(len(self)):
+            s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            yield [np.ascontiguousarray(self.data[n][s]) for n in self.order]
+
+
+def make_calibrator(trt: Any, batches: CalibrationBatches, cache_file: Path) -> Any:
+    """An IInt8EntropyCalibrator2 that copies each batch into device buffers."""
+    if not hasattr(trt, "IInt8EntropyCalibrator2"):
+        raise BackendUnavailable(
+            f"TensorRT {trt.__version__} has no implicit INT8 calibration; give a model with Q/DQ nodes"
+        )
+    cudart = _cudart()
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self._it = iter(batches)
+            self._buffers: list[int] = []
+
+        def get_batch_size(self) -> int:
+            return batches.batch_size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            arrays = next(self._it, None)
+            if arrays is None:
+                return None
+            if not self._buffers:
+                for a in arrays:
+                    err, ptr = cudart.cudaMalloc(a.nbytes)
+                    _check(cudart, err, "cudaMalloc")
+                    self._buffers.append(ptr)
+            for ptr, a in zip(self._buffers, arrays, strict=True):
+                (err,) = cudart.cudaMemcpy(ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+                _check(cudart, err, "cudaMemcpy")
+            return list(self._buffers)
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_file.read_bytes() if cache_file.is_file() else None
+
+        def write_calibration_cache(self, cache: bytes) -> None:
+            cache_file.write_bytes(bytes(cache))
+
+    return EntropyCalibrator()
+
+
+def _check(cudart: Any, err: Any, what: str) -> None:
+    if int(err) != 0:
+        raise BuildError(f"tensorrt: {what} failed: {cudart.cudaGetErrorString(err)[1]}")
+
+
+def capability_problem(precision: Precision, target: HardwareTarget) -> str | None:
+    """Why ``precision`` cannot be built for ``target``'s GPU; None when it can."""
+    if not target.gpu:
+        return "TensorRT needs an NVIDIA GPU class"
+    need = MIN_COMPUTE[precision]
+    have = target.compute_capability
+    if have is not None and have < need:
+        return (f"{precision} needs compute capability {need[0]}.{need[1]}+, "
+                f"{target.gpu} has {have[0]}.{have[1]}")  # fmt: skip
+    return None
+
+
+def has_fp8_qdq(info_ops: frozenset[str], model: Any) -> bool:
+    """FP8 in TensorRT is explicit quantisation only: the ONNX graph must carry FP8 Q/DQ."""
+    if "QuantizeLinear" not in info_ops:
+        return False
+    fp8 = {17, 18, 19, 20}  # onnx FLOAT8E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ
+    return any(i.data_type in fp8 for i in model.graph.initializer)
+
+
+class TensorRtBuilder:
+    backend = Backend.TENSORRT
+
+    def version(self) -> str:
+        return str(_trt().__version__)
+
+    def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
+        return capability_problem(precision, target)
+
+    def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
+        trt = _trt()
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(job.model_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise UnsupportedModel(f"tensorrt: the ONNX parser refused the model: {errors[:600]}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+        shapes = profile_shapes(job.info, job.max_batch, job.dims)
+        profile = builder.create_optimization_profile()
+        for name, s in shapes.items():
+            profile.set_shape(name, s.min, s.opt, s.max)
+        config.add_optimization_profile(profile)
+        notes: list[str] = []
+        if precision in (Precision.FP16, Precision.INT8, Precision.FP8):
+            # Layers without a low-precision kernel stay FP32; FP16 is the fallback below INT8.
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == Precision.INT8:
+            config.set_flag(trt.BuilderFlag.INT8)
+            batches = CalibrationBatches(job.calibration, min(8, job.max_batch), [t.name for t in job.info.inputs])
+            config.int8_calibrator = make_calibrator(trt, batches, job.work_dir / "calibration.cache")
+            calib_profile = builder.create_optimization_profile()
+            for name, s in shapes.items():
+                fixed = (batches.batch_size, *s.opt[1:]) if job.info.inputs and s.min != s.max else s.opt
+                calib_profile.set_shape(name, fixed, fixed, fixed)
+            config.set_calibration_profile(calib_profile)
+            notes.append(f"tensorrt: INT8 entropy calibration over {len(batches) * batches.batch_size} samples")
+        if precision == Precision.FP8:
+            from infleet.runtime.onnxmodel import load_model
+
+            if not has_fp8_qdq(job.info.op_types, load_model(job.model_path)):
+                raise UnsupportedModel("tensorrt: FP8 needs a model with FP8 Q/DQ nodes (explicit quantisation)")
+            config.set_flag(trt.BuilderFlag.FP8)
+        cache_file = job.work_dir.parent / f"timing-{job.target.fingerprint()}.cache"
+        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise BuildError("tensorrt: the builder returned no engine (see its log above)")
+        (out_dir / ENGINE_FILE).write_bytes(bytes(plan))
+        cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+        options = {
+            "profile": ";".join(f"{n}:{s.min}/{s.opt}/{s.max}" for n, s in shapes.items()),
+            "tensorrt_flags": precision.value,
+            "timing_cache": cache_file.name,
+        }
+        return BuiltEngine(ENGINE_FILE, options, (), tuple(notes))
+
+    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> TrtRunner:
+        trt = _trt()
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine((engine_dir / manifest.engine_file).read_bytes())
+        if engine is None:
+            raise BuildError("tensorrt: the plan does not deserialize (other TensorRT version or GPU?)")
+        return TrtRunner(trt, engine, manifest)
+
+
+class TrtRunner:
+    batch_sizes: tuple[int, ...] = ()
+    emulated = False
+
+    def __init__(self, trt: Any, engine: Any, manifest: EngineManifest) -> None:
+        self._trt = trt
+        self._cudart = _cudart()
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        self._inputs = [t.name for t in manifest.inputs]
+        self._outputs = [t.name for t in manifest.outputs]
+        err, self._stream = self._cudart.cudaStreamCreate()
+        _check(self._cudart, err, "cudaStreamCreate")
+
+    def run(self, feeds: Feeds) -> list[np.ndarray]:
+        cudart, ctx = self._cudart, self._context
+        to_free: list[int] = []
+        try:
+            for name in self._inputs:
+                a = np.ascontiguousarray(feeds[name])
+                ctx.set_input_shape(name, a.shape)
+                ptr = self._alloc(a.nbytes, to_free)
+                (err,) = cudart.cudaMemcpy(ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+                _check(cudart, err, "cudaMemcpy")
+                ctx.set_tensor_address(name, ptr)
+            outs = []
+            for name in self._outputs:
+                shape = tuple(ctx.get_tensor_shape(name))
+                dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+                host = np.empty(shape, dtype)
+                ptr = self._alloc(host.nbytes, to_free)
+                ctx.set_tensor_address(name, ptr)
+                outs.append((host, ptr))
+            if not ctx.execute_async_v3(self._stream):
+                raise BuildError("tensorrt: execute_async_v3 failed")
+            for host, ptr in outs:
+                (err,) = cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream)
+                _check(cudart, err, "cudaMemcpyAsync")
+            (err,) = cudart.cudaStreamSynchronize(self._stream)
+            _check(cudart, err, "cudaStreamSynchronize")
+            return [h for h, _ in outs]
+        finally:
+            for ptr in to_free:
+                cudart.cudaFree(ptr)
+
+    def _alloc(self, nbytes: int, to_free: list[int]) -> int:
+        err, ptr = self._cudart.cudaMalloc(max(nbytes, 1))
+        _check(self._cudart, err, "cudaMalloc")
+        to_free.append(ptr)
+        return int(ptr)

@@ -1,0 +1,277 @@
+"""TVM engines: Relax import from ONNX, compiled for the class's CPU, exported as one .so.
+
+Shapes are static per compiled batch size: the graph is pinned to each size and its shape
+subgraphs folded (TVM's importer refuses many of them otherwise), every size becomes one VM
+function ``main_b{n}`` of a single library, and the server pads a batch up to the next size.
+Arm64 classes are cross-compiled with Debian's aarch64 toolchain when the host is x86; such an
+engine is verified under qemu-user (`infleet.runtime.builders.qemu`).
+
+MetaSchedule tuning runs in a child process with a time bound: a crash or a timeout there (the
+current wheel has segfaulted) leaves the untuned engine, never a failed build, and the reason
+lands in the build notes. The database is written as tuning goes, so a time-bounded run still
+applies what it measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infleet.api import Backend, Precision
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, pick_batch_sizes
+from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
+from infleet.runtime.hardware import Arch, HardwareTarget, host_arch
+from infleet.runtime.manifest import EngineManifest
+from infleet.runtime.onnxmodel import fix_shapes_and_fold, load_model
+
+log = logging.getLogger(__name__)
+
+ENGINE_FILE = "engine.so"
+CROSS_CC = {Arch.AARCH64: "aarch64-linux-gnu-gcc", Arch.X86_64: "x86_64-linux-gnu-gcc"}
+ELF_MACHINE = {Arch.X86_64: 62, Arch.AARCH64: 183}
+
+
+def _tvm() -> Any:
+    try:
+        import tvm
+    except ImportError as e:
+        raise BackendUnavailable("apache-tvm is not installed (pip install 'infleet[tvm]')") from e
+    return tvm
+
+
+def target_spec(target: HardwareTarget, threads: int) -> dict[str, Any]:
+    """The LLVM target for a class, as TVM's JSON target dict (string targets are gone)."""
+    f = target.features
+    if target.arch == Arch.AARCH64:
+        mattr = ["+neon"]
+        mattr += ["+dotprod"] if "asimddp" in f else []
+        mattr += ["+fullfp16"] if f & {"asimdhp", "fphp"} else []
+        mattr += ["+sve"] if "sve" in f else []
+        mattr += ["+i8mm"] if "i8mm" in f else []
+        return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": target.cpu or "generic",
+                "mattr": mattr, "num-cores": threads}  # fmt: skip
+    if "avx512f" in f:
+        mcpu = "x86-64-v4"
+    elif "avx2" in f:
+        mcpu = "x86-64-v3"
+    else:
+        mcpu = "x86-64-v2"
+    mattr = [f"+{x}" for x in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl") if x in f]
+    mattr += ["+avx512vnni"] if "avx512vnni" in f else []
+    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "mattr": mattr,
+            "num-cores": threads}  # fmt: skip
+
+
+def elf_machine(path: Path) -> int | None:
+    """The ELF e_machine of a file (183 = AArch64, 62 = x86-64), None if it is no 64-bit ELF."""
+    with path.open("rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] != 2:
+        return None
+    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+
+
+class TvmBuilder:
+    backend = Backend.TVM
+
+    def version(self) -> str:
+        return str(_tvm().__version__)
+
+    def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
+        if target.gpu:
+            return "the TVM builder targets CPUs (llvm); GPU classes use TensorRT"
+        if precision != Precision.FP32:
+            # Relax's ONNX path has no calibrated INT8 flow, and FP16 via ToMixedPrecision
+            # is not validated on CPUs here: refuse rather than ship an untested engine.
+            return f"{precision} is not offered by the TVM builder yet (FP32 only)"
+        if not target.is_host() and shutil.which(CROSS_CC[target.arch]) is None:
+            return (f"cross-compiling for {target.arch} needs {CROSS_CC[target.arch]} "
+                    "(apt-get install gcc-aarch64-linux-gnu, or run hack/arm64-sysroot.sh)")  # fmt: skip
+        return None
+
+    def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
+        tvm = _tvm()
+        from tvm.relax.frontend.onnx import from_onnx
+
+        batch_sizes = pick_batch_sizes(job.max_batch, job.batch_sizes)
+        if job.info.fixed_batch is not None:
+            batch_sizes = (job.info.fixed_batch,)
+        model = load_model(job.model_path)
+        import onnx
+
+        functions = {}
+        for b in batch_sizes:
+            shapes = {t.name: t.shape(b, job.dims) for t in job.info.inputs}
+            prepared = fix_shapes_and_fold(model, shapes, job.work_dir / f"tvm-b{b}.onnx")
+            try:
+                mod = from_onnx(onnx.load(str(prepared)), shape_dict=shapes)
+            except Exception as e:
+                raise _wrap(e, "importing the ONNX graph") from e
+            finally:
+                prepared.unlink(missing_ok=True)
+            name = f"main_b{b}"
+            functions[name] = mod["main"].with_attr("global_symbol", name)
+        mod = tvm.IRModule(functions)
+        spec = target_spec(job.target, job.threads)
+        target = tvm.target.Target(spec)
+        notes: list[str] = []
+        db_dir = job.work_dir / "tuning"
+        tuned = self._tune(job, mod, spec, db_dir, notes)
+        try:
+            if tuned:
+                from tvm import relax
+
+                mod = relax.get_pipeline(
+                    "static_shape_tuning", total_trials=0, target=target, work_dir=str(db_dir)
+                )(mod)
+            ex = tvm.compile(mod, target=target)
+        except Exception as e:
+            raise _wrap(e, "compiling") from e
+        engine = out_dir / ENGINE_FILE
+        try:
+            if job.target.is_host():
+                ex.export_library(str(engine))
+            else:
+                from tvm.support import cc
+
+                ex.export_library(str(engine), fcompile=cc.cross_compiler(CROSS_CC[job.target.arch]))
+        except Exception as e:
+            raise _wrap(e, "exporting the shared library") from e
+        machine = elf_machine(engine)
+        if machine != ELF_MACHINE[job.target.arch]:
+            raise BuildError(f"tvm: exported {engine.name} is not an {job.target.arch} ELF (e_machine={machine})")
+        options = {
+            "target": json.dumps(spec, sort_keys=True),
+            "entry": "main_b{batch}",
+            "input_order": ",".join(t.name for t in job.info.inputs),
+            "tuning": "metaschedule" if tuned else "none",
+            "cross_compiled": str(not job.target.is_host()).lower(),
+        }
+        return BuiltEngine(ENGINE_FILE, options, batch_sizes, tuple(notes))
+
+    def _tune(self, job: BuildJob, mod: Any, spec: dict[str, Any], db_dir: Path, notes: list[str]) -> bool:
+        if job.tuning_trials <= 0 or job.tuning_seconds <= 0:
+            notes.append("tvm: untuned (tuning budget 0)")
+            return False
+        if not job.target.is_host():
+            notes.append("tvm: untuned: MetaSchedule measures on the target CPU; cross builds "
+                         "skip it (run the build on an arm64 node to tune)")  # fmt: skip
+            return False
+        tvm = _tvm()
+        db_dir.mkdir(parents=True, exist_ok=True)
+        mod_file = job.work_dir / "tune-mod.json"
+        mod_file.write_text(tvm.ir.save_json(mod))
+        cmd = [sys.executable, "-m", "infleet.runtime.builders.tvm_tune", str(mod_file),
+               json.dumps(spec), str(db_dir), str(job.tuning_trials)]  # fmt: skip
+        started = time.monotonic()
+        reason = run_child(cmd, job.tuning_seconds)
+        mod_file.unlink(missing_ok=True)
+        records = _count_records(db_dir)
+        took = time.monotonic() - started
+        if reason is None:
+            notes.append(f"tvm: tuned with MetaSchedule, {records} records in {took:.0f}s")
+            return records > 0
+        if records > 0 and reason.startswith("time budget"):
+            notes.append(f"tvm: tuning stopped at its {reason}; applied the {records} records measured")
+            return True
+        notes.append(f"tvm: untuned: MetaSchedule tuning failed ({reason}); kept the untuned engine")
+        return False
+
+    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> Any:
+        if manifest.options.get("cross_compiled") == "true" and _elf_arch(engine_dir / manifest.engine_file) != host_arch():
+            from infleet.runtime.builders.qemu import QemuTvmRunner
+
+            return QemuTvmRunner(engine_dir / manifest.engine_file, manifest)
+        tvm = _tvm()
+        from tvm.runtime.vm import VirtualMachine
+
+        try:
+            lib = tvm.runtime.load_module(str(engine_dir / manifest.engine_file))
+            vm = VirtualMachine(lib, tvm.cpu())
+        except Exception as e:
+            raise _wrap(e, "loading the engine") from e
+        return TvmRunner(tvm, vm, manifest)
+
+
+class TvmRunner:
+    emulated = False
+
+    def __init__(self, tvm: Any, vm: Any, manifest: EngineManifest) -> None:
+        self._tvm = tvm
+        self._vm = vm
+        self.batch_sizes = tuple(manifest.batch_sizes)
+        self._order = manifest.options["input_order"].split(",")
+        self._fns = {b: vm[manifest.options["entry"].format(batch=b)] for b in self.batch_sizes}
+
+    def run(self, feeds: Feeds) -> list[np.ndarray]:
+        batch = len(next(iter(feeds.values())))
+        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self._order]
+        return flatten_outputs(self._fns[batch](*args))
+
+
+def flatten_outputs(result: Any) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out: list[np.ndarray] = []
+    for r in result:
+        out.extend(flatten_outputs(r))
+    return out
+
+
+def run_child(cmd: Sequence[str], timeout_s: float) -> str | None:
+    """Run a child process in its own process group; None when it exits 0, else why not.
+
+    On timeout the whole group is killed: MetaSchedule starts builder/runner workers of its own.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return f"time budget of {timeout_s:.0f}s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stray workers of a finished tuner
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        return f"child process killed by {signal.Signals(-proc.returncode).name}"
+    tail = output.strip().splitlines()[-1:] or ["no output"]
+    return f"exit code {proc.returncode}: {tail[0][:300]}"
+
+
+def _count_records(db_dir: Path) -> int:
+    path = db_dir / "database_tuning_record.json"
+    try:
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def _elf_arch(path: Path) -> Arch | None:
+    machine = elf_machine(path)
+    return next((a for a, m in ELF_MACHINE.items() if m == machine), None)
+
+
+def _wrap(e: Exception, doing: str) -> BuildError:
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else type(e).__name__)
+    if "not supported" in text.lower() or "not implemented" in text.lower() or "Unsupported" in text:
+        return UnsupportedModel(f"tvm, {doing}: {first.strip()[:400]}")
+    return BuildError(f"tvm, {doing}: {first.strip()[:400]}")

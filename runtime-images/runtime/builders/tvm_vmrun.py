@@ -1,0 +1,43 @@
+"""Runs a TVM engine over an .npz of inputs and writes an .npz of outputs.
+
+A standalone script (it imports nothing from infleet): the arm64 gate runs it with Debian's
+arm64 python3.11 under qemu-user, where only the TVM runtime and numpy are installed.
+Usage: tvm_vmrun.py ENGINE.so INPUTS.npz OUTPUTS.npz ENTRY_PATTERN BATCH_SIZES INPUT_ORDER
+"""
+
+import sys
+
+import numpy as np
+
+
+def main(argv):
+    engine, inputs, outputs, entry, sizes, order = argv
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    vm = VirtualMachine(tvm.runtime.load_module(engine), tvm.cpu())
+    sizes = sorted(int(s) for s in sizes.split(","))
+    names = order.split(",")
+    data = np.load(inputs)
+    rows = len(data[names[0]])
+    results = []
+    start = 0
+    while start < rows:
+        take = min(rows - start, sizes[-1])
+        size = next(s for s in sizes if s >= take)
+        args = []
+        for n in names:
+            a = data[n][start : start + take]
+            if take < size:
+                a = np.concatenate([a, np.repeat(a[-1:], size - take, axis=0)])
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(a)))
+        out = vm[entry.format(batch=size)](*args)
+        outs = [out] if hasattr(out, "numpy") else list(out)
+        results.append([o.numpy()[:take] for o in outs])
+        start += take
+    np.savez(outputs, *[np.concatenate(p) for p in zip(*results)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
