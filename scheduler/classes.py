@@ -62,7 +62,8 @@ class NodeClass:
     tolerations: tuple[Taint, ...]
     """NoSchedule/NoExecute taints every member node carries: the class's own gating taints."""
     affinity: NodeAffinity
-    """Selects exactly the member nodes of this inventory."""
+    """Selects exactly the member nodes of this inventory (nodes are told apart by their
+    ``kubernetes.io/hostname`` label where hardware labels cannot; every kubelet sets it)."""
 
     def replicas_that_fit(self, request: Resources) -> int:
         """Pods of size ``request`` that fit in the free resources, node by node."""

@@ -50,7 +50,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _load_documents(path: Path) -> list[Any]:
     import yaml
-
     from infleet.scheduler.errors import InventoryError
 
     try:
@@ -74,19 +73,21 @@ def _deployment(path: Path) -> dict[str, Any]:
 def _cluster_objects(
     kubeconfig: Path | None, context: str | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from infleet.scheduler.errors import ClusterReadError
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
 
-    from infleet.scheduler.errors import ClusterReadError
-
+    # The client's generated signatures do not describe _preload_content=False (it returns
+    # the raw urllib3 response), so the calls go through Any.
+    loader: Any = config
     try:
-        api_client = config.new_client_from_config(
+        api_client = loader.new_client_from_config(
             config_file=str(kubeconfig) if kubeconfig else None, context=context
         )
     except (ConfigException, OSError) as e:
         raise ClusterReadError(f"cannot load kubeconfig: {e}") from e
-    core = client.CoreV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)
     try:
         # Raw JSON: the adapters read the wire's camelCase dicts, and 10k Nodes parse faster
         # without building the client's model objects.
@@ -126,7 +127,6 @@ def _model_size(arg: str | None, uri: str) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     import yaml
-
     from infleet.api import parse_spec
     from infleet.operator.config import OperatorConfig
     from infleet.scheduler.classes import derive_classes

@@ -50,7 +50,7 @@ DEFAULT_GPU_HOUR: Mapping[str, float] = MappingProxyType(
 
 
 CPU_REPLICA = Resources(4000, 8 * GIB, 0)
-GPU_REPLICA = Resources(4000, 16 * GIB, 1)
+GPU_REPLICA = Resources(2000, 8 * GIB, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,12 +221,16 @@ def _weights(size: int, p: Precision) -> int:
     return size * _WIDTH[p] // 4
 
 
-def _replica(cls: NodeClass, policy: ClusterPolicy, model: ModelFacts) -> Resources:
+def _replica(
+    cls: NodeClass, policy: ClusterPolicy, model: ModelFacts, ladder: tuple[Precision, ...]
+) -> Resources:
     base = policy.gpu_replica if cls.key.is_gpu else policy.cpu_replica
-    if model.size_bytes is None:
+    if model.size_bytes is None or not ladder:
         return base
-    # The server holds the FP32 model (reference and fallback) and its engine in host memory.
-    need = 2 * model.size_bytes + GIB // 2
+    # Host memory: the engine of the heaviest rung that may be served; a CPU server also keeps
+    # ONNX Runtime's/TVM's working copies of the weights, hence twice as much.
+    heaviest = max(_weights(model.size_bytes, p) for p in ladder)
+    need = heaviest * (1 if cls.key.is_gpu else 2) + GIB // 2
     return Resources(base.cpu_millis, max(base.memory_bytes, need), base.gpus)
 
 
@@ -267,19 +271,27 @@ def decide(
     hw = cls.key
     name = cls.name
     reasons: list[str] = []
-    replica = _replica(cls, policy, model)
     sel = most_specific(policy.class_defaults, name)
     defaults = policy.class_defaults[sel] if sel else ClassDefaults()
-    if defaults.cost_per_hour is not None:
-        cost, estimated = defaults.cost_per_hour, False
-    else:
-        cost, estimated = estimate_cost(hw, replica, policy), True
 
     def result(
         backend: Backend | None, ladder: tuple[Precision, ...], exclusion: str | None
     ) -> ClassDecision:
+        replica = _replica(cls, policy, model, ladder)
+        if defaults.cost_per_hour is not None:
+            cost, estimated = defaults.cost_per_hour, False
+        else:
+            cost, estimated = estimate_cost(hw, replica, policy), True
+        biggest = cls.max_allocatable
+        if exclusion is None and cls.usable_nodes and biggest.fits(replica) == 0:
+            exclusion = (
+                f"a replica needs {_describe_request(replica)}; the largest node offers "
+                f"{_describe_request(biggest)}"
+            )
         if exclusion:
             reasons.append("excluded: " + exclusion)
+        elif estimated:
+            reasons.append(f"cost {cost:.2f}/h estimated (no costPerHour in operator config)")
         return ClassDecision(
             name, backend, ladder, tuple(reasons), exclusion, replica, cost, estimated
         )
@@ -349,16 +361,5 @@ def decide(
         reasons.append(
             f"FP16 gated at default {metric.value} <= {DEFAULT_FP16_DEVIATION[metric]:g}"
         )
-
-    biggest = cls.max_allocatable
-    if cls.usable_nodes and biggest.fits(replica) == 0:
-        return result(
-            backend,
-            tuple(kept),
-            f"a replica needs {_describe_request(replica)}; the largest node offers "
-            f"{_describe_request(biggest)}",
-        )
-    if estimated:
-        reasons.append(f"cost {cost:.2f}/h estimated (no costPerHour in operator config)")
     return result(backend, tuple(kept), None)
 

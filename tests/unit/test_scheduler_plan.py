@@ -1,0 +1,193 @@
+"""Whole plans: classes, policy and capacity together, and the `infleet plan` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from infleet.api import parse_spec
+from infleet.cli import main
+from infleet.scheduler.capacity import ClassProfile
+from infleet.scheduler.classes import NodeClass, derive_classes
+from infleet.scheduler.inventory import nodes_from_documents
+from infleet.scheduler.plan import plan_deployment
+
+ROOT = Path(__file__).resolve().parents[2]
+CLOUD = ROOT / "tests" / "fixtures" / "inventories" / "cloud-mixed.yaml"
+EXAMPLES = ROOT / "examples"
+
+
+def cloud_classes() -> list[NodeClass]:
+    return derive_classes(nodes_from_documents(list(yaml.safe_load_all(CLOUD.read_text()))))
+
+
+CLASSES = cloud_classes()
+NAMES = [c.name for c in CLASSES]
+
+
+def spec(**changes: Any) -> Any:
+    raw: dict[str, Any] = {"model": {"uri": "file:///m.onnx"}, "slo": {"latencyP99Ms": 25},
+                           "scaling": {"minReplicas": 1, "maxReplicas": 40}}
+    raw.update(changes)
+    return parse_spec(raw)
+
+
+PROFILES = {
+    "nvidia-h100": ClassProfile(3000, 1.2),
+    "nvidia-a100": ClassProfile(1800, 1.8),
+    "nvidia-l4": ClassProfile(900, 3.0),
+    "nvidia-t4": ClassProfile(450, 4.5),
+    "nvidia-gpu": ClassProfile(300, 6.0),
+    "x86-amx": ClassProfile(260, 6.0),
+    "x86-avx512vnni": ClassProfile(120, 11.0),
+    "x86": ClassProfile(40, 30.0),  # batch-1 p99 above the 25 ms SLO
+    "arm64": ClassProfile(60, 14.0),
+}
+
+
+def test_plan_on_the_cloud_fleet() -> None:
+    plan = plan_deployment(CLASSES, spec(), name="resnet50", demand_rps=2000,
+                           profiles=MappingProxyType(PROFILES))
+    assert plan.feasible and plan.optimal
+    assert plan.target_rps == pytest.approx(2400)
+    assert plan.capacity_rps >= plan.target_rps
+    assert sum(c.weight for c in plan.classes) == 100
+    by = {c.name: c for c in plan.classes}
+    assert by["x86"].replicas == 0
+    assert by["x86"].unused_reason == "batch-1 p99 30 ms > SLO 25 ms"
+    # Every replica sits in a class with room for it, and weights follow capacity.
+    for c in plan.classes:
+        assert c.replicas <= c.free_replicas
+        assert (c.weight > 0) == (c.replicas > 0)
+    statuses = plan.class_statuses()
+    assert [s.name for s in statuses] == NAMES
+    assert sum(s.desired_replicas for s in statuses) == plan.replicas
+
+
+def test_unreachable_slo_is_infeasible_and_places_nothing() -> None:
+    plan = plan_deployment(CLASSES, spec(slo={"latencyP99Ms": 1}), demand_rps=100,
+                           profiles=MappingProxyType(PROFILES))
+    assert not plan.feasible and plan.replicas == 0 and plan.cost_per_hour == 0
+    assert plan.problems[0].startswith("no class can serve this deployment: ")
+    assert "nvidia-h100-80gb-p5-48xlarge: batch-1 p99 1.2 ms > SLO 1 ms" in plan.problems[0]
+
+
+def test_not_enough_free_capacity_is_explained() -> None:
+    plan = plan_deployment(CLASSES, spec(classes={"allow": ["x86-amx"]}), demand_rps=10_000,
+                           profiles=MappingProxyType(PROFILES))
+    assert not plan.feasible and plan.replicas == 0
+    assert "needs 12,000 rps" in plan.problems[0] and "free allocatable binds" in plan.problems[0]
+    assert any("not in spec.classes.allow" in p for p in plan.problems[1:])
+
+
+def test_pinned_replicas_and_max_throughput() -> None:
+    plan = plan_deployment(CLASSES, spec(replicas=3), demand_rps=1,
+                           profiles=MappingProxyType(PROFILES))
+    assert plan.replicas == 3 and plan.min_replicas == plan.max_replicas == 3
+    capped = plan_deployment(CLASSES, spec(slo={"latencyP99Ms": 25, "maxThroughputRps": 500}),
+                             demand_rps=10_000, profiles=MappingProxyType(PROFILES))
+    assert capped.feasible and capped.target_rps == 500
+    assert any("capped at slo.maxThroughput=500" in n for n in capped.notes)
+
+
+def test_without_profiles_classes_are_reported_but_not_placed() -> None:
+    plan = plan_deployment(CLASSES, spec(), demand_rps=100)
+    assert not plan.feasible
+    assert all(c.unused_reason and "no latency profile" in c.unused_reason
+               for c in plan.classes if not c.decision.excluded)
+
+
+profile_st = st.builds(ClassProfile, st.floats(1, 5000), st.floats(0.5, 40))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(NAMES), profile_st, min_size=1),
+    st.lists(st.sampled_from(NAMES), max_size=4, unique=True),
+    st.floats(0, 20_000),
+    st.integers(0, 5),
+    st.integers(5, 60),
+    st.floats(0, 1),
+)
+def test_plan_properties(
+    profiles: dict[str, ClassProfile],
+    deny: list[str],
+    demand: float,
+    lo: int,
+    hi: int,
+    headroom: float,
+) -> None:
+    allow = [n for n in NAMES if n not in deny] or None
+    s = spec(classes={"allow": allow} if allow else {},
+             scaling={"minReplicas": lo, "maxReplicas": hi, "headroomFraction": headroom})
+    plan = plan_deployment(CLASSES, s, demand_rps=demand, profiles=MappingProxyType(profiles))
+    for c in plan.classes:
+        if c.decision.excluded or c.unused_reason:
+            assert c.replicas == 0 and c.weight == 0  # nothing on an excluded/unusable class
+        assert c.replicas <= c.free_replicas
+        if c.replicas:
+            assert c.profile is not None and c.profile.latency_b1_ms <= 25
+    if plan.feasible:
+        assert plan.capacity_rps >= demand * (1 + headroom) * (1 - 1e-9) - 1e-9
+        assert lo <= plan.replicas <= hi
+        if plan.replicas:
+            assert sum(c.weight for c in plan.classes) == 100
+    else:
+        assert plan.replicas == 0 and plan.problems
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def run_plan(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    rc = main(["plan", "-f", str(EXAMPLES / "deployment.yaml"), *args])
+    return rc, capsys.readouterr().out
+
+
+def test_command_table_on_the_example_inventory(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_plan(capsys, "--inventory", str(EXAMPLES / "inventory-dev.yaml"),
+                       "--profiles", str(EXAMPLES / "profiles-dev.yaml"), "--demand", "1000")
+    assert rc == 0
+    assert "nvidia-h100-80gb-p5-48xlarge" in out and "PLAN: " in out and "(optimal)" in out
+    assert "WHY" in out and "TensorRT: NVIDIA compute 9.0" in out
+
+
+def test_command_json_on_kubectl_objects(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_plan(capsys, "--inventory", str(CLOUD), "--profiles",
+                       str(EXAMPLES / "profiles-dev.yaml"), "--demand", "500", "-o", "json",
+                       "--model-size", "100Mi")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["feasible"] and doc["deployment"] == "resnet50"
+    assert doc["capacityRps"] >= 600
+    h100 = next(c for c in doc["classes"] if c["name"].startswith("nvidia-h100"))
+    assert h100["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert h100["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal",
+                                    "value": "present", "effect": "NoSchedule"}]
+
+
+def test_command_infeasible_exits_2_with_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_plan(capsys, "--inventory", str(EXAMPLES / "inventory-dev.yaml"),
+                       "--profiles", str(EXAMPLES / "profiles-dev.yaml"), "--demand", "1e7",
+                       "-o", "yaml")
+    assert rc == 2
+    doc = yaml.safe_load(out)
+    assert not doc["feasible"] and doc["replicas"] == 0 and doc["problems"]
+
+
+def test_command_reports_bad_inventory_as_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "nodes.yaml"
+    bad.write_text("apiVersion: infleet.dev/v1alpha1\nkind: NodeInventory\nnodePools:\n"
+                   "- {name: a, allocatable: {cpu: lots}}\n")
+    rc = main(["plan", "-f", str(EXAMPLES / "deployment.yaml"), "--inventory", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "infleet plan: error: nodePools[a]: not a quantity: 'lots'" in err
