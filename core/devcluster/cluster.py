@@ -1,0 +1,474 @@
+"""Start, check and stop one local cluster: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, the kwok controller and the local executor, each a process of its own.
+
+Everything a cluster owns lives in one work directory (PKI, etcd data, kubeconfigs, logs and
+``state.json`` with the pids and ports), so two clusters run side by side and ``infleet dev
+down`` in another process can stop what ``infleet dev up`` started. Ports are picked free at
+start. On a failed start the tail of every component's log is put in the error.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from infleet.devcluster import fleet, pki
+from infleet.devcluster.errors import ClusterStartError, ClusterStateError
+from infleet.devcluster.tools import Tools
+
+DATA = Path(__file__).resolve().parent / "data"
+SERVICE_CIDR = "10.96.0.0/16"
+STOP_GRACE_SECONDS = 10.0
+# Order of start; stopped in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+              "executor")
+
+
+@dataclass
+class ClusterState:
+    """What `state.json` records: enough for another process to check or stop the cluster."""
+
+    name: str
+    workdir: str
+    profile: str
+    ports: dict[str, int]
+    pids: dict[str, int] = field(default_factory=dict)
+    kubernetes_version: str = ""
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self.workdir) / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+
+
+def kube_client(kubeconfig: Path) -> Any:
+    """A kubernetes ApiClient for a kubeconfig file (typed Any: the client is untyped)."""
+    from kubernetes import config
+
+    return config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig)
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM when the starting process exits, so a
+    # crashed test session leaves nothing behind. (PR_SET_PDEATHSIG = 1; Linux only.)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)
+
+
+def kubeconfig_yaml(server: str, ca: Path, token: str, user: str, context: str) -> str:
+    ca_data = base64.b64encode(ca.read_bytes()).decode()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": context, "cluster": {"server": server,
+                                                   "certificate-authority-data": ca_data}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": user}}],
+        "current-context": context,
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+class LocalCluster:
+    """One local control plane with a simulated fleet. ``start()`` then ``stop()``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        tools: Tools,
+        profile: fleet.Profile,
+        *,
+        name: str = "infleet-dev",
+        die_with_parent: bool = False,
+    ) -> None:
+        self.workdir = workdir
+        self.tools = tools
+        self.profile = profile
+        self.name = name
+        self.die_with_parent = die_with_parent
+        self.logs = workdir / "logs"
+        self.state = ClusterState(
+            name=name, workdir=str(workdir), profile=profile.name,
+            ports={c: 0 for c in ("etcd", "etcd-peer", *COMPONENTS[1:5])},
+            kubernetes_version=tools.kubernetes_version,
+        )
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._pki: pki.Pki | None = None
+
+    # -- public -------------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state.kubeconfig
+
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        deadline = time.monotonic() + timeout
+        if (self.workdir / "state.json").exists():
+            raise ClusterStateError(
+                f"{self.workdir} already holds a cluster; stop it first (infleet dev down)"
+            )
+        try:
+            self._prepare()
+            self._start("etcd", self._etcd_argv())
+            self._wait(f"http://127.0.0.1:{self.state.ports['etcd']}/health", "etcd", deadline)
+            self._start("kube-apiserver", self._apiserver_argv())
+            self._wait(f"{self.state.server}/readyz", "kube-apiserver", deadline)
+            self._start("kube-controller-manager", self._controller_manager_argv())
+            self._start("kube-scheduler", self._scheduler_argv())
+            self._start("kwok", self._kwok_argv())
+            self._start("executor", self._executor_argv())
+            for component in ("kube-controller-manager", "kube-scheduler"):
+                port = self.state.ports[component]
+                self._wait(f"https://127.0.0.1:{port}/healthz", component, deadline, verify=False)
+            self._create_nodes()
+            self._wait_nodes_ready(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this cluster started (SIGTERM, then SIGKILL) and forget them."""
+        pids = dict(self.state.pids)
+        stop_pids(pids, self._procs)
+        self._procs.clear()
+        self.state.pids.clear()
+        (self.workdir / "state.json").unlink(missing_ok=True)
+
+    def apply_crd(self, path: Path) -> None:
+        from kubernetes import client, utils
+
+        api = self.api_client()
+        try:
+            utils.create_from_yaml(api, str(path))  # type: ignore[no-untyped-call]
+        finally:
+            api.close()
+        # Wait until the API serves it (the CRD's Established condition).
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        ext: Any = client.ApiextensionsV1Api(self.api_client())
+        wait_for(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in (ext.read_custom_resource_definition(name).status.conditions or [])
+            ),
+            30, f"CRD {name} to become Established",
+        )
+        ext.api_client.close()
+
+    def api_client(self) -> Any:
+        return kube_client(self.kubeconfig)
+
+    def component_logs(self, lines: int = 40) -> str:
+        parts = []
+        for component in COMPONENTS:
+            log = self.logs / f"{component}.log"
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {component} ({log}) ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        for key in self.state.ports:
+            self.state.ports[key] = free_port()
+        self._pki = pki.create(self.workdir / "pki")
+        server = self.state.server
+        users = {
+            "kubeconfig": "admin",
+            "controller-manager.kubeconfig": "system:kube-controller-manager",
+            "scheduler.kubeconfig": "system:kube-scheduler",
+            "kwok.kubeconfig": "infleet:kwok",
+            "executor.kubeconfig": "infleet:executor",
+        }
+        for filename, user in users.items():
+            path = self.workdir / filename
+            path.write_text(kubeconfig_yaml(server, self._pki.ca, self._pki.tokens[user], user,
+                                            self.name))
+            path.chmod(0o600)
+        (self.workdir / "scheduler.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": str(self.workdir / "scheduler.kubeconfig"),
+                                 "qps": 200, "burst": 400},
+            "leaderElection": {"leaderElect": False},
+        }))
+        self._save_state()
+
+    def _save_state(self) -> None:
+        (self.workdir / "state.json").write_text(json.dumps(asdict(self.state), indent=2) + "\n")
+
+    def _start(self, component: str, argv: list[str]) -> None:
+        log = (self.logs / f"{component}.log").open("ab")
+        try:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.workdir, start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+        finally:
+            log.close()
+        self._procs[component] = proc
+        self.state.pids[component] = proc.pid
+        self._save_state()
+
+    def _failed(self, message: str) -> ClusterStartError:
+        logs = self.component_logs()
+        return ClusterStartError(f"{message}\ncomponent logs (last lines):\n{logs}")
+
+    def _check_alive(self) -> None:
+        for component, proc in self._procs.items():
+            if proc.poll() is not None:
+                raise self._failed(f"{component} exited with code {proc.returncode}")
+
+    def _wait(self, url: str, component: str, deadline: float, verify: bool = True) -> None:
+        assert self._pki is not None
+        context = ssl.create_default_context(cafile=str(self._pki.ca))
+        if not verify:  # the component's self-signed serving certificate
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(  # noqa: S310 - our own https/http URLs
+            url, headers={"Authorization": f"Bearer {self._pki.tokens['admin']}"}
+        )
+        last = ""
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(request, timeout=2, context=context) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as e:
+                last = str(e)
+            time.sleep(0.2)
+        raise self._failed(f"{component} not healthy at {url} in time (last error: {last})")
+
+    # -- component command lines -------------------------------------------------------------
+    def _etcd_argv(self) -> list[str]:
+        client_url = f"http://127.0.0.1:{self.state.ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{self.state.ports['etcd-peer']}"
+        return [
+            str(self.tools.path("etcd")),
+            "--name", "infleet", "--data-dir", str(self.workdir / "etcd"),
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"infleet={peer_url}",
+            "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}",
+            # A throwaway cluster: no fsync, smaller snapshots, quiet logs.
+            "--unsafe-no-fsync", "--snapshot-count", "10000", "--log-level", "warn",
+            "--quota-backend-bytes", str(4 * 1024**3),
+        ]
+
+    def _apiserver_argv(self) -> list[str]:
+        p = self.workdir / "pki"
+        return [
+            str(self.tools.path("kube-apiserver")),
+            "--etcd-servers", f"http://127.0.0.1:{self.state.ports['etcd']}",
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--secure-port", str(self.state.ports["kube-apiserver"]),
+            "--tls-cert-file", str(p / "apiserver.crt"),
+            "--tls-private-key-file", str(p / "apiserver.key"),
+            "--client-ca-file", str(p / "ca.crt"),
+            "--token-auth-file", str(p / "tokens.csv"),
+            "--authorization-mode", "RBAC",
+            # Explicit, so a changed default never turns Pod Security or the SA plugin off.
+            "--enable-admission-plugins",
+            "NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,DefaultTolerationSeconds,"
+            "TaintNodesByCondition,Priority,RuntimeClass,MutatingAdmissionWebhook,"
+            "ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota",
+            "--allow-privileged=true",  # so a privileged pod is refused by Pod Security only
+            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file", str(p / "sa.pub"),
+            "--service-account-signing-key-file", str(p / "sa.key"),
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            # The `kubernetes` Service endpoint would be 127.0.0.1, which endpoints refuse.
+            "--endpoint-reconciler-type", "none",
+            "--profiling=false", "-v", "1",
+        ]
+
+    def _controller_manager_argv(self) -> list[str]:
+        kubeconfig = str(self.workdir / "controller-manager.kubeconfig")
+        return [
+            str(self.tools.path("kube-controller-manager")),
+            "--kubeconfig", kubeconfig,
+            "--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig,
+            "--bind-address", "127.0.0.1",
+            "--secure-port", str(self.state.ports["kube-controller-manager"]),
+            "--leader-elect=false", "--use-service-account-credentials=true",
+            "--service-account-private-key-file", str(self.workdir / "pki" / "sa.key"),
+            "--root-ca-file", str(self.workdir / "pki" / "ca.crt"),
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            "--kube-api-qps", "500", "--kube-api-burst", "1000",
+            "--profiling=false", "-v", "1",
+        ]
+
+    def _scheduler_argv(self) -> list[str]:
+        kubeconfig = str(self.workdir / "scheduler.kubeconfig")
+        return [
+            str(self.tools.path("kube-scheduler")),
+            "--config", str(self.workdir / "scheduler.yaml"),
+            "--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig,
+            "--bind-address", "127.0.0.1",
+            "--secure-port", str(self.state.ports["kube-scheduler"]),
+            "-v", "1",
+        ]
+
+    def _kwok_argv(self) -> list[str]:
+        return [
+            str(self.tools.path("kwok")),
+            "--kubeconfig", str(self.workdir / "kwok.kubeconfig"),
+            "--config", str(DATA / "kwok-stages.yaml"),
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector", f"{fleet.KWOK_ANNOTATION}=fake",
+            "--cidr", "10.0.0.1/16", "--node-ip", "10.255.0.1",
+            "--node-lease-duration-seconds", "40",
+            "--server-address", f"127.0.0.1:{self.state.ports['kwok']}",
+        ]
+
+    def _executor_argv(self) -> list[str]:
+        nodes = self.profile.local_nodes()
+        return [
+            sys.executable, "-m", "infleet.devcluster.executor",
+            "--kubeconfig", str(self.workdir / "executor.kubeconfig"),
+            "--workdir", str(self.workdir / "pods"),
+            "--nodes", ",".join(nodes),
+        ]
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def _create_nodes(self) -> None:
+        from kubernetes import client
+
+        nodes = fleet.render_nodes(self.profile, fleet.HostFacts.detect())
+        api = self.api_client()
+        core: Any = client.CoreV1Api(api)
+
+        def create(node: dict[str, Any]) -> None:
+            core.create_node(node)
+
+        try:
+            # Creating 2,000 nodes one by one takes a minute; the API server takes them in
+            # parallel happily.
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(create, nodes))
+        finally:
+            api.close()
+
+    def _wait_nodes_ready(self, deadline: float) -> None:
+        from kubernetes import client
+
+        api = self.api_client()
+        core: Any = client.CoreV1Api(api)
+        want = self.profile.node_count()
+        ready = 0
+        try:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                items = core.list_node().items
+                ready = sum(
+                    1 for n in items
+                    if any(c.type == "Ready" and c.status == "True"
+                           for c in (n.status.conditions or []))
+                )
+                if ready >= want:
+                    return
+                time.sleep(0.5)
+        finally:
+            api.close()
+        raise self._failed(f"only {ready} of {want} nodes became Ready in time")
+
+
+def stop_pids(
+    pids: dict[str, int], procs: dict[str, subprocess.Popen[bytes]] | None = None
+) -> None:
+    """SIGTERM every component (reverse start order), then SIGKILL what is left."""
+    procs = procs or {}
+    order = [c for c in reversed(COMPONENTS) if c in pids]
+    for component in order:
+        _signal_group(pids[component], signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for component in order:
+        pid = pids[component]
+        while time.monotonic() < deadline and _alive(pid, procs.get(component)):
+            time.sleep(0.05)
+        if _alive(pid, procs.get(component)):
+            _signal_group(pid, signal.SIGKILL)
+        proc = procs.get(component)
+        if proc is not None:
+            proc.wait(timeout=5)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    # Each component leads its own session/process group (start_new_session): signal the group,
+    # so children (the executor's pods) go too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _alive(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie of a process we did not start is gone for our purpose.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def load_state(workdir: Path) -> ClusterState | None:
+    path = workdir / "state.json"
+    if not path.exists():
+        return None
+    return ClusterState(**json.loads(path.read_text()))
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:
+    """Poll ``predicate`` until true; on timeout, raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+            last_error = None
+        except Exception as e:
+            last_error = e
+        time.sleep(interval)
+    detail = f" (last error: {last_error!r})" if last_error else ""
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")

@@ -1,0 +1,155 @@
+"""``infleet dev``: the local cluster a new user starts with.
+
+    infleet dev tools                 build (once) or locate the control-plane binaries
+    infleet dev up [--profile dev]    start a cluster with a simulated fleet, apply the CRD
+    infleet dev status                what runs, where its kubeconfig is
+    infleet dev down                  stop it and delete its data
+
+Heavy imports (the kubernetes client) happen inside ``run`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="dev_command", metavar="ACTION", required=True)
+    tools = sub.add_parser("tools", help="build or locate the cached Go binaries")
+    tools.add_argument("--check", action="store_true",
+                       help="only check that they are built (exit 1 if not)")
+    up = sub.add_parser("up", help="start a local cluster with a simulated fleet")
+    up.add_argument("--profile", default="dev",
+                    help="fleet profile: dev, large, or a path to a profile YAML (default: dev)")
+    up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    status = sub.add_parser("status", help="show the cluster")
+    down = sub.add_parser("down", help="stop the cluster and delete its data")
+    for action in (up, status, down):
+        action.add_argument("--name", default="default",
+                            help="cluster name, so several can run side by side (default: default)")
+
+
+def _workdir(name: str) -> Path:
+    from infleet.devcluster.tools import cache_root
+
+    return cache_root() / "clusters" / name
+
+
+def crd_path() -> Path:
+    import infleet.api
+
+    return Path(infleet.api.__file__).resolve().parent / "inferencedeployments.infleet.dev.yaml"
+
+
+def run(args: argparse.Namespace) -> int:
+    action: str = args.dev_command
+    if action == "tools":
+        return _tools(args.check)
+    if action == "up":
+        return _up(args.name, args.profile, args.timeout)
+    if action == "status":
+        return _status(args.name)
+    return _down(args.name)
+
+
+def _tools(check: bool) -> int:
+    from infleet.devcluster import tools
+
+    started = time.monotonic()
+    found = tools.locate() if check else tools.build()
+    print(f"control-plane binaries ({', '.join(f'{k} {v}' for k, v in tools.versions().items())})"
+          f" in {found.bin_dir} [{time.monotonic() - started:.1f}s]")
+    return 0
+
+
+def _up(name: str, profile_name: str, timeout: float) -> int:
+    from infleet.devcluster import fleet, tools
+    from infleet.devcluster.cluster import LocalCluster, load_state
+    from infleet.devcluster.errors import ClusterStateError
+
+    workdir = _workdir(name)
+    if load_state(workdir) is not None:
+        raise ClusterStateError(
+            f"cluster {name!r} is already up (kubeconfig {workdir / 'kubeconfig'}); "
+            f"`infleet dev down --name {name}` first"
+        )
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    profile = fleet.load_profile(profile_name)
+    started = time.monotonic()
+    print(f"starting cluster {name!r}: Kubernetes {tools.versions()['kubernetes']}, profile "
+          f"{profile.name!r} ({profile.node_count()} nodes, {len(profile.classes)} classes)",
+          flush=True)
+    cluster = LocalCluster(workdir, tools.locate(), profile, name=f"infleet-{name}").start(timeout)
+    try:
+        cluster.apply_crd(crd_path())
+    except BaseException:
+        cluster.stop()
+        raise
+    kubeconfig = cluster.kubeconfig
+    print(f"cluster {name!r} is up in {time.monotonic() - started:.0f}s; "
+          f"API server {cluster.state.server}\n"
+          f"kubeconfig: {kubeconfig}\n\n"
+          f"  export KUBECONFIG={kubeconfig}\n"
+          f"  export PATH={cluster.tools.bin_dir}:$PATH   # kubectl and helm of the same build\n"
+          f"  kubectl get nodes -L nvidia.com/gpu.product,node.kubernetes.io/instance-type\n"
+          f"  kubectl get inferencedeployments -A\n\n"
+          f"logs: {workdir / 'logs'}; stop with `infleet dev down"
+          f"{'' if name == 'default' else ' --name ' + name}`")
+    return 0
+
+
+def _status(name: str) -> int:
+    from infleet.devcluster.cluster import COMPONENTS, _alive, load_state
+
+    workdir = _workdir(name)
+    state = load_state(workdir)
+    if state is None:
+        print(f"cluster {name!r} is not running (start it with `infleet dev up`)")
+        return 1
+    down = [c for c in COMPONENTS if c in state.pids and not _alive(state.pids[c], None)]
+    print(f"cluster {name!r}: profile {state.profile!r}, Kubernetes {state.kubernetes_version}, "
+          f"API server {state.server}\nkubeconfig: {state.kubeconfig}")
+    for component in COMPONENTS:
+        pid = state.pids.get(component)
+        alive = pid is not None and component not in down
+        print(f"  {component:<24} {'running' if alive else 'STOPPED'}  pid {pid}")
+    if down:
+        print(f"components stopped: {', '.join(down)}; see {workdir / 'logs'}")
+        return 1
+    try:
+        from infleet.devcluster.cluster import kube_client
+        from kubernetes import client
+
+        api = kube_client(state.kubeconfig)
+        core: Any = client.CoreV1Api(api)
+        nodes = core.list_node().items
+        ready = sum(
+            1 for n in nodes
+            if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+        )
+        print(f"nodes: {ready}/{len(nodes)} Ready")
+        api.close()
+    except Exception as e:
+        print(f"API server not answering: {e}")
+        return 1
+    return 0
+
+
+def _down(name: str) -> int:
+    from infleet.devcluster.cluster import load_state, stop_pids
+
+    workdir = _workdir(name)
+    state = load_state(workdir)
+    if state is None and not workdir.exists():
+        print(f"cluster {name!r} is not running")
+        return 0
+    if state is not None:
+        stop_pids(state.pids)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"cluster {name!r} stopped; its data is deleted")
+    return 0

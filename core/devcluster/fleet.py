@@ -1,0 +1,201 @@
+"""Fleet profiles (data files in ``profiles/``) and their rendering into Node objects.
+
+Pure: :func:`render_nodes` turns a profile and the facts of this machine into the Node manifests
+the cluster creates. Simulated classes carry ``kwok.x-k8s.io/node: fake`` so kwok heartbeats them
+and runs their pods' lifecycle; the ``local`` class lacks it, because the local executor owns
+those nodes and runs their pods for real, so its CPU labels and allocatable resources come from
+this machine, never from the profile.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from infleet.devcluster.errors import ProfileError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Not part of any class derivation: lets the harness find the nodes of a profile class.
+FLEET_CLASS_LABEL = "dev.infleet.dev/fleet-class"
+# /proc/cpuinfo flag -> Node Feature Discovery cpuid name, for the flags infleet looks at.
+CPUINFO_TO_NFD = {
+    "avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "avx512f": "AVX512F", "avx512bw": "AVX512BW",
+    "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16", "avx_vnni": "AVXVNNI",
+    "amx_int8": "AMXINT8", "amx_bf16": "AMXBF16", "amx_tile": "AMXTILE",
+    "avx512_fp16": "AVX512FP16",
+    "asimd": "ASIMD", "asimddp": "ASIMDDP", "asimdhp": "ASIMDHP", "sve": "SVE", "sve2": "SVE2",
+    "i8mm": "I8MM", "bf16": "BF16",
+}
+
+
+class Executor(StrEnum):
+    KWOK = "kwok"
+    LOCAL = "local"
+
+
+class GpuSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    product: str
+    family: str
+    count: int = Field(gt=0)
+    memoryMiB: int = Field(gt=0)
+    computeMajor: int = Field(ge=1)
+    computeMinor: int = Field(ge=0)
+
+
+class NodeClassSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
+    count: int = Field(gt=0, le=10000)
+    arch: Literal["amd64", "arm64"]
+    instanceType: str
+    executor: Executor = Executor.KWOK
+    cpu: str | None = None  # None: the local class reads this machine
+    memory: str | None = None
+    pods: int = 110
+    cpuid: tuple[str, ...] = ()
+    gpu: GpuSpec | None = None
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    classes: tuple[NodeClassSpec, ...] = Field(min_length=1)
+
+    def node_count(self) -> int:
+        return sum(c.count for c in self.classes)
+
+    def local_nodes(self) -> list[str]:
+        return [
+            node_name(c, i) for c in self.classes if c.executor is Executor.LOCAL
+            for i in range(c.count)
+        ]
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the local class reports: this machine's CPU features and size."""
+
+    arch: str
+    cpuid: tuple[str, ...]
+    cpus: int
+    memory_bytes: int
+
+    @staticmethod
+    def detect() -> HostFacts:
+        flags: set[str] = set()
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.exists():
+            for line in cpuinfo.read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags.update(value.split())
+                    break
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+        return HostFacts(
+            arch=arch,
+            cpuid=tuple(sorted(CPUINFO_TO_NFD[f] for f in flags if f in CPUINFO_TO_NFD)),
+            cpus=os.cpu_count() or 1,
+            memory_bytes=memory,
+        )
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A profile by name (``dev``, ``large``) or by path to a YAML file of the same shape."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ProfileError(
+                f"unknown fleet profile {name_or_path!r}; known: {', '.join(available_profiles())}"
+            )
+    try:
+        return Profile.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as e:
+        raise ProfileError(f"fleet profile {path.name} is invalid: {e}") from e
+
+
+def node_name(cls: NodeClassSpec, index: int) -> str:
+    return f"{cls.name}-{index}"
+
+
+def render_nodes(profile: Profile, host: HostFacts) -> list[dict[str, Any]]:
+    """The Node manifests of a profile (status included: kwok and the executor keep it)."""
+    nodes: list[dict[str, Any]] = []
+    for cls in profile.classes:
+        for index in range(cls.count):
+            nodes.append(render_node(cls, index, host))
+    return nodes
+
+
+def render_node(cls: NodeClassSpec, index: int, host: HostFacts) -> dict[str, Any]:
+    local = cls.executor is Executor.LOCAL
+    name = node_name(cls, index)
+    arch = host.arch if local else cls.arch
+    cpuid = host.cpuid if local else cls.cpuid
+    labels = {
+        "kubernetes.io/arch": arch,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/hostname": name,
+        "node.kubernetes.io/instance-type": cls.instanceType,
+        FLEET_CLASS_LABEL: cls.name,
+        **{f"feature.node.kubernetes.io/cpu-cpuid.{flag}": "true" for flag in cpuid},
+    }
+    allocatable = {
+        "cpu": str(host.cpus) if local or cls.cpu is None else cls.cpu,
+        "memory": str(host.memory_bytes) if local or cls.memory is None else cls.memory,
+        "pods": str(cls.pods),
+        "ephemeral-storage": "100Gi",
+    }
+    taints: list[dict[str, str]] = []
+    if cls.gpu is not None:
+        labels.update({
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": cls.gpu.product,
+            "nvidia.com/gpu.family": cls.gpu.family,
+            "nvidia.com/gpu.count": str(cls.gpu.count),
+            "nvidia.com/gpu.memory": str(cls.gpu.memoryMiB),
+            "nvidia.com/gpu.compute.major": str(cls.gpu.computeMajor),
+            "nvidia.com/gpu.compute.minor": str(cls.gpu.computeMinor),
+        })
+        allocatable[GPU_RESOURCE] = str(cls.gpu.count)
+        taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
+    annotations = {"node.alpha.kubernetes.io/ttl": "0"}
+    if not local:
+        annotations[KWOK_ANNOTATION] = "fake"
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {"taints": taints} if taints else {},
+        "status": {
+            "capacity": dict(allocatable),
+            "allocatable": dict(allocatable),
+            "nodeInfo": {
+                "architecture": arch,
+                "operatingSystem": "linux",
+                "kubeletVersion": "infleet-local" if local else "fake",
+                "kubeProxyVersion": "",
+                "containerRuntimeVersion": "",
+                "kernelVersion": "",
+                "osImage": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        },
+    }

@@ -1,0 +1,150 @@
+"""pytest fixtures and wait helpers for tests on the real local control plane.
+
+Loaded by ``tests/conftest.py`` (``pytest_plugins``). Fixtures start nothing until a test asks:
+
+- ``dev_cluster`` (session): the ``dev`` profile up, the CRD applied. When the Go binaries are
+  missing it *fails* saying how to build them (CI builds them first); it never skips.
+- ``kube`` (session): typed API groups of the kubernetes client against it.
+- ``namespace`` (per test): a fresh namespace, deleted afterwards.
+
+``INFLEET_TEST_KUBECONFIG`` points the fixtures at a cluster that is already up (for example
+``infleet dev up``) instead of starting one, which saves the start-up while iterating.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from infleet.devcluster import fleet, tools
+from infleet.devcluster.cluster import LocalCluster
+from infleet.devcluster.command import crd_path
+from infleet.devcluster.errors import ClusterStartError, ToolsMissingError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Kube:
+    """The API groups tests use, sharing one authenticated client."""
+
+    api: Any
+    core: Any
+    apps: Any
+    batch: Any
+    rbac: Any
+    custom: Any
+    kubeconfig: Path
+    cluster: LocalCluster | None
+
+    @staticmethod
+    def connect(kubeconfig: Path, cluster: LocalCluster | None = None) -> Kube:
+        from infleet.devcluster.cluster import kube_client
+        from kubernetes import client
+
+        api = kube_client(kubeconfig)
+        return Kube(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
+                    client.RbacAuthorizationV1Api(api), client.CustomObjectsApi(api),
+                    kubeconfig, cluster)
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str,
+    explain: Callable[[], str] | None = None, interval: float = 0.25,
+) -> T:
+    """Poll ``probe`` until it returns something truthy and return it.
+
+    On timeout, fail with ``what`` and, when given, ``explain()`` (the object's current state),
+    so a red test says what it was waiting for and what it saw instead.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = probe()
+            if value:
+                return value
+            last_error = None
+        except Exception as e:
+            last_error = e
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    detail = f"\nlast error: {last_error!r}" if last_error else ""
+    if explain is not None:
+        try:
+            detail += f"\nstate: {explain()}"
+        except Exception as e:
+            detail += f"\n(could not read state: {e!r})"
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+
+
+def pod_summary(kube: Kube, namespace: str, name: str) -> str:
+    pod = kube.core.read_namespaced_pod(name, namespace)
+    conditions = [(c.type, c.status, c.reason, c.message) for c in pod.status.conditions or []]
+    return (f"phase={pod.status.phase} node={pod.spec.node_name} conditions={conditions} "
+            f"containers={[s.state for s in pod.status.container_statuses or []]}")
+
+
+def wait_for_pod_phase(kube: Kube, namespace: str, name: str, phases: tuple[str, ...],
+                       timeout: float = 60) -> Any:
+    return wait_until(
+        lambda: (p := kube.core.read_namespaced_pod(name, namespace)).status.phase in phases and p,
+        timeout, f"pod {namespace}/{name} to reach {'/'.join(phases)}",
+        lambda: pod_summary(kube, namespace, name),
+    )
+
+
+def start_cluster(workdir: Path, profile: str, timeout: float = 300) -> LocalCluster:
+    """A cluster for a test session; pytest.fail (never skip) with the reason when it cannot."""
+    try:
+        found = tools.locate()
+    except ToolsMissingError as e:
+        pytest.fail(f"{e}\n(CI runs `infleet dev tools` before pytest)", pytrace=False)
+    cluster = LocalCluster(workdir, found, fleet.load_profile(profile),
+                           name=f"infleet-test-{Path(profile).stem}", die_with_parent=True)
+    try:
+        cluster.start(timeout)
+    except ClusterStartError as e:
+        pytest.fail(f"the local control plane did not start: {e}", pytrace=False)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | None]:
+    if os.environ.get("INFLEET_TEST_KUBECONFIG"):
+        yield None
+        return
+    cluster = start_cluster(tmp_path_factory.mktemp("dev-cluster"), "dev")
+    try:
+        cluster.apply_crd(crd_path())
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(dev_cluster: LocalCluster | None) -> Iterator[Kube]:
+    existing = os.environ.get("INFLEET_TEST_KUBECONFIG")
+    path = Path(existing) if existing else dev_cluster.kubeconfig  # type: ignore[union-attr]
+    k = Kube.connect(path, dev_cluster)
+    yield k
+    k.api.close()
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    name = f"t-{secrets.token_hex(4)}"
+    kube.core.create_namespace({"metadata": {"name": name, "labels": {"infleet.dev/test": "1"}}})
+    # The ServiceAccount admission plugin refuses pods until the `default` SA exists.
+    wait_until(lambda: kube.core.read_namespaced_service_account("default", name), 30,
+               f"the default ServiceAccount of {name}")
+    yield name
+    kube.core.delete_namespace(name)

@@ -1,0 +1,208 @@
+"""Build and locate the Go binaries of the local control plane.
+
+The pinned versions live in ``gotools/<module>/go.mod`` + ``go.sum`` (one consumer module per
+upstream project, so their dependency graphs never tangle). Binaries are built from the Go module
+proxy into a cache outside the clone::
+
+    ${INFLEET_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/infleet}/bin/<versions-hash>/
+
+keyed by a hash of every go.mod/go.sum, the build recipe and the machine architecture, so a
+fresh clone on the same machine and every warm start rebuild nothing. A finished directory is
+marked by ``manifest.json``, written last; a half-built one is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from infleet.devcluster.errors import ToolsBuildError, ToolsMissingError
+
+GOTOOLS = Path(__file__).resolve().parent / "gotools"
+
+# Bump when the way binaries are built changes (flags, layout), so old caches are not reused.
+RECIPE = "2"
+# Static binaries, no cgo toolchain needed; smaller and faster to link without DWARF/symbols.
+BUILD_FLAGS = ("-trimpath",)
+BASE_LDFLAGS = "-s -w"
+
+
+@dataclass(frozen=True)
+class GoModule:
+    """One consumer module and the binaries built from it (output name -> package)."""
+
+    name: str
+    binaries: tuple[tuple[str, str], ...]
+
+
+MODULES: tuple[GoModule, ...] = (
+    GoModule("etcd", (("etcd", "go.etcd.io/etcd/server/v3"),)),
+    GoModule(
+        "kube",
+        (
+            ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
+            ("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager"),
+            ("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler"),
+            ("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
+        ),
+    ),
+    GoModule(
+        "kwok",
+        (("kwok", "sigs.k8s.io/kwok/cmd/kwok"), ("kwokctl", "sigs.k8s.io/kwok/cmd/kwokctl")),
+    ),
+    GoModule("helm", (("helm", "helm.sh/helm/v3/cmd/helm"),)),
+)
+
+BINARIES: tuple[str, ...] = tuple(b for m in MODULES for b, _ in m.binaries)
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Paths of the built binaries."""
+
+    bin_dir: Path
+    kubernetes_version: str
+
+    def path(self, binary: str) -> Path:
+        return self.bin_dir / binary
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("INFLEET_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "infleet"
+
+
+def pinned_version(module: str, dependency: str) -> str:
+    """The version `gotools/<module>/go.mod` requires of ``dependency``."""
+    text = (GOTOOLS / module / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(dependency)}\s+(v\S+)", text, re.MULTILINE)
+    if match is None:
+        raise ToolsBuildError(f"gotools/{module}/go.mod does not require {dependency}")
+    return match.group(1)
+
+
+def versions() -> dict[str, str]:
+    return {
+        "kubernetes": pinned_version("kube", "k8s.io/kubernetes"),
+        "etcd": pinned_version("etcd", "go.etcd.io/etcd/server/v3"),
+        "kwok": pinned_version("kwok", "sigs.k8s.io/kwok"),
+        "helm": pinned_version("helm", "helm.sh/helm/v3"),
+    }
+
+
+def versions_hash() -> str:
+    digest = hashlib.sha256(f"recipe={RECIPE} arch={platform.machine()}\n".encode())
+    for module in MODULES:
+        for name in ("go.mod", "go.sum"):
+            digest.update(f"{module.name}/{name}\n".encode())
+            digest.update((GOTOOLS / module.name / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def bin_dir() -> Path:
+    return cache_root() / "bin" / versions_hash()
+
+
+def _kube_ldflags(version: str) -> str:
+    # A plain module build reports v0.0.0-master; stamp the real version like hack/lib/version.sh
+    # does, so discovery, kwokctl and kubectl's skew warnings see the pinned release.
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = [BASE_LDFLAGS]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+def locate() -> Tools:
+    """The cached binaries, or ToolsMissingError saying how to build them."""
+    directory = bin_dir()
+    manifest = directory / "manifest.json"
+    missing = [b for b in BINARIES if not (directory / b).is_file()]
+    if not manifest.is_file() or missing:
+        raise ToolsMissingError(
+            f"the local control plane's Go binaries are not built for these pinned versions "
+            f"({', '.join(f'{k} {v}' for k, v in versions().items())}; expected in {directory}). "
+            "Build them once with `infleet dev tools` (or hack/bootstrap.sh); it needs Go >= 1.26 "
+            "and the Go module proxy, and takes about 30 minutes on 2 cores"
+        )
+    return Tools(directory, versions()["kubernetes"])
+
+
+def _go() -> str:
+    fallback = Path("/usr/local/go/bin/go")  # the official tarball's place, often not on PATH
+    go = shutil.which("go") or (str(fallback) if fallback.exists() else None)
+    if go is None:
+        raise ToolsBuildError("`go` is not on PATH; install Go >= 1.26 (https://go.dev/dl)")
+    return go
+
+
+def build(log: bool = True) -> Tools:
+    """Build every binary into the cache unless already there. Idempotent, seconds when cached."""
+    try:
+        return locate()
+    except ToolsMissingError:
+        pass
+    final = bin_dir()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.partial-", dir=final.parent))
+    go = _go()
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false -mod=readonly")
+    kube_version = versions()["kubernetes"]
+    timings: dict[str, float] = {}
+    try:
+        for module in MODULES:
+            # Build from a copy: the package folder may be read-only (site-packages).
+            src = staging / "src" / module.name
+            src.mkdir(parents=True)
+            for name in ("go.mod", "go.sum"):
+                shutil.copyfile(GOTOOLS / module.name / name, src / name)
+            ldflags = _kube_ldflags(kube_version) if module.name == "kube" else BASE_LDFLAGS
+            started = time.monotonic()
+            if log:
+                print(f"[infleet dev tools] building {module.name}: "
+                      f"{', '.join(b for b, _ in module.binaries)}", flush=True)
+            # One `go build` per module for all its commands: they share compiled packages.
+            if len(module.binaries) == 1:
+                (name, pkg), = module.binaries
+                out = str(staging / name)
+                pkgs = [pkg]
+            else:
+                out = str(staging) + os.sep
+                pkgs = [pkg for _, pkg in module.binaries]
+            proc = subprocess.run(
+                [go, "build", *BUILD_FLAGS, "-ldflags", ldflags, "-o", out, *pkgs],
+                cwd=src, env=env, capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+                raise ToolsBuildError(f"go build of {module.name} failed:\n{tail}")
+            timings[module.name] = round(time.monotonic() - started, 1)
+        shutil.rmtree(staging / "src")
+        (staging / "manifest.json").write_text(
+            json.dumps({"versions": versions(), "build_seconds": timings}, indent=2) + "\n"
+        )
+        if final.exists():  # another process finished first; keep theirs
+            shutil.rmtree(staging)
+        else:
+            staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return locate()
