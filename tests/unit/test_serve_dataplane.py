@@ -1,0 +1,131 @@
+"""The transport-free data plane with a real ONNX Runtime engine (no HTTP involved)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from infleet.api import Backend
+from infleet.runtime.manifest import EngineManifest, TensorSpec
+from infleet.runtime.server import samples
+from infleet.runtime.server.app import status_of
+from infleet.runtime.server.batcher import BatchPolicy
+from infleet.runtime.server.dataplane import DataPlane
+from infleet.runtime.server.engines import EngineOptions, load_engine
+from infleet.runtime.server.errors import (
+    BackendUnavailable,
+    ConfigError,
+    EngineError,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+)
+from infleet.runtime.server.tensors import InferRequest, RequestedOutput, Tensor
+
+pytest.importorskip("onnxruntime")  # part of CI's install; never skips there
+
+
+def load(path) -> EngineManifest:
+    return EngineManifest.model_validate_json(path.read_text())
+
+
+def test_ready_only_after_warm_up_and_false_while_draining(tmp_path) -> None:
+    manifest_path = samples.identity_engine(tmp_path, "INT32")
+    manifest = load(manifest_path)
+    engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
+    plane = DataPlane()
+    model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=4))
+    x = Tensor("x", "INT32", np.arange(6, dtype=np.int32).reshape(2, 3))
+
+    async def main() -> None:
+        assert not plane.ready() and not plane.model_ready("m")
+        with pytest.raises(NotReady):
+            await plane.infer("m", None, InferRequest((x,)))
+        await plane.warm_up(model)
+        assert plane.ready() and plane.model_ready("m", "1")
+        response = await plane.infer("m", "1", InferRequest((x,), (RequestedOutput("y"),)))
+        np.testing.assert_array_equal(response.outputs[0].array, x.array)
+        plane.begin_drain()
+        assert not plane.ready()
+        with pytest.raises(NotReady, match="shutting down"):
+            await plane.infer("m", None, InferRequest((x,)))
+        assert await plane.wait_drained(1.0)
+
+    asyncio.run(main())
+    plane.close()
+
+
+def test_manifest_batch_size_caps_the_policy(tmp_path) -> None:
+    manifest = load(samples.identity_engine(tmp_path, "FP32", max_batch_size=2))
+    engine = load_engine(manifest, tmp_path, EngineOptions())
+    model = DataPlane().add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=64))
+    assert model.batcher.policy.max_batch_size == 2
+
+
+def test_manifest_that_does_not_match_the_engine_is_refused(tmp_path) -> None:
+    samples.identity_model(tmp_path / "model.onnx", "FP32")
+    path = samples.write_manifest(
+        tmp_path,
+        "model.onnx",
+        "m",
+        [TensorSpec(name="image", datatype="FP32", shape=[-1, 3])],
+        [TensorSpec(name="y", datatype="FP32", shape=[-1, 3])],
+    )
+    with pytest.raises(ConfigError, match="image"):
+        load_engine(load(path), tmp_path, EngineOptions())
+
+
+def test_tensorrt_without_the_library_says_what_is_missing(tmp_path) -> None:
+    (tmp_path / "engine.plan").write_bytes(b"not a plan")
+    spec = TensorSpec(name="x", datatype="FP32", shape=[-1, 3])
+    path = samples.write_manifest(
+        tmp_path, "engine.plan", "m", [spec], [spec], backend=Backend.TENSORRT
+    )
+    from infleet.runtime.server.engines.tensorrt_engine import capability
+
+    reason = capability()
+    if reason is None:  # a machine with TensorRT and a GPU: the plan is garbage instead
+        with pytest.raises(EngineError, match="cannot deserialize"):
+            load_engine(load(path), tmp_path, EngineOptions())
+    else:
+        with pytest.raises(BackendUnavailable, match=r"not installed|no CUDA device"):
+            load_engine(load(path), tmp_path, EngineOptions())
+
+
+def test_unknown_model_and_input_errors(tmp_path) -> None:
+    manifest = load(samples.identity_engine(tmp_path, "FP32"))
+    engine = load_engine(manifest, tmp_path, EngineOptions())
+    plane = DataPlane()
+    model = plane.add_model("m", "1", manifest, engine, BatchPolicy())
+    with pytest.raises(ModelNotFound):
+        plane.model_metadata("other")
+    with pytest.raises(ModelNotFound, match="no version '7'"):
+        plane.model_metadata("m", "7")
+
+    async def main() -> None:
+        await plane.warm_up(model)
+        good = Tensor("x", "FP32", np.zeros((1, 3), np.float32))
+        for request, needle in [
+            (InferRequest((Tensor("q", "FP32", good.array),)), "unknown input 'q'"),
+            (InferRequest((good,), (RequestedOutput("nope"),)), "unknown output 'nope'"),
+            (InferRequest((Tensor("x", "FP64", good.array.astype(np.float64)),)), "is FP64"),
+            (InferRequest((Tensor("x", "FP32", np.zeros((1, 4), np.float32)),)), "shape [1, 4]"),
+        ]:
+            with pytest.raises(InvalidInput, match=needle.replace("[", r"\[")):
+                await plane.infer("m", None, request)
+
+    asyncio.run(main())
+    plane.close()
+
+
+def test_error_classes_map_to_the_documented_status_codes() -> None:
+    assert status_of(InvalidInput("x"))[0] == 400
+    assert status_of(PayloadTooLarge("x"))[0] == 413
+    assert status_of(ModelNotFound("x"))[0] == 404
+    assert status_of(Overloaded("x"))[0] == 429
+    assert status_of(NotReady("x"))[0] == 503
+    assert status_of(EngineError("x"))[0] == 500
+    assert status_of(KeyError("x"))[0] == 500
