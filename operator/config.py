@@ -25,6 +25,17 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+
+
+class ReplicaResources(_Config):
+    """CPU and memory requests of one serving pod (a GPU class's pod also requests one GPU)."""
+
+    cpu: Annotated[str, Field(pattern=QUANTITY)] = "2"
+    memory: Annotated[str, Field(pattern=QUANTITY)] = "4Gi"
+    """Grown by the planner when the model needs more."""
+
+
 class ClassDefault(_Config):
     """A cluster-wide override for one node class."""
 
@@ -32,13 +43,20 @@ class ClassDefault(_Config):
     precision_ladder: list[Precision] | None = None
     cost_per_hour: Annotated[float | None, Field(ge=0)] = None
     """Price of one replica of this class, in any currency unit, used to rank classes."""
+    replica: ReplicaResources | None = None
+    """Requests of one serving pod on this class, instead of cpu_replica/gpu_replica."""
 
 
 class OperatorConfig(_Config):
     """Settings that apply to every InferenceDeployment in the cluster."""
 
     classes: dict[str, ClassDefault] = {}
-    """Per node class name: backend, precision ladder and cost overrides."""
+    """Per node class selector (a class name, or a prefix of one ending at a dash; the longest
+    match wins): backend, precision ladder, cost and replica size overrides."""
+    cpu_replica: ReplicaResources = ReplicaResources()
+    """Requests of a serving pod on CPU classes."""
+    gpu_replica: ReplicaResources = ReplicaResources(cpu="2", memory="8Gi")
+    """CPU and memory requests of a serving pod on GPU classes (plus one nvidia.com/gpu)."""
     engine_store: str = "/var/lib/infleet/engines"
     """Engine store location mounted into build Jobs and serving pods."""
     metrics_source: Annotated[str, Field(pattern=r"^(pods|https?://.+)$")] = "pods"

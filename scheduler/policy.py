@@ -49,7 +49,7 @@ DEFAULT_GPU_HOUR: Mapping[str, float] = MappingProxyType(
 )
 
 
-CPU_REPLICA = Resources(4000, 8 * GIB, 0)
+CPU_REPLICA = Resources(2000, 4 * GIB, 0)
 GPU_REPLICA = Resources(2000, 8 * GIB, 1)
 
 
@@ -60,6 +60,9 @@ class ClassDefaults:
     backend: Backend | None = None
     precision_ladder: tuple[Precision, ...] | None = None
     cost_per_hour: float | None = None
+    replica: Resources | None = None
+    """CPU and memory requests of one serving pod instead of the cluster's default (a GPU
+    class's pod requests one GPU whatever this says)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,9 +225,15 @@ def _weights(size: int, p: Precision) -> int:
 
 
 def _replica(
-    cls: NodeClass, policy: ClusterPolicy, model: ModelFacts, ladder: tuple[Precision, ...]
+    cls: NodeClass,
+    policy: ClusterPolicy,
+    defaults: ClassDefaults,
+    model: ModelFacts,
+    ladder: tuple[Precision, ...],
 ) -> Resources:
     base = policy.gpu_replica if cls.key.is_gpu else policy.cpu_replica
+    if defaults.replica is not None:
+        base = Resources(defaults.replica.cpu_millis, defaults.replica.memory_bytes, base.gpus)
     if model.size_bytes is None or not ladder:
         return base
     # Host memory: the engine of the heaviest rung that may be served; a CPU server also keeps
@@ -277,7 +286,7 @@ def decide(
     def result(
         backend: Backend | None, ladder: tuple[Precision, ...], exclusion: str | None
     ) -> ClassDecision:
-        replica = _replica(cls, policy, model, ladder)
+        replica = _replica(cls, policy, defaults, model, ladder)
         if defaults.cost_per_hour is not None:
             cost, estimated = defaults.cost_per_hour, False
         else:
@@ -291,7 +300,7 @@ def decide(
         if exclusion:
             reasons.append("excluded: " + exclusion)
         elif estimated:
-            reasons.append(f"cost {cost:.2f}/h estimated (no costPerHour in operator config)")
+            reasons.append(f"cost {cost:.2f}/h estimated (no cost_per_hour in operator config)")
         return ClassDecision(
             name, backend, ladder, tuple(reasons), exclusion, replica, cost, estimated
         )

@@ -11,7 +11,7 @@ import yaml
 from infleet.api import Backend, InferenceDeploymentSpec, parse_spec
 from infleet.api import Precision as P
 from infleet.scheduler.classes import NodeClass, derive_classes
-from infleet.scheduler.inventory import nodes_from_documents
+from infleet.scheduler.inventory import Resources, nodes_from_documents
 from infleet.scheduler.policy import (
     ClassDefaults,
     ClusterPolicy,
@@ -181,3 +181,22 @@ def test_estimated_cost_follows_the_gpu_model() -> None:
     t4 = decide(T4, spec())
     assert h100.cost_estimated and t4.cost_estimated
     assert h100.cost_per_hour > 10 * t4.cost_per_hour
+
+
+def test_operator_config_sets_replica_size_and_cost() -> None:
+    from infleet.operator.config import OperatorConfig
+    from infleet.scheduler.settings import cluster_policy
+
+    config = OperatorConfig.model_validate({
+        "cpu_replica": {"cpu": "1", "memory": "2Gi"},
+        "classes": {
+            "nvidia-t4": {"cost_per_hour": 0.5, "replica": {"cpu": "3", "memory": "6Gi"}},
+            "x86": {"precision_ladder": ["fp32"]},
+        },
+    })
+    policy = cluster_policy(config)
+    t4 = decide(T4, spec(), policy)
+    assert t4.replica == Resources(3000, 6 * 2**30, 1) and t4.cost_per_hour == 0.5
+    amx = decide(AMX, spec(**BUDGET), policy)
+    assert amx.replica == Resources(1000, 2 * 2**30, 0)
+    assert amx.ladder == (P.FP32,) and "ladder FP32: operator config classes.x86" in amx.reasons

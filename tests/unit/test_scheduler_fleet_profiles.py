@@ -1,0 +1,54 @@
+"""Class derivation on the local cluster's fleet profiles (infleet.devcluster's data files)."""
+
+from __future__ import annotations
+
+import pytest
+from infleet.api import Backend, parse_spec
+from infleet.devcluster import fleet
+from infleet.scheduler.classes import derive_classes
+from infleet.scheduler.inventory import nodes_from_objects
+from infleet.scheduler.policy import decide
+
+# A fixed "this machine" for the profiles' local class, so the test does not depend on the CPU.
+HOST = fleet.HostFacts(arch="amd64", cpuid=("AVX2",), cpus=2, memory_bytes=8 * 2**30)
+SPEC = parse_spec({"model": {"uri": "file:///m.onnx"}, "slo": {"latencyP99Ms": 25},
+                   "accuracy": {"maxDeviation": 0.01}})
+
+
+@pytest.mark.parametrize("profile", fleet.available_profiles())
+def test_each_fleet_class_is_one_node_class(profile: str) -> None:
+    objs = fleet.render_nodes(fleet.load_profile(profile), HOST)
+    nodes = nodes_from_objects(objs)
+    classes = derive_classes(nodes)
+    fleet_class = {n.name: n.labels[fleet.FLEET_CLASS_LABEL] for n in nodes}
+    by_fleet = {}
+    for c in classes:
+        owners = {fleet_class[n] for n in c.nodes}
+        assert len(owners) == 1, f"{c.name} mixes fleet classes {owners}"
+        by_fleet[owners.pop()] = c
+    assert len(by_fleet) == len(classes) == len(set(fleet_class.values()))
+    for fleet_name, c in by_fleet.items():
+        d = decide(c, SPEC)
+        assert not d.excluded, (c.name, d.reasons)
+        if fleet_name.startswith("nvidia-"):
+            model = fleet_name.removeprefix("nvidia-")
+            assert c.name.startswith(f"nvidia-{model}-") and d.backend == Backend.TENSORRT
+        elif fleet_name.startswith("arm64"):
+            assert c.name.startswith("arm64-") and d.backend == Backend.TVM
+        else:
+            assert c.name.startswith("x86") and d.backend == Backend.ONNXRUNTIME
+        assert {n.name for n in nodes if c.affinity.matches(n.labels)} == set(c.nodes)
+
+
+def test_dev_profile_names() -> None:
+    nodes = nodes_from_objects(fleet.render_nodes(fleet.load_profile("dev"), HOST))
+    names = {c.name for c in derive_classes(nodes)}
+    assert {
+        "nvidia-h100-80gb-p5-48xlarge",
+        "nvidia-t4-16gb-g4dn-12xlarge",
+        "x86-avx512vnni-c6i-8xlarge",
+        "x86-avx2-c5a-4xlarge",
+        "x86-avx2-infleet-local",
+    } <= names
+    (arm,) = [n for n in names if n.startswith("arm64")]
+    assert arm.startswith("arm64-sve") and arm.endswith("-c7g-4xlarge")
