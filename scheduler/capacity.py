@@ -113,8 +113,14 @@ def solve(
     min_replicas: int,
     max_replicas: int,
     node_limit: int = NODE_LIMIT,
+    rel_gap: float = 0.0,
 ) -> Solution:
-    """Replicas per option covering ``target_rps`` within the bounds at the least cost."""
+    """Replicas per option covering ``target_rps`` within the bounds at the least cost.
+
+    ``rel_gap`` > 0 stops proving once no better plan can be cheaper by more than that
+    fraction of the best found: the result is then within ``rel_gap`` of optimal (and says so
+    through ``lower_bound``). 0 means exact.
+    """
     if target_rps < 0 or min_replicas < 0 or max_replicas < min_replicas:
         raise ValueError("need target >= 0 and 0 <= min_replicas <= max_replicas")
     live = [
@@ -149,7 +155,58 @@ def solve(
             msg += "; free allocatable binds"
         return _infeasible(options, [msg])
     return _branch_and_bound(options, live, bounds, target_rps, min_replicas, max_replicas,
-                             eps, node_limit)
+                             eps, node_limit, rel_gap)
+
+
+def _frac_cover(
+    order: Sequence[int], cap: Sequence[float], cost: Sequence[float], ub: Sequence[int],
+    skip_below: int, forbid: Sequence[int], need: float, mu: float, eps: float,
+) -> tuple[float, float]:
+    """Fractional cover of ``need`` by the options in ``order`` from index ``skip_below`` on
+    and not forbidden, each replica priced ``cost + mu``: (cost, replicas used), cost inf
+    when ``need`` cannot be covered."""
+    total = used = 0.0
+    r = need
+    for i in order:
+        if r <= eps:
+            break
+        if i < skip_below or forbid[i]:
+            continue
+        take = min(float(ub[i]), r / cap[i])
+        total += take * (cost[i] + mu)
+        used += take
+        r -= take * cap[i]
+    return (total, used) if r <= eps else (math.inf, used)
+
+
+def _best_multiplier(
+    cap: Sequence[float], cost: Sequence[float], ub: Sequence[int], need: float, budget: int,
+    eps: float,
+) -> float:
+    """The multiplier of the replica budget that maximises the Lagrangian bound
+    ``cover(cost + mu) - mu * budget`` (concave in mu): 0 unless the cheapest fractional cover
+    uses more replicas than the budget allows. Bisection on the sign of its slope."""
+    idx = list(range(len(cap)))
+    none = [0] * len(cap)
+
+    def replicas(mu: float) -> float:
+        order = sorted(idx, key=lambda i: ((cost[i] + mu) / cap[i], -cap[i]))
+        return _frac_cover(order, cap, cost, ub, 0, none, need, mu, eps)[1]
+
+    if replicas(0.0) <= budget:
+        return 0.0
+    lo, hi = 0.0, max(cost) * 2 + 1.0
+    for _ in range(60):
+        if replicas(hi) <= budget:
+            break
+        hi *= 4
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if replicas(mid) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def _branch_and_bound(
@@ -161,23 +218,33 @@ def _branch_and_bound(
     big_m: int,
     eps: float,
     node_limit: int,
+    rel_gap: float,
 ) -> Solution:
-    order = sorted(
-        live,
-        key=lambda i: (
-            options[i].cost_per_hour / options[i].capacity_rps,
-            -options[i].capacity_rps,
-            i,
-        ),
+    caps0 = [options[i].capacity_rps for i in live]
+    costs0 = [options[i].cost_per_hour for i in live]
+    ub0 = [bounds[i] for i in live]
+    # When the replica budget binds, price its scarcity into the order and the bound.
+    mu = _best_multiplier(caps0, costs0, ub0, target, big_m, eps)
+    branch = sorted(
+        range(len(live)), key=lambda t: ((costs0[t] + mu) / caps0[t], -caps0[t], t)
     )
+    order = [live[t] for t in branch]
     k = len(order)
-    cap = [options[i].capacity_rps for i in order]
-    cost = [options[i].cost_per_hour for i in order]
-    ub = [bounds[i] for i in order]
-    # Suffix tables: replicas of options j.. sorted by cost (for the minReplicas bound) and
-    # by capacity (for the feasibility bound).
-    by_cost = [sorted(zip(cost[j:], ub[j:], strict=True)) for j in range(k + 1)]
-    by_cap = [sorted(zip(cap[j:], ub[j:], strict=True), reverse=True) for j in range(k + 1)]
+    cap = [caps0[t] for t in branch]
+    cost = [costs0[t] for t in branch]
+    ub = [ub0[t] for t in branch]
+    by_eff = sorted(range(k), key=lambda t: (cost[t] / cap[t], -cap[t]))
+    by_adj = list(range(k))  # branching order is the mu-adjusted efficiency order
+    by_cost = sorted(range(k), key=lambda t: cost[t])
+    by_capacity = sorted(range(k), key=lambda t: -cap[t])
+    # dominated[j]: later options no better than j in both capacity and cost. While j is not
+    # exhausted, using one of them is never better than another replica of j, so they are
+    # forbidden in that subtree (a swap argument: capacity and count kept, cost not raised).
+    dominated = [
+        [t for t in range(j + 1, k) if cap[t] <= cap[j] and cost[t] >= cost[j]]
+        for j in range(k)
+    ]
+    forbid = [0] * k
 
     best_cost = math.inf
     best_cnt = big_m + 1
@@ -185,75 +252,125 @@ def _branch_and_bound(
     n = [0] * k
     nodes = 0
     truncated = False
+    gap_floor = math.inf  # the least bound among subtrees skipped for rel_gap
 
-    def lower(j: int, need: float, owed: int) -> float:
-        frac = 0.0
-        r = need
-        t = j
-        while r > eps and t < k:
-            take = min(float(ub[t]), r / cap[t])
-            frac += take * cost[t]
-            r -= take * cap[t]
-            t += 1
-        if r > eps:
-            return math.inf
+    def lower(j: int, need: float, owed: int, budget: int) -> float:
+        plain = _frac_cover(by_eff, cap, cost, ub, j, forbid, need, 0.0, eps)[0]
+        if plain == math.inf:
+            return plain
+        bound = plain
+        if mu > 0:
+            adjusted = _frac_cover(by_adj, cap, cost, ub, j, forbid, need, mu, eps)[0]
+            bound = max(bound, adjusted - mu * budget)
         cheap = 0.0
-        for c, u in by_cost[j]:
+        for t in by_cost:
             if owed <= 0:
                 break
-            take = min(u, owed)
-            cheap += take * c
+            if t < j or forbid[t]:
+                continue
+            take = min(ub[t], owed)
+            cheap += take * cost[t]
             owed -= take
-        return math.inf if owed > 0 else max(frac, cheap)
+        return math.inf if owed > 0 else max(bound, cheap)
 
     def reachable(j: int, budget: int, need: float) -> tuple[bool, int]:
         """Whether ``need`` is coverable from j.. within ``budget`` replicas, and the fewest
         replicas that can cover it."""
         got = 0.0
         used = 0
-        for c, u in by_cap[j]:
+        for t in by_capacity:
             if got >= need - eps or budget <= 0:
                 break
-            take = min(u, budget, math.ceil((need - got - eps) / c))
-            got += take * c
+            if t < j or forbid[t]:
+                continue
+            take = min(ub[t], budget, math.ceil((need - got - eps) / cap[t]))
+            got += take * cap[t]
             used += take
             budget -= take
         return got >= need - eps, used
 
-    def visit(j: int, need: float, cnt: int, spent: float) -> None:
-        nonlocal best_cost, best_cnt, best, nodes, truncated
+    def assess(j: int, need: float, cnt: int, spent: float) -> tuple[float, int]:
+        """A lower bound on the cost of any plan in the subtree (inf: it holds none), and the
+        fewest replicas that could still cover ``need``."""
+        nonlocal nodes
         nodes += 1
-        if nodes > node_limit:
-            truncated = True
-            return
         owed = m - cnt
-        tol = 1e-9 * max(1.0, best_cost if best_cost < math.inf else 1.0)
         if need <= eps and owed <= 0:
-            if spent < best_cost - tol or (spent <= best_cost + tol and cnt < best_cnt):
-                best_cost, best_cnt, best = spent, cnt, n.copy()
-            return
+            return spent, 0  # a plan: more replicas would only cost more
         if j == k:
-            return
+            return math.inf, 0
         budget = big_m - cnt
         ok, fewest = reachable(j, budget, need)
         if not ok:
-            return
-        bound = spent + lower(j, need, owed)
-        if bound > best_cost + tol:
-            return
-        if bound >= best_cost - tol and cnt + max(fewest, owed) >= best_cnt:
-            return
+            return math.inf, 0
+        return spent + lower(j, need, owed, budget), fewest
+
+    def tol() -> float:
+        return 1e-9 * max(1.0, best_cost if best_cost < math.inf else 1.0)
+
+    def worse(bound: float) -> bool:
+        """No plan below cannot beat the incumbent (by more than rel_gap)."""
+        nonlocal gap_floor
+        if bound > best_cost + tol():
+            return True
+        if rel_gap > 0 and bound >= best_cost * (1 - rel_gap):
+            gap_floor = min(gap_floor, bound)  # might be cheaper, by less than rel_gap
+            return True
+        return False
+
+    def expand(j: int, need: float, cnt: int, spent: float) -> None:
+        """Try every useful count of option j, most first. The children's bound is convex in
+        the count (a sum of convex piecewise-linear parts; the forbidden set is fixed below
+        ub[j]), so once it is too high and rising, every smaller count is too high as well."""
+        nonlocal best_cost, best_cnt, best, truncated
+        budget = big_m - cnt
+        owed = m - cnt
         useful = math.ceil((need - eps) / cap[j]) if need > eps else 0
-        hi = min(ub[j], budget, max(useful, owed))
+        hi = 0 if forbid[j] else min(ub[j], budget, max(useful, owed))
+        restricted = False
+        prev = math.inf
         for x in range(hi, -1, -1):
-            n[j] = x
-            visit(j + 1, need - x * cap[j], cnt + x, spent + x * cost[j])
-            if truncated:
+            if nodes > node_limit:
+                truncated = True
                 break
+            if x < ub[j] and not restricted:
+                for t in dominated[j]:
+                    forbid[t] += 1
+                restricted = True
+                prev = math.inf  # a new regime: convexity holds within it
+            n[j] = x
+            c_need, c_cnt, c_spent = need - x * cap[j], cnt + x, spent + x * cost[j]
+            bound, fewest = assess(j + 1, c_need, c_cnt, c_spent)
+            if bound == math.inf:
+                if prev < math.inf:
+                    break  # the feasible counts form an interval: left it
+                continue
+            if c_need <= eps and c_cnt >= m:
+                slack = tol()
+                if c_spent < best_cost - slack or (
+                    c_spent <= best_cost + slack and c_cnt < best_cnt
+                ):
+                    best_cost, best_cnt, best = c_spent, c_cnt, n.copy()
+            elif worse(bound):
+                if bound >= prev:
+                    break
+            elif not (bound >= best_cost - tol() and c_cnt + max(fewest, m - c_cnt) >= best_cnt):
+                expand(j + 1, c_need, c_cnt, c_spent)
+                if truncated:
+                    break
+            prev = bound
+        if restricted:
+            for t in dominated[j]:
+                forbid[t] -= 1
         n[j] = 0
 
-    visit(0, target, 0, 0.0)
-    root_bound = lower(0, target, m)
+    root, _ = assess(0, target, 0, 0.0)
+    if root < math.inf:
+        if target <= eps and m <= 0:
+            best_cost, best_cnt, best = 0.0, 0, [0] * k
+        else:
+            expand(0, target, 0, 0.0)
+    root_bound = lower(0, target, m, big_m)
     if best is None:
         why = "search limit reached before any plan was found" if truncated else (
             "no combination of replicas meets the target within the bounds"
@@ -261,16 +378,17 @@ def _branch_and_bound(
         return Solution(False, tuple(0 for _ in options), 0.0, 0.0, not truncated,
                         root_bound, (why,), nodes)
     replicas = [0] * len(options)
-    for pos, i in enumerate(order):
-        replicas[i] = best[pos]
+    for p, i in enumerate(order):
+        replicas[i] = best[p]
     capacity = sum(options[i].capacity_rps * replicas[i] for i in range(len(options)))
+    proven = min(root_bound, best_cost) if truncated else min(best_cost, gap_floor)
     return Solution(
         True,
         tuple(replicas),
         best_cost,
         capacity,
-        not truncated,
-        best_cost if not truncated else min(root_bound, best_cost),
+        proven >= best_cost - 1e-9 * max(1.0, best_cost),
+        proven,
         (),
         nodes,
     )

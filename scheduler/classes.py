@@ -67,7 +67,19 @@ class NodeClass:
 
     def replicas_that_fit(self, request: Resources) -> int:
         """Pods of size ``request`` that fit in the free resources, node by node."""
-        return sum(free.fits(request) * count for free, count in self.free_per_node)
+        cpu, mem, gpu = request.cpu_millis, request.memory_bytes, request.gpus
+        if cpu <= 0 and mem <= 0 and gpu <= 0:
+            return 0
+        big = 1 << 62
+        total = 0
+        for free, count in self.free_per_node:
+            fit = free.cpu_millis // cpu if cpu > 0 else big
+            if mem > 0:
+                fit = min(fit, free.memory_bytes // mem)
+            if gpu > 0:
+                fit = min(fit, free.gpus // gpu)
+            total += fit * count
+        return total
 
 
 def _blocking(taints: Iterable[Taint]) -> frozenset[Taint]:
@@ -110,29 +122,28 @@ def _requirement(key: str, values: Sequence[str | None], is_flag: bool) -> Requi
 def _affinity(
     key: HardwareKey,
     members: Sequence[NodeInfo],
-    groups: Mapping[tuple[str | None, ...], list[NodeInfo]],
-    keys: Sequence[str],
+    groups: Mapping[tuple[object, ...], tuple[HardwareKey, list[NodeInfo]]],
 ) -> NodeAffinity:
-    wanted = _selector_keys(key)
     reqs: list[Requirement] = []
-    for label in wanted:
+    for label in _selector_keys(key):
         req = _requirement(
             label, [n.labels.get(label) for n in members], label.startswith(CPUID_PREFIX)
         )
         if req is not None:
             reqs.append(req)
     affinity = NodeAffinity(tuple(reqs))
-    # Prove exactness on this inventory: evaluate once per distinct signature of the labels
-    # the affinity reads, then pin intruders (GPU nodes without GFD labels look like CPU nodes
-    # to a label selector) or stragglers by hostname.
-    member_names = {n.name for n in members}
+    # Prove exactness on this inventory. Nodes with equal key signatures carry equal values
+    # of every label an affinity reads, so one node stands for its group. Intruders (GPU
+    # nodes without GFD labels look like CPU nodes to a label selector) are pinned out by
+    # hostname; stragglers would be pinned in.
     intruders: list[str] = []
-    missed: list[str] = []
-    for sig, nodes in groups.items():
-        if affinity.matches(_labels(keys, sig)):
-            intruders += [n.hostname for n in nodes if n.name not in member_names]
-        else:
-            missed += [n.hostname for n in nodes if n.name in member_names]
+    missed = False
+    for group_key, nodes in groups.values():
+        if affinity.matches(nodes[0].labels):
+            if group_key != key:
+                intruders += [n.hostname for n in nodes]
+        elif group_key == key:
+            missed = True
     if missed:
         # Cannot happen with the In lists above; kept so the promise holds whatever changes.
         hosts = tuple(sorted({n.hostname for n in members}))
@@ -140,10 +151,6 @@ def _affinity(
     if intruders:
         reqs.append(Requirement(HOSTNAME_LABEL, "NotIn", tuple(sorted(set(intruders)))))
     return NodeAffinity(tuple(reqs))
-
-
-def _labels(keys: Sequence[str], sig: tuple[str | None, ...]) -> dict[str, str]:
-    return {k: v for k, v in zip(keys, sig, strict=True) if v is not None}
 
 
 def _unique_names(keys: Iterable[HardwareKey]) -> dict[HardwareKey, str]:
@@ -165,32 +172,22 @@ def _unique_names(keys: Iterable[HardwareKey]) -> dict[HardwareKey, str]:
 
 def derive_classes(nodes: Iterable[NodeInfo]) -> list[NodeClass]:
     """Group nodes into classes, sorted by name."""
-    node_list = list(nodes)
-    key_cache: dict[tuple[object, ...], HardwareKey] = {}
+    groups: dict[tuple[object, ...], tuple[HardwareKey, list[NodeInfo]]] = {}
     members: dict[HardwareKey, list[NodeInfo]] = {}
-    for node in node_list:
+    for node in nodes:
         sig = key_label_signature(node)
-        key = key_cache.get(sig)
-        if key is None:
-            key = key_cache[sig] = hardware_key(node)
-        members.setdefault(key, []).append(node)
-
-    # Every label any class's affinity reads; nodes grouped by their values of those labels.
-    label_keys: list[str] = [HOSTNAME_LABEL]
-    for key in members:
-        for k in _selector_keys(key):
-            if k not in label_keys:
-                label_keys.append(k)
-    sel_keys = label_keys[1:]
-    groups: dict[tuple[str | None, ...], list[NodeInfo]] = {}
-    for node in node_list:
-        groups.setdefault(tuple(node.labels.get(k) for k in sel_keys), []).append(node)
+        group = groups.get(sig)
+        if group is None:
+            group = groups[sig] = (hardware_key(node), [])
+        group[1].append(node)
+    for key, group_nodes in groups.values():
+        members.setdefault(key, []).extend(group_nodes)
 
     names = _unique_names(members)
     out = []
     for key, nodes_in in members.items():
         nodes_in.sort(key=lambda n: n.name)
-        out.append(_summarise(names[key], key, nodes_in, groups, sel_keys))
+        out.append(_summarise(names[key], key, nodes_in, groups))
     out.sort(key=lambda c: c.name)
     return out
 
@@ -199,8 +196,7 @@ def _summarise(
     name: str,
     key: HardwareKey,
     nodes: list[NodeInfo],
-    groups: Mapping[tuple[str | None, ...], list[NodeInfo]],
-    sel_keys: Sequence[str],
+    groups: Mapping[tuple[object, ...], tuple[HardwareKey, list[NodeInfo]]],
 ) -> NodeClass:
     tolerated = frozenset.intersection(*(_blocking(n.taints) for n in nodes))
     usable: list[NodeInfo] = []
@@ -249,5 +245,5 @@ def _summarise(
         gpus_per_node=tuple(sorted({n.allocatable.gpus for n in nodes})),
         gpu_memory_bytes=gpu_mem,
         tolerations=tuple(sorted(tolerated)),
-        affinity=_affinity(key, nodes, groups, sel_keys),
+        affinity=_affinity(key, nodes, groups),
     )

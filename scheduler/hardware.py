@@ -304,7 +304,8 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
 
 def key_label_signature(node: NodeInfo) -> tuple[object, ...]:
     """The inputs of :func:`hardware_key`: nodes with equal signatures have equal keys, so
-    class derivation computes each key once per distinct signature, not once per node."""
+    class derivation computes each key once per distinct signature, not once per node. It
+    also holds every label a class's node affinity reads (classes.py relies on that)."""
     labels = node.labels
     return (
         labels.get(ARCH_LABEL),

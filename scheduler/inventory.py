@@ -8,6 +8,7 @@ many identical nodes. Both adapters are pure: the caller reads the files or the 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +45,12 @@ def parse_quantity(value: str | int | float) -> Decimal:
         raise ValueError(f"not a quantity: {value!r}")
     if isinstance(value, int | float):
         return Decimal(str(value))
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(value: str) -> Decimal:
+    # Cached: a fleet repeats a handful of quantity strings across thousands of nodes.
     m = _QUANTITY.match(value.strip())
     if not m:
         raise ValueError(f"not a quantity: {value!r}")
@@ -194,7 +201,9 @@ def node_from_object(obj: Mapping[str, Any]) -> NodeInfo:
     for cond in status.get("conditions") or ():
         if cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
-    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    labels = dict(meta.get("labels") or {})
+    if not all(isinstance(v, str) for v in labels.values()):  # YAML's unquoted numbers
+        labels = {str(k): str(v) for k, v in labels.items()}
     return NodeInfo(
         name=str(name),
         labels=MappingProxyType(labels),

@@ -9,7 +9,7 @@ that cannot run is dropped with its reason, and a class left with nothing is exc
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -129,9 +129,15 @@ def selector_matches(selector: str, class_name: str) -> bool:
     return class_name == selector or class_name.startswith(selector + "-")
 
 
-def most_specific(selectors: Mapping[str, object] | list[str], class_name: str) -> str | None:
-    matching = [s for s in selectors if selector_matches(s, class_name)]
-    return max(matching, key=len) if matching else None
+def most_specific(selectors: Collection[str], class_name: str) -> str | None:
+    """The longest selector that matches ``class_name``, or None. Looks up the name's
+    dash-bounded prefixes (a handful) instead of testing every selector."""
+    parts = class_name.split("-")
+    for end in range(len(parts), 0, -1):
+        prefix = "-".join(parts[:end])
+        if prefix in selectors:
+            return prefix
+    return None
 
 
 def _fmt_bytes(n: float) -> str:
@@ -306,7 +312,7 @@ def decide(
         )
 
     allow = spec.classes.allow
-    if allow is not None and most_specific(allow, name) is None:
+    if allow is not None and most_specific(frozenset(allow), name) is None:
         return result(None, (), "not in spec.classes.allow")
 
     backend, ladder, why = default_choice(hw)
@@ -321,7 +327,7 @@ def decide(
         reasons.append(f"ladder {rungs}: operator config classes.{sel}")
 
     overrides = {o.class_name: o for o in spec.classes.overrides}
-    osel = most_specific(list(overrides), name)
+    osel = most_specific(overrides, name)
     if osel is not None:
         o = overrides[osel]
         if o.backend is not None and o.backend != backend:

@@ -136,7 +136,7 @@ def plan_to_table(plan: Plan) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.append("")
     if plan.feasible:
-        quality = "optimal" if plan.optimal else "search limit reached, near-optimal"
+        quality = "optimal" if plan.optimal else "near-optimal, see note"
         lines.append(
             f"PLAN: {plan.replicas} replicas, {_num(plan.capacity_rps)} rps capacity, "
             f"{plan.cost_per_hour:.2f}/h ({quality})"

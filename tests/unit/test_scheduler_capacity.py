@@ -40,7 +40,8 @@ def brute_force(
 option = st.builds(
     Option,
     name=st.just("c"),
-    capacity_rps=st.floats(0.5, 500, allow_nan=False),
+    capacity_rps=st.one_of(st.floats(0.5, 500, allow_nan=False),
+                           st.sampled_from([10.0, 20.0, 30.0])),  # ties stress dominance
     cost_per_hour=st.one_of(st.just(0.0), st.floats(0.01, 20, allow_nan=False),
                             st.sampled_from([1.0, 2.0, 4.0])),
     max_replicas=st.integers(0, 5),
@@ -72,6 +73,20 @@ def test_cost_equals_brute_force(inst: tuple[list[Option], float, int, int]) -> 
     assert sol.feasible and sol.optimal
     assert sol.cost_per_hour == pytest.approx(expected[0], rel=1e-9, abs=1e-9)
     assert sum(sol.replicas) == expected[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances(), st.sampled_from([0.01, 0.1]))
+def test_a_relative_gap_stays_within_its_promise(
+    inst: tuple[list[Option], float, int, int], gap: float
+) -> None:
+    opts, target, lo, hi = inst
+    expected = brute_force(opts, target, lo, hi)
+    sol = solve(opts, target, lo, hi, rel_gap=gap)
+    assert sol.feasible == (expected is not None)
+    if expected is not None:
+        assert sol.cost_per_hour <= expected[0] * (1 + gap) + 1e-9
+        assert sol.lower_bound <= expected[0] + 1e-9  # the reported bound is a true bound
 
 
 @settings(max_examples=300, deadline=None)
