@@ -77,6 +77,7 @@ def _cluster_objects(
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
+    from urllib3.exceptions import HTTPError
 
     # The client's generated signatures do not describe _preload_content=False (it returns
     # the raw urllib3 response), so the calls go through Any.
@@ -91,17 +92,22 @@ def _cluster_objects(
     try:
         # Raw JSON: the adapters read the wire's camelCase dicts, and 10k Nodes parse faster
         # without building the client's model objects.
-        nodes = json.loads(core.list_node(_preload_content=False).data)["items"]
+        nodes = json.loads(
+            core.list_node(_preload_content=False, _request_timeout=60).data
+        )["items"]
         pods = json.loads(
             core.list_pod_for_all_namespaces(
                 field_selector="status.phase!=Succeeded,status.phase!=Failed",
                 _preload_content=False,
+                _request_timeout=60,
             ).data
         )["items"]
     except ApiException as e:
         raise ClusterReadError(f"reading Nodes/Pods failed: {e.status} {e.reason}") from e
-    except OSError as e:  # urllib3 connection errors derive from OSError
-        raise ClusterReadError(f"cannot reach the API server: {e}") from e
+    except (HTTPError, OSError) as e:
+        raise ClusterReadError(
+            f"cannot reach the API server {api_client.configuration.host}: {e}"
+        ) from e
     finally:
         api_client.close()
     return nodes, pods

@@ -132,6 +132,10 @@ def selector_matches(selector: str, class_name: str) -> bool:
 def most_specific(selectors: Collection[str], class_name: str) -> str | None:
     """The longest selector that matches ``class_name``, or None. Looks up the name's
     dash-bounded prefixes (a handful) instead of testing every selector."""
+    if not selectors:
+        return None
+    if class_name in selectors:
+        return class_name
     parts = class_name.split("-")
     for end in range(len(parts), 0, -1):
         prefix = "-".join(parts[:end])

@@ -191,3 +191,20 @@ def test_command_reports_bad_inventory_as_one_line(
     err = capsys.readouterr().err
     assert rc == 1
     assert "infleet plan: error: nodePools[a]: not a quantity: 'lots'" in err
+
+
+def test_command_reports_an_unreachable_cluster_as_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    rc = main(["plan", "-f", str(EXAMPLES / "deployment.yaml"), "--kubeconfig", str(kubeconfig)])
+    assert rc == 1
+    assert "infleet plan: error: cannot reach the API server https://127.0.0.1:1" in (
+        capsys.readouterr().err
+    )
