@@ -17,6 +17,7 @@ from infleet.scheduler.capacity import ClassProfile
 from infleet.scheduler.classes import NodeClass, derive_classes
 from infleet.scheduler.inventory import nodes_from_documents
 from infleet.scheduler.plan import plan_deployment
+from infleet.scheduler.policy import ModelFacts
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD = ROOT / "tests" / "fixtures" / "inventories" / "cloud-mixed.yaml"
@@ -114,6 +115,7 @@ profile_st = st.builds(ClassProfile, st.floats(1, 5000), st.floats(0.5, 40))
     st.integers(0, 5),
     st.integers(5, 60),
     st.floats(0, 1),
+    st.sampled_from([None, 10**8, 30 * 10**9, 200 * 10**9]),  # model sizes: some GPUs too small
 )
 def test_plan_properties(
     profiles: dict[str, ClassProfile],
@@ -122,11 +124,13 @@ def test_plan_properties(
     lo: int,
     hi: int,
     headroom: float,
+    model_bytes: int | None,
 ) -> None:
     allow = [n for n in NAMES if n not in deny] or None
     s = spec(classes={"allow": allow} if allow else {},
              scaling={"minReplicas": lo, "maxReplicas": hi, "headroomFraction": headroom})
-    plan = plan_deployment(CLASSES, s, demand_rps=demand, profiles=MappingProxyType(profiles))
+    plan = plan_deployment(CLASSES, s, demand_rps=demand, profiles=MappingProxyType(profiles),
+                           model=ModelFacts(size_bytes=model_bytes))
     for c in plan.classes:
         if c.decision.excluded or c.unused_reason:
             assert c.replicas == 0 and c.weight == 0  # nothing on an excluded/unusable class
