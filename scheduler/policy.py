@@ -352,6 +352,7 @@ def decide(
 
     metric, budget = _budget(spec)
     kept: list[Precision] = []
+    dropped: list[str] = []
     gpu_mem = cls.gpu_memory_bytes if hw.is_gpu else 0
     for p in ladder:
         why_not = precision_problem(backend, hw, p)
@@ -367,11 +368,12 @@ def decide(
                     f"{_fmt_bytes(gpu_mem)} GPU memory"
                 )
         if why_not:
-            reasons.append(why_not)
+            dropped.append(why_not)
         else:
             kept.append(p)
     if not kept:
-        return result(backend, (), "no precision left to build")
+        return result(backend, (), "no precision left: " + "; ".join(dropped))
+    reasons.extend(dropped)
 
     low = [p.value.upper() for p in kept if p in _LOW]
     if low and budget is not None:

@@ -89,8 +89,7 @@ def test_default_table(
 def test_fp8_needs_ada_or_hopper_and_fp16_has_a_default_gate() -> None:
     d = decide(T4, spec(**BUDGET, classes={"overrides": [{"class": "nvidia-t4", "precision":
                                                           "fp8"}]}))
-    assert d.excluded and any("FP8 skipped: needs compute >= 8.9 (this class: 7.5)" in r
-                              for r in d.reasons)
+    assert d.exclusion == "no precision left: FP8 skipped: needs compute >= 8.9 (this class: 7.5)"
     d = decide(H100, spec())
     assert "FP16 gated at default cosine <= 0.001" in d.reasons
 
@@ -98,8 +97,9 @@ def test_fp8_needs_ada_or_hopper_and_fp16_has_a_default_gate() -> None:
 def test_pinned_int8_without_a_budget_is_refused_not_silently_built() -> None:
     d = decide(AMX, spec(classes={"overrides": [{"class": "x86-amx", "precision": "int8"}]}))
     assert d.excluded
-    assert d.exclusion == "no precision left to build"
-    assert any("INT8 skipped: no accuracy budget" in r for r in d.reasons)
+    assert d.exclusion == (
+        "no precision left: INT8 skipped: no accuracy budget (spec.accuracy.maxDeviation)"
+    )
 
 
 def test_deployment_override_beats_cluster_override_beats_default() -> None:
@@ -147,7 +147,8 @@ def test_gpu_memory_drops_rungs_then_excludes() -> None:
     assert any(r.startswith("FP32 skipped: 27.9 GiB weights + 1.5 GiB workspace exceed 22.5 GiB")
                for r in d.reasons)
     d = decide(T4, spec(), model=model)
-    assert d.excluded and d.exclusion == "no precision left to build"
+    assert d.exclusion is not None and d.exclusion.startswith("no precision left: ")
+    assert "FP32 skipped: 27.9 GiB weights + 1.5 GiB workspace exceed 15.0 GiB" in d.exclusion
     d = decide(H100, spec(), model=model)
     assert d.ladder == (P.FP16, P.FP32)
 
