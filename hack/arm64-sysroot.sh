@@ -19,7 +19,7 @@ TVM_FFI_VERSION=${TVM_FFI_VERSION:-$(pkgver apache-tvm-ffi 0.1.15.post2)}
 NUMPY_VERSION=${NUMPY_VERSION:-$(pkgver numpy 2.4.6)}
 ML_DTYPES_VERSION=${ML_DTYPES_VERSION:-$(pkgver ml_dtypes 0.6.0)}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/infleet
-ROOT=$CACHE/arm64-root-py311-tvm$TVM_VERSION-np$NUMPY_VERSION
+ROOT=$CACHE/arm64-root-py311-tvm$TVM_VERSION-ffi$TVM_FFI_VERSION-np$NUMPY_VERSION
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

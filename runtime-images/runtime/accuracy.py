@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from infleet.api import AccuracyMetric, Precision, RungResult
 from infleet.api.spec import DEFAULT_FP16_DEVIATION
 
@@ -19,7 +18,11 @@ def deviation(metric: AccuracyMetric, reference: np.ndarray, candidate: np.ndarr
     """Deviation of one output over all validation rows, in the metric's units."""
     if reference.shape != candidate.shape:
         return float("inf")
-    ref = reference.astype(np.float64).reshape(len(reference), -1) if reference.ndim else reference.astype(np.float64).reshape(1, 1)
+    ref = (
+        reference.astype(np.float64).reshape(len(reference), -1)
+        if reference.ndim
+        else reference.astype(np.float64).reshape(1, 1)
+    )
     cand = candidate.astype(np.float64).reshape(ref.shape)
     if metric == AccuracyMetric.MAX_ABS_ERROR:
         return float(np.max(np.abs(ref - cand))) if ref.size else 0.0
@@ -27,13 +30,19 @@ def deviation(metric: AccuracyMetric, reference: np.ndarray, candidate: np.ndarr
         num = np.sum(ref * cand, axis=1)
         den = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
         # Two all-zero rows agree perfectly; one all-zero row against a non-zero one does not.
-        cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.all(ref == cand, axis=1), 1.0, 0.0))
+        cos = np.where(
+            den > 0,
+            num / np.where(den > 0, den, 1.0),
+            np.where(np.all(ref == cand, axis=1), 1.0, 0.0),
+        )
         return float(np.max(1.0 - cos))
     # top1: fraction of rows whose arg-max over the flattened row differs.
     return float(np.mean(np.argmax(ref, axis=1) != np.argmax(cand, axis=1)))
 
 
-def worst_deviation(metric: AccuracyMetric, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
+def worst_deviation(
+    metric: AccuracyMetric, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
+) -> float:
     if len(reference) != len(candidate):
         return float("inf")
     devs = [
@@ -42,7 +51,11 @@ def worst_deviation(metric: AccuracyMetric, reference: Sequence[np.ndarray], can
         # top1 only means something for float score outputs; integer outputs must match exactly.
         if not (metric == AccuracyMetric.TOP1 and r.dtype.kind not in "f")
     ]
-    exact = [bool(np.array_equal(r, c)) for r, c in zip(reference, candidate, strict=True) if r.dtype.kind not in "fc"]
+    exact = [
+        bool(np.array_equal(r, c))
+        for r, c in zip(reference, candidate, strict=True)
+        if r.dtype.kind not in "fc"
+    ]
     if not all(exact):
         return float("inf")
     return max(devs, default=0.0)

@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
 from infleet import __version__
 from infleet.api import AccuracyMetric, Backend, LatencyPoint, Precision, RungResult
 from infleet.runtime import fetch as fetching
@@ -83,14 +82,22 @@ class BuildRequest:
 
     def digest(self, model_sha256: str, target: HardwareTarget, calibration_sha: str | None) -> str:
         fields = {
-            "model": model_sha256, "target": target.fingerprint(), "class": self.node_class,
-            "backends": [b.value for b in self.backends], "ladder": [p.value for p in self.ladder],
-            "metric": self.metric.value, "budget": self.max_deviation, "max_batch": self.max_batch,
-            "dims": dict(sorted(self.dims.items())), "calibration": calibration_sha,
+            "model": model_sha256,
+            "target": target.fingerprint(),
+            "class": self.node_class,
+            "backends": [b.value for b in self.backends],
+            "ladder": [p.value for p in self.ladder],
+            "metric": self.metric.value,
+            "budget": self.max_deviation,
+            "max_batch": self.max_batch,
+            "dims": dict(sorted(self.dims.items())),
+            "calibration": calibration_sha,
             "samples": [self.calibration_samples, self.validation_samples],
-            "tuning": [self.tuning_trials, self.tuning_seconds], "batch_sizes": list(self.batch_sizes),
-            "int8": self.int8_method, "builder": BUILDER_VERSION,
-        }  # fmt: skip
+            "tuning": [self.tuning_trials, self.tuning_seconds],
+            "batch_sizes": list(self.batch_sizes),
+            "int8": self.int8_method,
+            "builder": BUILDER_VERSION,
+        }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -115,7 +122,9 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
     info = model_info(fetched.path)
     if not info.inputs:
         raise ModelError(f"{request.model_uri}: the model has no inputs")
-    target = target_for_class(request.node_class, request.arch, request.features, request.compute_capability)
+    target = target_for_class(
+        request.node_class, request.arch, request.features, request.compute_capability
+    )
     threads = request.threads or cpu_limit_threads()
     calibration, calibration_sha, calibration_note = _calibration(request, info, store)
     req_digest = request.digest(fetched.sha256, target, calibration_sha)
@@ -126,12 +135,19 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
             return cached
         with tempfile.TemporaryDirectory(dir=store.root / "staging", prefix="work-") as work:
             job = BuildJob(
-                model_path=fetched.path, info=info, target=target, max_batch=_max_batch(request, info),
-                dims=dict(request.dims), calibration=calibration, threads=threads,
-                work_dir=Path(work), tuning_trials=request.tuning_trials,
-                tuning_seconds=request.tuning_seconds, batch_sizes=request.batch_sizes,
+                model_path=fetched.path,
+                info=info,
+                target=target,
+                max_batch=_max_batch(request, info),
+                dims=dict(request.dims),
+                calibration=calibration,
+                threads=threads,
+                work_dir=Path(work),
+                tuning_trials=request.tuning_trials,
+                tuning_seconds=request.tuning_seconds,
+                batch_sizes=request.batch_sizes,
                 int8_method=request.int8_method,
-            )  # fmt: skip
+            )
             summary = _build(request, job, store, fetched.sha256, progress, started)
         summary = summary.model_copy(update={"notes": [calibration_note, *summary.notes]})
         store.put_request(req_digest, json.loads(summary.model_dump_json()))
@@ -161,15 +177,24 @@ def _calibration(
 ) -> tuple[dict[str, np.ndarray], str | None, str]:
     if request.calibration_uri is None:
         data = synthetic_inputs(info, request.calibration_samples, request.dims, seed=0)
-        return data, None, f"calibration and validation: synthetic inputs ({request.calibration_samples} samples)"
+        return (
+            data,
+            None,
+            f"calibration and validation: synthetic inputs ({request.calibration_samples} samples)",
+        )
     fetched = fetching.fetch(
-        request.calibration_uri, store.root / "data", request.calibration_sha256, request.fetch_options
+        request.calibration_uri,
+        store.root / "data",
+        request.calibration_sha256,
+        request.fetch_options,
     )
     try:
         with np.load(fetched.path) as npz:
             data = {t.name: np.asarray(npz[t.name]) for t in info.inputs}
     except KeyError as e:
-        raise ModelError(f"{request.calibration_uri}: no array named {e} for the model input") from e
+        raise ModelError(
+            f"{request.calibration_uri}: no array named {e} for the model input"
+        ) from e
     except (OSError, ValueError) as e:
         raise ModelError(f"{request.calibration_uri}: not a readable .npz file: {e}") from e
     for t in info.inputs:
@@ -181,23 +206,36 @@ def _calibration(
             )
     data = {k: v[: request.calibration_samples] for k, v in data.items()}
     rows = len(next(iter(data.values())))
-    return data, fetched.sha256, f"calibration and validation: {rows} samples from {request.calibration_uri}"
+    return (
+        data,
+        fetched.sha256,
+        f"calibration and validation: {rows} samples from {request.calibration_uri}",
+    )
 
 
-def _validation(request: BuildRequest, info: ModelInfo, calibration: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _validation(
+    request: BuildRequest, info: ModelInfo, calibration: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     if request.calibration_uri is not None:
         return {k: v[: request.validation_samples] for k, v in calibration.items()}
     return synthetic_inputs(info, request.validation_samples, request.dims, seed=1)
 
 
 def _build(
-    request: BuildRequest, job: BuildJob, store: EngineStore, model_sha: str, progress: Progress, started: float
+    request: BuildRequest,
+    job: BuildJob,
+    store: EngineStore,
+    model_sha: str,
+    progress: Progress,
+    started: float,
 ) -> BuildSummary:
     from infleet.runtime.builders.onnxruntime import reference_runner
 
     validation = _validation(request, job.info, job.calibration)
     progress("running the FP32 ONNX Runtime reference")
-    reference = run_any_batch(reference_runner(job.model_path, job.threads), validation, job.max_batch)
+    reference = run_any_batch(
+        reference_runner(job.model_path, job.threads), validation, job.max_batch
+    )
     budget = Budget(request.metric, request.max_deviation)
     candidates: list[_Candidate] = []
     for i, backend in enumerate(request.backends):
@@ -207,23 +245,45 @@ def _build(
         except BackendUnavailable as e:
             if i == 0:
                 raise
-            candidates.append(_Candidate(backend, notes=[f"alternative {backend} not measured: {e}"]))
+            candidates.append(
+                _Candidate(backend, notes=[f"alternative {backend} not measured: {e}"])
+            )
             continue
-        cand = _walk_ladder(request, job, store, builder, version, model_sha, budget, validation, reference, progress)
+        cand = _walk_ladder(
+            request,
+            job,
+            store,
+            builder,
+            version,
+            model_sha,
+            budget,
+            validation,
+            reference,
+            progress,
+        )
         candidates.append(cand)
     passing = [c for c in candidates if c.manifest is not None]
     if not passing:
-        tried = "; ".join(f"{c.backend} {r.precision}: {r.message}" for c in candidates for r in c.rungs)
+        tried = "; ".join(
+            f"{c.backend} {r.precision}: {r.message}" for c in candidates for r in c.rungs
+        )
         errors = [r.message for c in candidates for r in c.rungs]
         if errors and all(m.startswith("unsupported model") for m in errors):
             raise UnsupportedModel(f"no backend can build this model: {tried}")
-        raise AccuracyGateFailed(f"no precision rung passed the accuracy gate: {tried or 'nothing to try'}")
+        raise AccuracyGateFailed(
+            f"no precision rung passed the accuracy gate: {tried or 'nothing to try'}"
+        )
     winner, choice_notes = choose(passing)
     assert winner.manifest is not None
     notes = [*choice_notes, *(n for c in candidates for n in c.notes)]
     for c in candidates:
         if c is not winner and c.rungs:
-            notes.append(f"{c.backend} rungs: " + ", ".join(f"{r.precision} {'pass' if r.passed else 'fail'} ({r.message})" for r in c.rungs))
+            notes.append(
+                f"{c.backend} rungs: "
+                + ", ".join(
+                    f"{r.precision} {'pass' if r.passed else 'fail'} ({r.message})" for r in c.rungs
+                )
+            )
     return BuildSummary(
         engine_key=winner.manifest.key.digest(),
         key=winner.manifest.key,
@@ -243,14 +303,25 @@ def choose(passing: list[_Candidate]) -> tuple[_Candidate, list[str]]:
     """The fastest passing engine; the scheduler's default when speeds cannot be compared."""
     if len(passing) == 1:
         return passing[0], []
-    measured = [c for c in passing if c.manifest is not None and c.manifest.profile and not c.emulated]
+    measured = [
+        c for c in passing if c.manifest is not None and c.manifest.profile and not c.emulated
+    ]
     if len(measured) < 2:
-        return passing[0], [f"kept {passing[0].backend}: the alternatives could not be timed on this host"]
-    common = sorted(set.intersection(*({p.batch_size for p in c.manifest.profile} for c in measured if c.manifest)))
+        return passing[0], [
+            f"kept {passing[0].backend}: the alternatives could not be timed on this host"
+        ]
+    common = sorted(
+        set.intersection(
+            *({p.batch_size for p in c.manifest.profile} for c in measured if c.manifest)
+        )
+    )
     scores = {c.backend: speed_score(c.manifest.profile, common) for c in measured if c.manifest}
     best = max(measured, key=lambda c: scores[c.backend])
     shown = ", ".join(f"{b} {s:.1f}/s" for b, s in scores.items())
-    return best, [f"kept {best.backend}: fastest passing engine (geometric-mean throughput over batch sizes {common}: {shown})"]
+    return best, [
+        f"kept {best.backend}: fastest passing engine "
+        f"(geometric-mean throughput over batch sizes {common}: {shown})"
+    ]
 
 
 def _walk_ladder(
@@ -269,23 +340,39 @@ def _walk_ladder(
     for precision in request.ladder:
         limit = budget.limit(precision)
         if limit is None:
-            cand.rungs.append(RungResult(precision=precision, passed=False, message=f"skipped: {precision} is tried only with accuracy.maxDeviation"))
+            cand.rungs.append(
+                RungResult(
+                    precision=precision,
+                    passed=False,
+                    message=f"skipped: {precision} is tried only with accuracy.maxDeviation",
+                )
+            )
             continue
         reason = builder.unsupported(precision, job.target)
         if reason is not None:
-            cand.rungs.append(RungResult(precision=precision, passed=False, message=f"skipped: {reason}"))
+            cand.rungs.append(
+                RungResult(precision=precision, passed=False, message=f"skipped: {reason}")
+            )
             continue
         key = EngineKey(
-            model_sha256=model_sha, backend=builder.backend, backend_version=version,
-            precision=precision, hardware_fingerprint=job.target.fingerprint(), builder_version=BUILDER_VERSION,
-        )  # fmt: skip
+            model_sha256=model_sha,
+            backend=builder.backend,
+            backend_version=version,
+            precision=precision,
+            hardware_fingerprint=job.target.fingerprint(),
+            builder_version=BUILDER_VERSION,
+        )
         progress(f"{builder.backend} {precision}: engine {key.digest()}")
         with store.lock(key.digest()):
-            result = _rung(request, job, store, builder, key, budget, validation, reference, progress)
+            result = _rung(
+                request, job, store, builder, key, budget, validation, reference, progress
+            )
         rung, manifest, hit, emulated, notes = result
         cand.rungs.append(rung)
         cand.notes.extend(notes)
-        progress(f"{builder.backend} {precision}: {'PASS' if rung.passed else 'FAIL'} {rung.message}")
+        progress(
+            f"{builder.backend} {precision}: {'PASS' if rung.passed else 'FAIL'} {rung.message}"
+        )
         if manifest is not None:
             cand.manifest = manifest.model_copy(update={"accuracy": list(cand.rungs)})
             cand.cache_hit, cand.emulated = hit, emulated
@@ -293,8 +380,24 @@ def _walk_ladder(
     return cand
 
 
-def _rung(request, job, store, builder, key, budget, validation, reference, progress):  # type: ignore[no-untyped-def]
-    """Build (or reuse) one engine and gate it; returns (rung, manifest|None, hit, emulated, notes)."""
+_RungOutcome = tuple[RungResult, EngineManifest | None, bool, bool, list[str]]
+
+
+def _rung(
+    request: BuildRequest,
+    job: BuildJob,
+    store: EngineStore,
+    builder: EngineBuilder,
+    key: EngineKey,
+    budget: Budget,
+    validation: Mapping[str, np.ndarray],
+    reference: list[np.ndarray],
+    progress: Progress,
+) -> _RungOutcome:
+    """Build (or reuse) one engine and gate it.
+
+    Returns (rung, manifest or None, cache hit, emulated, notes).
+    """
     precision = key.precision
     existing = store.get(key)
     notes: list[str] = []
@@ -312,21 +415,39 @@ def _rung(request, job, store, builder, key, budget, validation, reference, prog
         except BuildError as e:
             shutil.rmtree(staged, ignore_errors=True)
             word = "unsupported model" if isinstance(e, UnsupportedModel) else "build failed"
-            return RungResult(precision=precision, passed=False, message=f"{word}: {e}"), None, False, False, []
+            return (
+                RungResult(precision=precision, passed=False, message=f"{word}: {e}"),
+                None,
+                False,
+                False,
+                [],
+            )
         notes.extend(built.notes)
         engine_dir = staged
         manifest = EngineManifest(
-            key=key, engine_file=built.engine_file, model_name=request.model_name,
-            inputs=[t.spec() for t in job.info.inputs], outputs=[t.spec() for t in job.info.outputs],
-            max_batch_size=job.max_batch, batch_sizes=list(built.batch_sizes), node_class=request.node_class,
-            options=dict(built.options), notes=list(built.notes),
+            key=key,
+            engine_file=built.engine_file,
+            model_name=request.model_name,
+            inputs=[t.spec() for t in job.info.inputs],
+            outputs=[t.spec() for t in job.info.outputs],
+            max_batch_size=job.max_batch,
+            batch_sizes=list(built.batch_sizes),
+            node_class=request.node_class,
+            options=dict(built.options),
+            notes=list(built.notes),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.monotonic() - t0, 2),
-        )  # fmt: skip
+        )
     runner: Runner = builder.load(engine_dir, manifest, job.threads)
     if runner.emulated:
-        progress(f"{builder.backend} {precision}: running the {job.target.arch} engine under emulation")
-    outputs = run_any_batch(runner, validation, job.max_batch) if not runner.emulated else runner.run(validation)
+        progress(
+            f"{builder.backend} {precision}: running the {job.target.arch} engine under emulation"
+        )
+    outputs = (
+        run_any_batch(runner, validation, job.max_batch)
+        if not runner.emulated
+        else runner.run(validation)
+    )
     rung = verdict(budget, precision, worst_deviation(budget.metric, reference, outputs))
     if not rung.passed:
         if staged is not None:
@@ -336,7 +457,10 @@ def _rung(request, job, store, builder, key, budget, validation, reference, prog
         return rung, existing, True, runner.emulated, notes
     profile: list[LatencyPoint] = []
     if runner.emulated:
-        notes.append(f"{builder.backend}: no latency profile: the {job.target.arch} engine ran under emulation; the serving pod measures it at start")
+        notes.append(
+            f"{builder.backend}: no latency profile: the {job.target.arch} engine ran under "
+            "emulation; the serving pod measures it at start"
+        )
     else:
         progress(f"{builder.backend} {precision}: profiling batch sizes up to {job.max_batch}")
         profile = measure(
@@ -346,5 +470,12 @@ def _rung(request, job, store, builder, key, budget, validation, reference, prog
             seconds_per_size=request.profile_seconds,
         )
     manifest = manifest.model_copy(update={"profile": profile, "accuracy": [rung]})
+    assert staged is not None  # a stored engine returned above
     final = store.commit(staged, manifest)
-    return rung, EngineManifest.model_validate_json((final / "manifest.json").read_bytes()), False, runner.emulated, notes
+    return (
+        rung,
+        EngineManifest.model_validate_json((final / "manifest.json").read_bytes()),
+        False,
+        runner.emulated,
+        notes,
+    )

@@ -59,6 +59,9 @@ class Fetched:
     size: int
 
 
+_Chunks = Callable[[str, FetchOptions], Iterator[bytes]]
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -117,11 +120,13 @@ def fetch(
     return _download(uri, name, chunks, dest_dir, expected_sha256, options)
 
 
-_Chunks = Callable[[str, FetchOptions], Iterator[bytes]]
-
-
 def _download(
-    uri: str, name: str, chunks: _Chunks, dest_dir: Path, expected: str | None, options: FetchOptions
+    uri: str,
+    name: str,
+    chunks: _Chunks,
+    dest_dir: Path,
+    expected: str | None,
+    options: FetchOptions,
 ) -> Fetched:
     dest_dir.mkdir(parents=True, exist_ok=True)
     delay = options.backoff_s
@@ -190,16 +195,16 @@ def _http_chunks(uri: str, options: FetchOptions) -> Iterator[bytes]:
 
 
 def _s3_chunks(uri: str, options: FetchOptions) -> Iterator[bytes]:
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc, unquote(parts.path).lstrip("/")
+    if not bucket or not key:
+        raise FetchError(f"{uri}: expected s3://BUCKET/KEY")
     try:
         import boto3
         import botocore.config
         import botocore.exceptions
     except ImportError as e:
         raise FetchError(f"{uri}: s3:// needs boto3 (pip install 'infleet[s3]')") from e
-    parts = urlsplit(uri)
-    bucket, key = parts.netloc, unquote(parts.path).lstrip("/")
-    if not bucket or not key:
-        raise FetchError(f"{uri}: expected s3://BUCKET/KEY")
     # Credentials and AWS_ENDPOINT_URL (MinIO, Ceph) come from the standard environment.
     config = botocore.config.Config(
         connect_timeout=options.timeout_s,

@@ -25,15 +25,39 @@ class Arch(StrEnum):
 # Flags that change which kernels a backend emits; anything else does not enter the key.
 RELEVANT_FEATURES = frozenset(
     {
-        "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
-        "avx512bf16", "avxvnni", "amxint8", "amxbf16", "amxtile",
-        "asimd", "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512vnni",
+        "avx512bf16",
+        "avxvnni",
+        "amxint8",
+        "amxbf16",
+        "amxtile",
+        "asimd",
+        "asimddp",
+        "asimdhp",
+        "fphp",
+        "sve",
+        "sve2",
+        "i8mm",
+        "bf16",
     }
-)  # fmt: skip
+)
 
 # /proc/cpuinfo spells some flags differently from NFD.
-_CPUINFO_ALIASES = {"avx512_vnni": "avx512vnni", "avx_vnni": "avxvnni", "amx_int8": "amxint8",
-                    "amx_bf16": "amxbf16", "amx_tile": "amxtile", "avx512_bf16": "avx512bf16"}  # fmt: skip
+_CPUINFO_ALIASES = {
+    "avx512_vnni": "avx512vnni",
+    "avx_vnni": "avxvnni",
+    "amx_int8": "amxint8",
+    "amx_bf16": "amxbf16",
+    "amx_tile": "amxtile",
+    "avx512_bf16": "avx512bf16",
+}
 
 
 @dataclass(frozen=True)
@@ -76,11 +100,13 @@ def host_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-_ARM_CPUS = {"neoverse-n1": {"asimd", "asimddp", "fphp", "asimdhp"},
-             "neoverse-n2": {"asimd", "asimddp", "fphp", "asimdhp", "sve", "sve2", "i8mm", "bf16"},
-             "neoverse-v1": {"asimd", "asimddp", "fphp", "asimdhp", "sve", "i8mm", "bf16"},
-             "neoverse-v2": {"asimd", "asimddp", "fphp", "asimdhp", "sve", "sve2", "i8mm", "bf16"},
-             "cortex-a72": {"asimd"}}  # fmt: skip
+_ARM_CPUS = {
+    "neoverse-n1": {"asimd", "asimddp", "fphp", "asimdhp"},
+    "neoverse-n2": {"asimd", "asimddp", "fphp", "asimdhp", "sve", "sve2", "i8mm", "bf16"},
+    "neoverse-v1": {"asimd", "asimddp", "fphp", "asimdhp", "sve", "i8mm", "bf16"},
+    "neoverse-v2": {"asimd", "asimddp", "fphp", "asimdhp", "sve", "sve2", "i8mm", "bf16"},
+    "cortex-a72": {"asimd"},
+}
 
 
 def target_for_class(
@@ -109,7 +135,12 @@ def target_for_class(
             implied = {"asimd"} if arch == Arch.AARCH64 else {"avx2", "fma"}
             features = frozenset(implied | {t for t in tokens if t in RELEVANT_FEATURES})
     return HardwareTarget(
-        node_class, arch, frozenset(features), cpu=cpu, gpu=gpu, compute_capability=compute_capability
+        node_class,
+        arch,
+        frozenset(features),
+        cpu=cpu,
+        gpu=gpu,
+        compute_capability=compute_capability,
     )
 
 

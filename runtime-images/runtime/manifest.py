@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from infleet.api import Backend, LatencyPoint, Precision, RungResult
+from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"

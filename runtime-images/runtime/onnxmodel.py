@@ -11,17 +11,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from infleet.runtime.errors import ModelError, UnsupportedModel
 from infleet.runtime.manifest import Datatype, TensorSpec
 
 Dim = int | str  # a fixed size, or the name of a dynamic dimension ("" when unnamed)
 
 _OIP: dict[str, Datatype] = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
-    "float32": "FP32", "float64": "FP64",
-}  # fmt: skip
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,9 @@ def model_info(path: Path, model: Any | None = None) -> ModelInfo:
     for node in graph.node:
         if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in tables:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            bounds[node.input[1]] = min(bounds.get(node.input[1], 1 << 62), tables[node.input[0]][axis])
+            bounds[node.input[1]] = min(
+                bounds.get(node.input[1], 1 << 62), tables[node.input[0]][axis]
+            )
     return ModelInfo(
         path=path,
         inputs=inputs,

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
-
 from infleet.api import LatencyPoint
 from infleet.runtime.builders.base import Runner, run_any_batch
 

@@ -25,10 +25,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from infleet.runtime.errors import StoreError
 from infleet.runtime.manifest import MANIFEST_FILE, EngineKey, EngineManifest
+from pydantic import ValidationError
 
 
 class EngineStore:
@@ -53,7 +52,9 @@ class EngineStore:
         except (OSError, ValidationError) as e:
             raise StoreError(f"engine store: unreadable manifest {path}: {e}") from e
         if manifest.key != key:
-            raise StoreError(f"engine store: {path} holds key {manifest.key.digest()}, not {key.digest()}")
+            raise StoreError(
+                f"engine store: {path} holds key {manifest.key.digest()}, not {key.digest()}"
+            )
         return manifest
 
     @contextlib.contextmanager
@@ -99,9 +100,10 @@ class EngineStore:
     def get_request(self, digest: str) -> dict[str, object] | None:
         path = self.root / "requests" / f"{digest}.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else None  # type: ignore[no-any-return]
+            record = json.loads(path.read_text()) if path.is_file() else None
         except (OSError, ValueError):
             return None  # a bad record only costs a rebuild check
+        return record if isinstance(record, dict) else None
 
     def put_request(self, digest: str, record: dict[str, object]) -> None:
         path = self.root / "requests" / f"{digest}.json"

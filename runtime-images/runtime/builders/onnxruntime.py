@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
@@ -39,7 +38,11 @@ def _ort() -> Any:
 
 
 def providers_for(target: HardwareTarget) -> list[str]:
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if target.gpu else ["CPUExecutionProvider"]
+    return (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if target.gpu
+        else ["CPUExecutionProvider"]
+    )
 
 
 def int8_method(job: BuildJob) -> str:
@@ -60,9 +63,11 @@ class OnnxRuntimeBuilder:
 
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         if not target.is_host():
-            return f"ONNX Runtime builds on the node it serves; target {target.arch} is not this host"
+            return (
+                f"ONNX Runtime builds on the node it serves; target {target.arch} is not this host"
+            )
         if precision in (Precision.FP16, Precision.FP8):
-            return f"{precision} is not offered by the ONNX Runtime builder (CPU kernels are FP32/INT8)"
+            return f"{precision} is not offered by the ONNX Runtime builder (FP32 and INT8 only)"
         if target.gpu and "CUDAExecutionProvider" not in _ort().get_available_providers():
             return "this onnxruntime has no CUDA provider (install infleet[gpu])"
         if target.gpu and precision == Precision.INT8:
@@ -76,9 +81,15 @@ class OnnxRuntimeBuilder:
         if precision == Precision.INT8:
             method = int8_method(job)
             source = self._quantize(job, method, out_dir)
-            options["quantization"] = f"{method} (QDQ, u8 activations, s8 per-channel weights)" if method == "static" else "dynamic (s8 weights, per-batch activation ranges)"
+            options["quantization"] = (
+                f"{method} (QDQ, u8 activations, s8 per-channel weights)"
+                if method == "static"
+                else "dynamic (s8 weights, per-batch activation ranges)"
+            )
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # the "hardware specific" warning is expected: keys carry the CPU
+        opts.log_severity_level = (
+            3  # the "hardware specific" warning is expected: keys carry the CPU
+        )
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.optimized_model_filepath = str(out_dir / ENGINE_FILE)
         opts.intra_op_num_threads = job.threads
@@ -135,7 +146,9 @@ class OnnxRuntimeBuilder:
         opts.inter_op_num_threads = 1
         providers = manifest.options.get("providers", "CPUExecutionProvider").split(",")
         try:
-            session = ort.InferenceSession(str(engine_dir / manifest.engine_file), opts, providers=providers)
+            session = ort.InferenceSession(
+                str(engine_dir / manifest.engine_file), opts, providers=providers
+            )
         except Exception as e:
             raise _wrap(e, "loading the engine") from e
         return OrtRunner(session)
@@ -159,7 +172,9 @@ def reference_runner(model_path: Path, threads: int) -> OrtRunner:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = threads
     try:
-        return OrtRunner(ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"]))
+        return OrtRunner(
+            ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        )
     except Exception as e:
         raise _wrap(e, "loading the FP32 reference") from e
 
@@ -167,7 +182,7 @@ def reference_runner(model_path: Path, threads: int) -> OrtRunner:
 def _reader(base: type, data: Feeds) -> Any:
     """A CalibrationDataReader feeding the calibration samples in small batches."""
 
-    class Reader(base):  # type: ignore[misc,valid-type]
+    class Reader(base):  # type: ignore[misc]
         def __init__(self) -> None:
             self._batches = iter_batches(data, CALIBRATION_BATCH)
 
@@ -185,6 +200,11 @@ def iter_batches(data: Feeds, batch: int) -> Iterator[dict[str, np.ndarray]]:
 
 def _wrap(e: Exception, doing: str) -> BuildError:
     text = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
-    if "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "is not a registered function/op" in text or "No Op registered" in text:
+    if (
+        "NOT_IMPLEMENTED" in text
+        or "Could not find an implementation" in text
+        or "is not a registered function/op" in text
+        or "No Op registered" in text
+    ):
         return UnsupportedModel(f"onnxruntime, {doing}: unsupported operator: {text}")
     return BuildError(f"onnxruntime, {doing}: {text}")

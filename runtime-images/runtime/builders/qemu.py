@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from infleet.runtime.builders.base import Feeds
 from infleet.runtime.errors import BackendUnavailable, BuildError
 from infleet.runtime.manifest import EngineManifest
@@ -56,20 +55,39 @@ class QemuTvmRunner:
         self.manifest = manifest
 
     def run(self, feeds: Feeds) -> list[np.ndarray]:
-        script = Path(__file__).resolve().with_name("tvm_vmrun.py")
         site = self.root / "opt/infleet/site"
         with tempfile.TemporaryDirectory() as tmp:
+            # Run a copy: beside the original sits builders/tvm.py, which `import tvm` would find.
+            script = Path(tmp) / "tvm_vmrun.py"
+            shutil.copyfile(Path(__file__).resolve().with_name("tvm_vmrun.py"), script)
             inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-            np.savez(inp, **dict(feeds))
+            np.savez(inp, **dict(feeds))  # type: ignore[arg-type]
             opts = self.manifest.options
-            cmd = [QEMU, "-L", str(self.root), str(self.root / "usr/bin/python3.11"), str(script),
-                   str(self.engine), str(inp), str(out), opts["entry"],
-                   ",".join(map(str, self.manifest.batch_sizes)), opts["input_order"]]  # fmt: skip
+            cmd = [
+                QEMU,
+                "-L",
+                str(self.root),
+                str(self.root / "usr/bin/python3.11"),
+                str(script),
+                str(self.engine),
+                str(inp),
+                str(out),
+                opts["entry"],
+                ",".join(map(str, self.manifest.batch_sizes)),
+                opts["input_order"],
+            ]
             # Only the runtime library exists in the root; TVM must not look for its compiler.
-            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "TVM_USE_RUNTIME_LIB": "1",
-                   "PYTHONNOUSERSITE": "1", "HOME": tmp}  # fmt: skip
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(site),
+                "TVM_USE_RUNTIME_LIB": "1",
+                "PYTHONNOUSERSITE": "1",
+                "HOME": tmp,
+            }
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S
+                )
             except subprocess.TimeoutExpired as e:
                 raise BuildError(f"arm64 engine under qemu: no answer in {TIMEOUT_S:.0f}s") from e
             if proc.returncode != 0:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
@@ -28,8 +27,12 @@ log = logging.getLogger(__name__)
 
 ENGINE_FILE = "engine.plan"
 WORKSPACE_BYTES = 4 << 30
-MIN_COMPUTE = {Precision.FP32: (7, 0), Precision.FP16: (7, 0), Precision.INT8: (7, 0),
-               Precision.FP8: (8, 9)}  # fmt: skip
+MIN_COMPUTE = {
+    Precision.FP32: (7, 0),
+    Precision.FP16: (7, 0),
+    Precision.INT8: (7, 0),
+    Precision.FP8: (8, 9),
+}
 
 
 def _trt() -> Any:
@@ -47,7 +50,9 @@ def _cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as e:
-        raise BackendUnavailable("cuda-python is needed for TensorRT buffers (pip install cuda-python)") from e
+        raise BackendUnavailable(
+            "cuda-python is needed for TensorRT buffers (pip install cuda-python)"
+        ) from e
     return cudart
 
 
@@ -74,7 +79,9 @@ def profile_shapes(
     shapes = {}
     for t in info.inputs:
         if t.batched:
-            shapes[t.name] = ProfileShapes(t.shape(1, dims), t.shape(opt_batch, dims), t.shape(max_batch, dims))
+            shapes[t.name] = ProfileShapes(
+                t.shape(1, dims), t.shape(opt_batch, dims), t.shape(max_batch, dims)
+            )
         else:
             fixed = t.shape(1, dims)
             shapes[t.name] = ProfileShapes(fixed, fixed, fixed)
@@ -91,10 +98,14 @@ class CalibrationBatches:
     def __init__(self, data: Feeds, batch_size: int, order: list[str]) -> None:
         rows = {len(v) for v in data.values()}
         if len(rows) != 1:
-            raise BuildError(f"tensorrt: calibration inputs disagree on sample count: {sorted(rows)}")
+            raise BuildError(
+                f"tensorrt: calibration inputs disagree on sample count: {sorted(rows)}"
+            )
         self.rows = rows.pop()
         if self.rows < batch_size:
-            raise BuildError(f"tensorrt: {self.rows} calibration samples, fewer than one batch of {batch_size}")
+            raise BuildError(
+                f"tensorrt: {self.rows} calibration samples, fewer than one batch of {batch_size}"
+            )
         missing = [n for n in order if n not in data]
         if missing:
             raise BuildError(f"tensorrt: calibration data lacks inputs {missing}")
@@ -115,11 +126,12 @@ def make_calibrator(trt: Any, batches: CalibrationBatches, cache_file: Path) -> 
     """An IInt8EntropyCalibrator2 that copies each batch into device buffers."""
     if not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise BackendUnavailable(
-            f"TensorRT {trt.__version__} has no implicit INT8 calibration; give a model with Q/DQ nodes"
+            f"TensorRT {trt.__version__} has no implicit INT8 calibration; "
+            "give a model with Q/DQ nodes"
         )
     cudart = _cudart()
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self._it = iter(batches)
@@ -138,7 +150,9 @@ def make_calibrator(trt: Any, batches: CalibrationBatches, cache_file: Path) -> 
                     _check(cudart, err, "cudaMalloc")
                     self._buffers.append(ptr)
             for ptr, a in zip(self._buffers, arrays, strict=True):
-                (err,) = cudart.cudaMemcpy(ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+                (err,) = cudart.cudaMemcpy(
+                    ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+                )
                 _check(cudart, err, "cudaMemcpy")
             return list(self._buffers)
 
@@ -163,8 +177,10 @@ def capability_problem(precision: Precision, target: HardwareTarget) -> str | No
     need = MIN_COMPUTE[precision]
     have = target.compute_capability
     if have is not None and have < need:
-        return (f"{precision} needs compute capability {need[0]}.{need[1]}+, "
-                f"{target.gpu} has {have[0]}.{have[1]}")  # fmt: skip
+        return (
+            f"{precision} needs compute capability {need[0]}.{need[1]}+, "
+            f"{target.gpu} has {have[0]}.{have[1]}"
+        )
     return None
 
 
@@ -207,19 +223,32 @@ class TensorRtBuilder:
             config.set_flag(trt.BuilderFlag.FP16)
         if precision == Precision.INT8:
             config.set_flag(trt.BuilderFlag.INT8)
-            batches = CalibrationBatches(job.calibration, min(8, job.max_batch), [t.name for t in job.info.inputs])
-            config.int8_calibrator = make_calibrator(trt, batches, job.work_dir / "calibration.cache")
+            batches = CalibrationBatches(
+                job.calibration, min(8, job.max_batch), [t.name for t in job.info.inputs]
+            )
+            config.int8_calibrator = make_calibrator(
+                trt, batches, job.work_dir / "calibration.cache"
+            )
             calib_profile = builder.create_optimization_profile()
             for name, s in shapes.items():
-                fixed = (batches.batch_size, *s.opt[1:]) if job.info.inputs and s.min != s.max else s.opt
+                fixed = (
+                    (batches.batch_size, *s.opt[1:])
+                    if job.info.inputs and s.min != s.max
+                    else s.opt
+                )
                 calib_profile.set_shape(name, fixed, fixed, fixed)
             config.set_calibration_profile(calib_profile)
-            notes.append(f"tensorrt: INT8 entropy calibration over {len(batches) * batches.batch_size} samples")
+            notes.append(
+                f"tensorrt: INT8 entropy calibration over "
+                f"{len(batches) * batches.batch_size} samples"
+            )
         if precision == Precision.FP8:
             from infleet.runtime.onnxmodel import load_model
 
             if not has_fp8_qdq(job.info.op_types, load_model(job.model_path)):
-                raise UnsupportedModel("tensorrt: FP8 needs a model with FP8 Q/DQ nodes (explicit quantisation)")
+                raise UnsupportedModel(
+                    "tensorrt: FP8 needs a model with FP8 Q/DQ nodes (explicit quantisation)"
+                )
             config.set_flag(trt.BuilderFlag.FP8)
         cache_file = job.work_dir.parent / f"timing-{job.target.fingerprint()}.cache"
         cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
@@ -241,7 +270,9 @@ class TensorRtBuilder:
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine((engine_dir / manifest.engine_file).read_bytes())
         if engine is None:
-            raise BuildError("tensorrt: the plan does not deserialize (other TensorRT version or GPU?)")
+            raise BuildError(
+                "tensorrt: the plan does not deserialize (other TensorRT version or GPU?)"
+            )
         return TrtRunner(trt, engine, manifest)
 
 
@@ -267,7 +298,9 @@ class TrtRunner:
                 a = np.ascontiguousarray(feeds[name])
                 ctx.set_input_shape(name, a.shape)
                 ptr = self._alloc(a.nbytes, to_free)
-                (err,) = cudart.cudaMemcpy(ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+                (err,) = cudart.cudaMemcpy(
+                    ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+                )
                 _check(cudart, err, "cudaMemcpy")
                 ctx.set_tensor_address(name, ptr)
             outs = []
@@ -281,7 +314,13 @@ class TrtRunner:
             if not ctx.execute_async_v3(self._stream):
                 raise BuildError("tensorrt: execute_async_v3 failed")
             for host, ptr in outs:
-                (err,) = cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream)
+                (err,) = cudart.cudaMemcpyAsync(
+                    host.ctypes.data,
+                    ptr,
+                    host.nbytes,
+                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                    self._stream,
+                )
                 _check(cudart, err, "cudaMemcpyAsync")
             (err,) = cudart.cudaStreamSynchronize(self._stream)
             _check(cudart, err, "cudaStreamSynchronize")

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, pick_batch_sizes
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
@@ -60,8 +59,13 @@ def target_spec(target: HardwareTarget, threads: int) -> dict[str, Any]:
         mattr += ["+fullfp16"] if f & {"asimdhp", "fphp"} else []
         mattr += ["+sve"] if "sve" in f else []
         mattr += ["+i8mm"] if "i8mm" in f else []
-        return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": target.cpu or "generic",
-                "mattr": mattr, "num-cores": threads}  # fmt: skip
+        return {
+            "kind": "llvm",
+            "mtriple": "aarch64-linux-gnu",
+            "mcpu": target.cpu or "generic",
+            "mattr": mattr,
+            "num-cores": threads,
+        }
     if "avx512f" in f:
         mcpu = "x86-64-v4"
     elif "avx2" in f:
@@ -70,8 +74,13 @@ def target_spec(target: HardwareTarget, threads: int) -> dict[str, Any]:
         mcpu = "x86-64-v2"
     mattr = [f"+{x}" for x in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl") if x in f]
     mattr += ["+avx512vnni"] if "avx512vnni" in f else []
-    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "mattr": mattr,
-            "num-cores": threads}  # fmt: skip
+    return {
+        "kind": "llvm",
+        "mtriple": "x86_64-linux-gnu",
+        "mcpu": mcpu,
+        "mattr": mattr,
+        "num-cores": threads,
+    }
 
 
 def elf_machine(path: Path) -> int | None:
@@ -97,38 +106,31 @@ class TvmBuilder:
             # is not validated on CPUs here: refuse rather than ship an untested engine.
             return f"{precision} is not offered by the TVM builder yet (FP32 only)"
         if not target.is_host() and shutil.which(CROSS_CC[target.arch]) is None:
-            return (f"cross-compiling for {target.arch} needs {CROSS_CC[target.arch]} "
-                    "(apt-get install gcc-aarch64-linux-gnu, or run hack/arm64-sysroot.sh)")  # fmt: skip
+            return (
+                f"cross-compiling for {target.arch} needs {CROSS_CC[target.arch]} "
+                "(apt-get install gcc-aarch64-linux-gnu, or run hack/arm64-sysroot.sh)"
+            )
         return None
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         tvm = _tvm()
-        from tvm.relax.frontend.onnx import from_onnx
-
         batch_sizes = pick_batch_sizes(job.max_batch, job.batch_sizes)
         if job.info.fixed_batch is not None:
             batch_sizes = (job.info.fixed_batch,)
         model = load_model(job.model_path)
-        import onnx
-
-        functions = {}
+        prepared: dict[int, tuple[str, dict[str, list[int]]]] = {}
         for b in batch_sizes:
-            shapes = {t.name: t.shape(b, job.dims) for t in job.info.inputs}
-            prepared = fix_shapes_and_fold(model, shapes, job.work_dir / f"tvm-b{b}.onnx")
-            try:
-                mod = from_onnx(onnx.load(str(prepared)), shape_dict=shapes)
-            except Exception as e:
-                raise _wrap(e, "importing the ONNX graph") from e
-            finally:
-                prepared.unlink(missing_ok=True)
-            name = f"main_b{b}"
-            functions[name] = mod["main"].with_attr("global_symbol", name)
-        mod = tvm.IRModule(functions)
+            shapes = {t.name: list(t.shape(b, job.dims)) for t in job.info.inputs}
+            path = fix_shapes_and_fold(
+                model, {k: tuple(v) for k, v in shapes.items()}, job.work_dir / f"tvm-b{b}.onnx"
+            )
+            prepared[b] = (str(path), shapes)
+        mod = import_module(prepared)
         spec = target_spec(job.target, job.threads)
         target = tvm.target.Target(spec)
         notes: list[str] = []
         db_dir = job.work_dir / "tuning"
-        tuned = self._tune(job, mod, spec, db_dir, notes)
+        tuned = self._tune(job, prepared, spec, db_dir, notes)
         try:
             if tuned:
                 from tvm import relax
@@ -146,12 +148,16 @@ class TvmBuilder:
             else:
                 from tvm.support import cc
 
-                ex.export_library(str(engine), fcompile=cc.cross_compiler(CROSS_CC[job.target.arch]))
+                ex.export_library(
+                    str(engine), fcompile=cc.cross_compiler(CROSS_CC[job.target.arch])
+                )
         except Exception as e:
             raise _wrap(e, "exporting the shared library") from e
         machine = elf_machine(engine)
         if machine != ELF_MACHINE[job.target.arch]:
-            raise BuildError(f"tvm: exported {engine.name} is not an {job.target.arch} ELF (e_machine={machine})")
+            raise BuildError(
+                f"tvm: exported {engine.name} is not an {job.target.arch} ELF (e_machine={machine})"
+            )
         options = {
             "target": json.dumps(spec, sort_keys=True),
             "entry": "main_b{batch}",
@@ -161,36 +167,60 @@ class TvmBuilder:
         }
         return BuiltEngine(ENGINE_FILE, options, batch_sizes, tuple(notes))
 
-    def _tune(self, job: BuildJob, mod: Any, spec: dict[str, Any], db_dir: Path, notes: list[str]) -> bool:
+    def _tune(
+        self,
+        job: BuildJob,
+        prepared: Mapping[int, Any],
+        spec: dict[str, Any],
+        db_dir: Path,
+        notes: list[str],
+    ) -> bool:
         if job.tuning_trials <= 0 or job.tuning_seconds <= 0:
             notes.append("tvm: untuned (tuning budget 0)")
             return False
         if not job.target.is_host():
-            notes.append("tvm: untuned: MetaSchedule measures on the target CPU; cross builds "
-                         "skip it (run the build on an arm64 node to tune)")  # fmt: skip
+            notes.append(
+                "tvm: untuned: MetaSchedule measures on the target CPU; cross builds "
+                "skip it (run the build on an arm64 node to tune)"
+            )
             return False
-        tvm = _tvm()
         db_dir.mkdir(parents=True, exist_ok=True)
-        mod_file = job.work_dir / "tune-mod.json"
-        mod_file.write_text(tvm.ir.save_json(mod))
-        cmd = [sys.executable, "-m", "infleet.runtime.builders.tvm_tune", str(mod_file),
-               json.dumps(spec), str(db_dir), str(job.tuning_trials)]  # fmt: skip
+        # The child re-imports the prepared graphs: serialising a Relax module with its
+        # constants (tvm.ir.save_json) segfaults in apache-tvm 0.27.
+        spec_file = job.work_dir / "tune.json"
+        spec_file.write_text(
+            json.dumps(
+                {
+                    "prepared": prepared,
+                    "target": spec,
+                    "db": str(db_dir),
+                    "trials": job.tuning_trials,
+                }
+            )
+        )
+        cmd = [sys.executable, "-m", "infleet.runtime.builders.tvm_tune", str(spec_file)]
         started = time.monotonic()
         reason = run_child(cmd, job.tuning_seconds)
-        mod_file.unlink(missing_ok=True)
         records = _count_records(db_dir)
         took = time.monotonic() - started
         if reason is None:
             notes.append(f"tvm: tuned with MetaSchedule, {records} records in {took:.0f}s")
             return records > 0
         if records > 0 and reason.startswith("time budget"):
-            notes.append(f"tvm: tuning stopped at its {reason}; applied the {records} records measured")
+            notes.append(
+                f"tvm: tuning stopped at its {reason}; applied the {records} records measured"
+            )
             return True
-        notes.append(f"tvm: untuned: MetaSchedule tuning failed ({reason}); kept the untuned engine")
+        notes.append(
+            f"tvm: untuned: MetaSchedule tuning failed ({reason}); kept the untuned engine"
+        )
         return False
 
     def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> Any:
-        if manifest.options.get("cross_compiled") == "true" and _elf_arch(engine_dir / manifest.engine_file) != host_arch():
+        if (
+            manifest.options.get("cross_compiled") == "true"
+            and _elf_arch(engine_dir / manifest.engine_file) != host_arch()
+        ):
             from infleet.runtime.builders.qemu import QemuTvmRunner
 
             return QemuTvmRunner(engine_dir / manifest.engine_file, manifest)
@@ -203,6 +233,41 @@ class TvmBuilder:
         except Exception as e:
             raise _wrap(e, "loading the engine") from e
         return TvmRunner(tvm, vm, manifest)
+
+
+def import_module(prepared: Mapping[int, tuple[str, Mapping[str, list[int]]]]) -> Any:
+    """One IRModule with a Relax function ``main_b{n}`` per prepared (static-shape) graph.
+
+    The importer also emits helper functions (TE kernels such as ``maximum`` for Clip) whose
+    names repeat across batch sizes with different shapes; they are re-added under per-batch
+    names through one BlockBuilder and the calls in each ``main`` are pointed at them.
+    """
+    import onnx
+
+    _tvm()
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    @relax.expr_functor.mutator
+    class Rename(relax.PyExprMutator):  # type: ignore[misc]
+        def __init__(self, mapping: Mapping[Any, Any]) -> None:
+            super().__init__()
+            self.mapping = mapping
+
+        def visit_global_var_(self, gv: Any) -> Any:
+            return self.mapping.get(gv, gv)
+
+    bb = relax.BlockBuilder()
+    for b, (path, shapes) in sorted(prepared.items()):
+        try:
+            mod = from_onnx(onnx.load(path), shape_dict=dict(shapes))
+        except Exception as e:
+            raise _wrap(e, "importing the ONNX graph") from e
+        helpers = [(gv, f) for gv, f in mod.functions.items() if gv.name_hint != "main"]
+        mapping = {gv: bb.add_func(f, f"{gv.name_hint}_b{b}") for gv, f in helpers}
+        main = Rename(mapping).visit_expr(mod["main"]).with_attr("global_symbol", f"main_b{b}")
+        bb.add_func(main, f"main_b{b}")
+    return bb.get()
 
 
 class TvmRunner:
@@ -235,8 +300,9 @@ def run_child(cmd: Sequence[str], timeout_s: float) -> str | None:
 
     On timeout the whole group is killed: MetaSchedule starts builder/runner workers of its own.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -271,7 +337,13 @@ def _elf_arch(path: Path) -> Arch | None:
 def _wrap(e: Exception, doing: str) -> BuildError:
     text = str(e).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    first = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else type(e).__name__)
-    if "not supported" in text.lower() or "not implemented" in text.lower() or "Unsupported" in text:
+    first = next(
+        (ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else type(e).__name__
+    )
+    if (
+        "not supported" in text.lower()
+        or "not implemented" in text.lower()
+        or "Unsupported" in text
+    ):
         return UnsupportedModel(f"tvm, {doing}: {first.strip()[:400]}")
     return BuildError(f"tvm, {doing}: {first.strip()[:400]}")

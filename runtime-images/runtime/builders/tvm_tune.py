@@ -1,6 +1,7 @@
 """Child process of the TVM builder: MetaSchedule tuning of one Relax module.
 
-Run as ``python -m infleet.runtime.builders.tvm_tune MODULE.json TARGET_JSON DB_DIR TRIALS``.
+Run as ``python -m infleet.runtime.builders.tvm_tune SPEC.json`` (prepared graphs per batch
+size, target, database directory, trials; written by the TVM builder).
 It lives in its own process because a tuning crash (seen: SIGSEGV) must not take the build
 down; the parent applies whatever the JSON database in DB_DIR holds.
 """
@@ -13,14 +14,16 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    mod_file, target_json, db_dir, trials = argv
+    spec = json.loads(Path(argv[0]).read_text())
     import tvm
+    from infleet.runtime.builders.tvm import import_module
     from tvm import relax
     from tvm.relax import transform
     from tvm.s_tir import meta_schedule as ms
 
-    mod = tvm.ir.load_json(Path(mod_file).read_text())
-    target = tvm.target.Target(json.loads(target_json))
+    mod = import_module({int(b): (p, s) for b, (p, s) in spec["prepared"].items()})
+    target = tvm.target.Target(spec["target"])
+    db_dir, trials = spec["db"], spec["trials"]
     with target:
         mod = tvm.transform.Sequential(
             [

@@ -10,21 +10,21 @@ import sys
 import numpy as np
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     engine, inputs, outputs, entry, sizes, order = argv
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
     vm = VirtualMachine(tvm.runtime.load_module(engine), tvm.cpu())
-    sizes = sorted(int(s) for s in sizes.split(","))
+    compiled = sorted(int(s) for s in sizes.split(","))
     names = order.split(",")
     data = np.load(inputs)
     rows = len(data[names[0]])
     results = []
     start = 0
     while start < rows:
-        take = min(rows - start, sizes[-1])
-        size = next(s for s in sizes if s >= take)
+        take = min(rows - start, compiled[-1])
+        size = next(s for s in compiled if s >= take)
         args = []
         for n in names:
             a = data[n][start : start + take]
@@ -35,7 +35,7 @@ def main(argv):
         outs = [out] if hasattr(out, "numpy") else list(out)
         results.append([o.numpy()[:take] for o in outs])
         start += take
-    np.savez(outputs, *[np.concatenate(p) for p in zip(*results)])
+    np.savez(outputs, *[np.concatenate(p) for p in zip(*results, strict=True)])
     return 0
 
 

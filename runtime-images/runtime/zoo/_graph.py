@@ -18,7 +18,7 @@ class GraphBuilder:
         self.inits: list[Any] = []
         self._n = 0
 
-    def const(self, value: np.ndarray | float | list[int], name: str | None = None) -> str:
+    def const(self, value: Any, name: str | None = None) -> str:
         arr = np.asarray(value)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)

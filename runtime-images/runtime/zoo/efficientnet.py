@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from infleet.runtime.zoo._graph import GraphBuilder
 from infleet.runtime.zoo.weights import load_legacy_torch
 
@@ -23,8 +22,15 @@ IMAGE = 224
 BN_EPS = 1e-3
 # (repeats, stride of the first block, expand ratio, output channels) per stage; kernel sizes
 # are read from the weights.
-STAGES = [(1, 1, 1, 16), (2, 2, 6, 24), (2, 2, 6, 40), (3, 2, 6, 80), (3, 1, 6, 112),
-          (4, 2, 6, 192), (1, 1, 6, 320)]  # fmt: skip
+STAGES = [
+    (1, 1, 1, 16),
+    (2, 2, 6, 24),
+    (2, 2, 6, 40),
+    (3, 2, 6, 80),
+    (3, 1, 6, 112),
+    (4, 2, 6, 192),
+    (1, 1, 6, 320),
+]
 
 
 def weights_path() -> Path:
@@ -60,8 +66,16 @@ def efficientnet_lite0(out: Path) -> Path:
         folded = (weight * scale[:, None, None, None]).astype(np.float32)
         bias = (beta - mean * scale).astype(np.float32)
         pads, size = _same_pads(size, k, stride)
-        y = g.op("Conv", x, g.const(folded), g.const(bias), kernel_shape=[k, k],
-                 strides=[stride, stride], pads=pads, group=group)  # fmt: skip
+        y = g.op(
+            "Conv",
+            x,
+            g.const(folded),
+            g.const(bias),
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=pads,
+            group=group,
+        )
         return g.op("Clip", y, g.const(np.float32(0)), g.const(np.float32(6))) if act else y
 
     x = conv_bn("image", "_conv_stem", "_bn0", 2, 1, True)
@@ -86,10 +100,14 @@ def efficientnet_lite0(out: Path) -> Path:
     x = conv_bn(x, "_conv_head", "_bn1", 1, 1, True)
     x = g.op("GlobalAveragePool", x)
     batch = g.op("Gather", g.op("Shape", x), g.const(np.array(0, np.int64)), axis=0)
-    target = g.op("Concat", g.op("Unsqueeze", batch, g.const(np.array([0], np.int64))),
-                  g.const(np.array([-1], np.int64)), axis=0)  # fmt: skip
+    target = g.op(
+        "Concat",
+        g.op("Unsqueeze", batch, g.const(np.array([0], np.int64))),
+        g.const(np.array([-1], np.int64)),
+        axis=0,
+    )
     x = g.op("Reshape", x, target)
-    logits = g.op("Gemm", x, g.const(w["_fc.weight"]), g.const(w["_fc.bias"]), transB=1)
+    g.op("Gemm", x, g.const(w["_fc.weight"]), g.const(w["_fc.bias"]), transB=1)
     g.nodes[-1].output[0] = "logits"
     model = g.model(
         "efficientnet_lite0",

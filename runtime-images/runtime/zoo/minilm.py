@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from infleet.runtime.zoo._graph import GraphBuilder
 from infleet.runtime.zoo.efficientnet import _save
 from infleet.runtime.zoo.weights import load_safetensors
@@ -39,8 +38,14 @@ def minilm_l6(out: Path) -> Path:
         return g.op("Add", y, g.const(w[f"{name}.bias"]))
 
     def layer_norm(x: str, name: str) -> str:
-        return g.op("LayerNormalization", x, g.const(w[f"{name}.weight"]), g.const(w[f"{name}.bias"]),
-                    axis=-1, epsilon=LN_EPS)  # fmt: skip
+        return g.op(
+            "LayerNormalization",
+            x,
+            g.const(w[f"{name}.weight"]),
+            g.const(w[f"{name}.bias"]),
+            axis=-1,
+            epsilon=LN_EPS,
+        )
 
     seq = g.op("Gather", g.op("Shape", "input_ids"), g.const(np.array(1, i64)), axis=0)
     positions = g.op("Range", g.const(np.array(0, i64)), seq, g.const(np.array(1, i64)))
@@ -69,16 +74,26 @@ def minilm_l6(out: Path) -> Path:
         scores = g.op("Mul", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])), scale)
         probs = g.op("Softmax", g.op("Add", scores, bias), axis=-1)
         ctx = g.op("Reshape", g.op("Transpose", g.op("MatMul", probs, v), perm=[0, 2, 1, 3]), merge)
-        x = layer_norm(g.op("Add", linear(ctx, f"{p}.attention.output.dense"), x), f"{p}.attention.output.LayerNorm")
+        x = layer_norm(
+            g.op("Add", linear(ctx, f"{p}.attention.output.dense"), x),
+            f"{p}.attention.output.LayerNorm",
+        )
         h = linear(x, f"{p}.intermediate.dense")
         erf = g.op("Erf", g.op("Div", h, g.const(np.float32(np.sqrt(2)))))
-        h = g.op("Mul", g.op("Mul", h, g.op("Add", erf, g.const(np.float32(1)))), g.const(np.float32(0.5)))
+        h = g.op(
+            "Mul",
+            g.op("Mul", h, g.op("Add", erf, g.const(np.float32(1)))),
+            g.const(np.float32(0.5)),
+        )
         x = layer_norm(g.op("Add", linear(h, f"{p}.output.dense"), x), f"{p}.output.LayerNorm")
 
     mask3 = g.op("Unsqueeze", mask_f, g.const(np.array([2], i64)))
     summed = g.op("ReduceSum", g.op("Mul", x, mask3), g.const(np.array([1], i64)), keepdims=0)
-    count = g.op("Clip", g.op("ReduceSum", mask3, g.const(np.array([1], i64)), keepdims=0),
-                 g.const(np.float32(1e-9)))  # fmt: skip
+    count = g.op(
+        "Clip",
+        g.op("ReduceSum", mask3, g.const(np.array([1], i64)), keepdims=0),
+        g.const(np.float32(1e-9)),
+    )
     mean = g.op("Div", summed, count)
     norm = g.op("ReduceL2", mean, axes=[1], keepdims=1)
     g.op("Div", mean, g.op("Clip", norm, g.const(np.float32(1e-12))))

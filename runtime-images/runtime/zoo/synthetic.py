@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from infleet.runtime.zoo._graph import GraphBuilder
 from infleet.runtime.zoo.efficientnet import _save
 
@@ -20,13 +19,27 @@ def mlp(out: Path, seed: int = 0, features: int = 64, classes: int = 10) -> Path
 
     r = _rng(seed)
     g = GraphBuilder()
-    h = g.op("Relu", g.op("Add", g.op("MatMul", "x", g.const(r.standard_normal((features, 128)).astype(np.float32) * 0.1)),
-                         g.const(r.standard_normal(128).astype(np.float32) * 0.1)))  # fmt: skip
-    g.op("Add", g.op("MatMul", h, g.const(r.standard_normal((128, classes)).astype(np.float32) * 0.1)),
-         g.const(r.standard_normal(classes).astype(np.float32)))  # fmt: skip
+    h = g.op(
+        "Relu",
+        g.op(
+            "Add",
+            g.op(
+                "MatMul", "x", g.const(r.standard_normal((features, 128)).astype(np.float32) * 0.1)
+            ),
+            g.const(r.standard_normal(128).astype(np.float32) * 0.1),
+        ),
+    )
+    g.op(
+        "Add",
+        g.op("MatMul", h, g.const(r.standard_normal((128, classes)).astype(np.float32) * 0.1)),
+        g.const(r.standard_normal(classes).astype(np.float32)),
+    )
     g.nodes[-1].output[0] = "y"
-    model = g.model("mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", classes])])  # fmt: skip
+    model = g.model(
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", classes])],
+    )
     _save(model, out)
     return out
 
@@ -41,23 +54,46 @@ def small_cnn(out: Path, seed: int = 0) -> Path:
     x = "image"
     for cin, cout in ((3, 16), (16, 32)):
         w = (r.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
-        x = g.op("Relu", g.op("Conv", x, g.const(w), g.const(r.standard_normal(cout).astype(np.float32) * 0.1),
-                              kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))  # fmt: skip
+        x = g.op(
+            "Relu",
+            g.op(
+                "Conv",
+                x,
+                g.const(w),
+                g.const(r.standard_normal(cout).astype(np.float32) * 0.1),
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+            ),
+        )
     x = g.op("GlobalAveragePool", x)
     batch = g.op("Gather", g.op("Shape", x), g.const(np.array(0, np.int64)), axis=0)
-    shape = g.op("Concat", g.op("Unsqueeze", batch, g.const(np.array([0], np.int64))),
-                 g.const(np.array([-1], np.int64)), axis=0)  # fmt: skip
+    shape = g.op(
+        "Concat",
+        g.op("Unsqueeze", batch, g.const(np.array([0], np.int64))),
+        g.const(np.array([-1], np.int64)),
+        axis=0,
+    )
     x = g.op("Reshape", x, shape)
-    g.op("Gemm", x, g.const(r.standard_normal((10, 32)).astype(np.float32)), g.const(np.zeros(10, np.float32)), transB=1)
+    g.op(
+        "Gemm",
+        x,
+        g.const(r.standard_normal((10, 32)).astype(np.float32)),
+        g.const(np.zeros(10, np.float32)),
+        transB=1,
+    )
     g.nodes[-1].output[0] = "logits"
-    model = g.model("small_cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-                    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])])  # fmt: skip
+    model = g.model(
+        "small_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+    )
     _save(model, out)
     return out
 
 
 def mixed_dtypes(out: Path, seed: int = 0) -> Path:
-    """ids INT32 [batch, 8] and scale FP16 [batch, 1] -> scores FP16 [batch, 4], label INT64 [batch].
+    """ids INT32 [batch, 8], scale FP16 [batch, 1] -> scores FP16 [batch, 4], label INT64 [batch].
 
     An embedding lookup (Gather), FP16 arithmetic and an ArgMax: integer, half and float paths.
     """
@@ -67,7 +103,9 @@ def mixed_dtypes(out: Path, seed: int = 0) -> Path:
     g = GraphBuilder()
     table = r.standard_normal((100, 4)).astype(np.float32)
     emb = g.op("Gather", g.const(table), "ids", axis=0)  # [batch, 8, 4]
-    pooled = g.op("ReduceMean", emb, g.const(np.array([1], np.int64)), keepdims=0)  # opset 18 form avoided below
+    pooled = g.op(
+        "ReduceMean", emb, g.const(np.array([1], np.int64)), keepdims=0
+    )  # opset 18 form avoided below
     g.nodes[-1].input.pop()  # ReduceMean takes axes as an attribute before opset 18
     g.nodes[-1].attribute.append(helper.make_attribute("axes", [1]))
     half = g.op("Cast", pooled, to=TensorProto.FLOAT16)
@@ -77,11 +115,15 @@ def mixed_dtypes(out: Path, seed: int = 0) -> Path:
     g.nodes[-1].output[0] = "label"
     model = g.model(
         "mixed_dtypes",
-        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", 8]),
-         helper.make_tensor_value_info("scale", TensorProto.FLOAT16, ["batch", 1])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT16, ["batch", 4]),
-         helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])],
-    )  # fmt: skip
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", 8]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT16, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT16, ["batch", 4]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
+    )
     _save(model, out)
     return out
 
@@ -92,8 +134,11 @@ def unsupported_op(out: Path) -> Path:
 
     g = GraphBuilder()
     g.nodes.append(helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example"))
-    model = g.model("unsupported", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])  # fmt: skip
+    model = g.model(
+        "unsupported",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
     model.opset_import.append(helper.make_opsetid("com.example", 1))
     _save(model, out)
     return out

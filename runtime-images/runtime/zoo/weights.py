@@ -16,8 +16,14 @@ from typing import Any
 
 import numpy as np
 
-_STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-                   "LongStorage": np.int64, "IntStorage": np.int32, "ByteStorage": np.uint8}  # fmt: skip
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ByteStorage": np.uint8,
+}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -28,14 +34,18 @@ class _Storage:
 
 
 class _TensorRef:
-    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+    def __init__(
+        self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]
+    ) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def array(self) -> np.ndarray:
         assert self.storage.data is not None
         item = self.storage.dtype.itemsize
         base = self.storage.data[self.offset :]
-        view = np.lib.stride_tricks.as_strided(base, shape=self.size, strides=[s * item for s in self.stride])
+        view = np.lib.stride_tricks.as_strided(
+            base, shape=self.size, strides=[s * item for s in self.stride]
+        )
         return np.array(view)
 
 
@@ -46,7 +56,9 @@ def load_legacy_torch(path: Path) -> dict[str, np.ndarray]:
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             if module == "torch._utils" and name == "_rebuild_tensor_v2":
-                return lambda st, off, size, stride, *_: _TensorRef(st, off, tuple(size), tuple(stride))
+                return lambda st, off, size, stride, *_: _TensorRef(
+                    st, off, tuple(size), tuple(stride)
+                )
             if module == "torch" and name in _STORAGE_DTYPES:
                 return np.dtype(_STORAGE_DTYPES[name])
             if module == "collections" and name == "OrderedDict":
@@ -73,7 +85,13 @@ def load_legacy_torch(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+    dtypes = {
+        "F32": np.float32,
+        "F16": np.float16,
+        "F64": np.float64,
+        "I64": np.int64,
+        "I32": np.int32,
+    }
     with path.open("rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(header_len))
@@ -83,5 +101,9 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
         if name == "__metadata__":
             continue
         start, end = meta["data_offsets"]
-        out[name] = np.frombuffer(data[start:end], dtype=dtypes[meta["dtype"]]).reshape(meta["shape"]).copy()
+        out[name] = (
+            np.frombuffer(data[start:end], dtype=dtypes[meta["dtype"]])
+            .reshape(meta["shape"])
+            .copy()
+        )
     return out
