@@ -209,7 +209,7 @@ def _best_multiplier(
         if replicas(hi) <= budget:
             break
         hi *= 4
-    for _ in range(40):
+    for _ in range(20):
         mid = (lo + hi) / 2
         if replicas(mid) > budget:
             lo = mid
