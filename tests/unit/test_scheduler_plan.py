@@ -212,3 +212,36 @@ def test_command_reports_an_unreachable_cluster_as_one_line(
     assert "infleet plan: error: cannot reach the API server https://127.0.0.1:1" in (
         capsys.readouterr().err
     )
+
+
+def test_engine_profiles_in_status_are_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    obj = yaml.safe_load((EXAMPLES / "deployment.yaml").read_text())
+    obj["status"] = {"classes": [{
+        "name": "nvidia-t4-16gb-g4dn-12xlarge",
+        "engine": {"state": "Ready", "profile": [
+            {"batchSize": 1, "p50Ms": 2.0, "p99Ms": 3.0, "throughputIps": 300},
+            {"batchSize": 8, "p50Ms": 6.0, "p99Ms": 8.0, "throughputIps": 1100},
+        ]},
+    }]}
+    manifest = tmp_path / "idep.yaml"
+    manifest.write_text(yaml.safe_dump(obj))
+    rc = main(["plan", "-f", str(manifest), "--inventory", str(EXAMPLES / "inventory-dev.yaml"),
+               "--demand", "1000", "-o", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    t4 = next(c for c in doc["classes"] if c["name"] == "nvidia-t4-16gb-g4dn-12xlarge")
+    # 2 ms queue delay + 2 x 8 ms <= 25 ms: batch 8's throughput is the capacity at the SLO.
+    assert t4["profile"] == {"capacityRps": 1100, "latencyBatch1Ms": 3.0,
+                             "source": "engine profile"}
+    assert t4["replicas"] == 2  # 1200 rps needed, minReplicas 2
+
+
+def test_bad_profiles_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "profiles.yaml"
+    bad.write_text("classes:\n  x86: {capacityRps: 10}\n")
+    rc = main(["plan", "-f", str(EXAMPLES / "deployment.yaml"), "--inventory",
+               str(EXAMPLES / "inventory-dev.yaml"), "--profiles", str(bad)])
+    assert rc == 1
+    assert "give either capacityRps and latencyBatch1Ms, or points" in capsys.readouterr().err
