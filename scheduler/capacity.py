@@ -27,6 +27,7 @@ classes.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -403,33 +404,26 @@ def _branch_and_bound(
     )
 
 
-def traffic_weights(capacities: Sequence[float]) -> tuple[int, ...]:
-    """Percent of traffic per class, proportional to provisioned capacity, summing to 100
-    (largest remainder), so every class runs at the same utilisation. A class with capacity
-    never rounds down to 0 %."""
-    total = sum(capacities)
-    if total <= 0:
-        return tuple(0 for _ in capacities)
-    exact = [100 * c / total for c in capacities]
-    weights = [math.floor(e) for e in exact]
-    for i, c in enumerate(capacities):
-        if c > 0 and weights[i] == 0:
+def traffic_weights(capacities: Sequence[float], total: int = 100) -> tuple[int, ...]:
+    """Whole points of traffic per class (percent by default), summing to ``total``.
+
+    Every class with capacity gets at least one point (when there are no more such classes
+    than points), so no placed replica sits idle; the rest go by the highest-averages
+    (D'Hondt) rule, each point to the class with the most capacity per point it would then
+    carry. That minimises the highest load per unit of capacity, max(w_c / capacity_c), among
+    all such splits: no class runs hotter than rounding forces.
+    """
+    weights = [0] * len(capacities)
+    live = [i for i, c in enumerate(capacities) if c > 0]
+    if not live:
+        return tuple(weights)
+    if len(live) <= total:
+        for i in live:
             weights[i] = 1
-    short = 100 - sum(weights)
-    by_remainder = sorted(range(len(exact)), key=lambda i: (weights[i] - exact[i], i))
-    while short > 0:
-        for i in by_remainder:
-            if short == 0:
-                break
-            if capacities[i] > 0:
-                weights[i] += 1
-                short -= 1
-    while short < 0:
-        # Give back from the class most over its exact share that stays above 1 %.
-        i = max(
-            (i for i in range(len(exact)) if weights[i] > 1),
-            key=lambda i: (weights[i] - exact[i], -i),
-        )
-        weights[i] -= 1
-        short += 1
+    heap = [(-capacities[i] / (weights[i] + 1), i) for i in live]
+    heapq.heapify(heap)
+    for _ in range(total - sum(weights)):
+        _, i = heapq.heappop(heap)
+        weights[i] += 1
+        heapq.heappush(heap, (-capacities[i] / (weights[i] + 1), i))
     return tuple(weights)

@@ -191,6 +191,14 @@ def plan_deployment(
         ClassPlan(cls, dec, prof, free, why, chosen.get(cls.name, 0), w)
         for (cls, dec, prof, free, why), w in zip(entries, weights, strict=True)
     )
+    if feasible and demand_rps:
+        for cp in plans:
+            if cp.weight and cp.capacity_rps:
+                load = demand_rps * cp.weight / 100 / cp.capacity_rps
+                if load > 1 + 1e-9:
+                    notes.append(
+                        f"{cp.name}: whole-percent weights send it {load:.0%} of its capacity"
+                    )
     if feasible and not sol.optimal:
         notes.append(
             f"cost proven within {sol.cost_per_hour - sol.lower_bound:.4g}/h "
