@@ -245,3 +245,13 @@ def test_bad_profiles_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
                str(EXAMPLES / "inventory-dev.yaml"), "--profiles", str(bad)])
     assert rc == 1
     assert "give either capacityRps and latencyBatch1Ms, or points" in capsys.readouterr().err
+
+
+def test_readme_shows_the_current_output(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_plan(capsys, "--inventory", str(EXAMPLES / "inventory-dev.yaml"),
+                       "--profiles", str(EXAMPLES / "profiles-dev.yaml"),
+                       "--config", str(EXAMPLES / "operator-config.yaml"),
+                       "--demand", "10000", "--model-size", "100Mi")
+    assert rc == 0
+    readme = (ROOT / "README.md").read_text()
+    assert out.rstrip("\n") in readme, "README's `infleet plan` example is stale: paste:\n" + out
