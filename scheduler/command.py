@@ -92,16 +92,11 @@ def _cluster_objects(
     try:
         # Raw JSON: the adapters read the wire's camelCase dicts, and 10k Nodes parse faster
         # without building the client's model objects.
-        nodes = json.loads(
-            core.list_node(_preload_content=False, _request_timeout=60).data
-        )["items"]
-        pods = json.loads(
-            core.list_pod_for_all_namespaces(
-                field_selector="status.phase!=Succeeded,status.phase!=Failed",
-                _preload_content=False,
-                _request_timeout=60,
-            ).data
-        )["items"]
+        nodes = _list_all(core.list_node)
+        pods = _list_all(
+            core.list_pod_for_all_namespaces,
+            field_selector="status.phase!=Succeeded,status.phase!=Failed",
+        )
     except ApiException as e:
         raise ClusterReadError(f"reading Nodes/Pods failed: {e.status} {e.reason}") from e
     except (HTTPError, OSError) as e:
@@ -111,6 +106,21 @@ def _cluster_objects(
     finally:
         api_client.close()
     return nodes, pods
+
+
+def _list_all(call: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every item of a list call, in pages (big clusters hold 100k pods)."""
+    items: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = json.loads(
+            call(limit=500, _continue=token, _preload_content=False, _request_timeout=60,
+                 **kwargs).data
+        )
+        items += page.get("items") or []
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return items
 
 
 def _model_size(arg: str | None, uri: str) -> int | None:
