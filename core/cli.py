@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("infleet.api.command", "render the InferenceDeployment CRD from the API models"),
     "plan": ("infleet.scheduler.command", "show classes, backends and replicas infleet would plan"),
     "serve": ("infleet.runtime.server.command", "serve engines over the KServe v2 protocol"),
-    "build": ("infleet.runtime.command", "build, verify, profile and store an engine for a node class"),
+    "build": ("infleet.runtime.command", "build, verify and profile an engine for a node class"),
     "dev": ("infleet.devcluster.command", "local cluster + simulated fleet: tools|up|status|down"),
 }
 

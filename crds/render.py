@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from infleet.api.spec import (
     API_VERSION,
     GROUP,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from infleet.api.base import ApiModel, CelRule
 from pydantic import Field
+
+from infleet.api.base import ApiModel, CelRule
 
 GROUP = "infleet.dev"
 VERSION = "v1alpha1"
@@ -118,11 +119,23 @@ class Accuracy(ApiModel):
     )
 
 
+def selector_matches(selector: str, class_name: str) -> bool:
+    """A class selector is a class name or a prefix of one ending at a dash:
+    ``nvidia-h100`` matches ``nvidia-h100-80gb-p5-48xlarge`` and itself."""
+    return class_name == selector or class_name.startswith(selector + "-")
+
+
+def selectors_overlap(a: str, b: str) -> bool:
+    """Whether some class name could match both selectors."""
+    return selector_matches(a, b) or selector_matches(b, a)
+
+
 class ClassOverride(ApiModel):
     """Pins the backend and/or precision for one node class."""
 
     class_name: Annotated[str, Field(alias="class", pattern=DNS_LABEL, max_length=63)]
-    """Node class name as `infleet plan` prints it (for example nvidia-h100-80gb)."""
+    """Class selector: a class name as `infleet plan` prints it, or a prefix of one ending at a
+    dash (`nvidia-h100` covers `nvidia-h100-80gb-p5-48xlarge`); the longest match wins."""
     backend: Backend | None = None
     """Backend to use on this class instead of the default."""
     precision: Precision | None = None
@@ -152,7 +165,8 @@ class ClassSelection(ApiModel):
         list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] | None,
         Field(max_length=64),
     ] = None
-    """Only these classes may be used; every class when absent."""
+    """Only classes matching these selectors may be used (a class name or a prefix of one ending
+    at a dash); every class when absent."""
     overrides: Annotated[list[ClassOverride], Field(max_length=64)] = []
     """Per-class backend/precision overrides."""
 
@@ -164,10 +178,12 @@ class ClassSelection(ApiModel):
             field_path=".overrides",
         ),
         CelRule(
-            rule="!has(self.allow) || self.overrides.all(o, o['class'] in self.allow)",
-            message="classes.overrides: every overridden class must also be in classes.allow",
+            rule="!has(self.allow) || self.overrides.all(o, self.allow.exists(a, a == o['class'] "
+            "|| o['class'].startsWith(a + '-') || a.startsWith(o['class'] + '-')))",
+            message="classes.overrides: every override must select a class that classes.allow "
+            "allows",
             holds=lambda s: s.allow is None
-            or all(o.class_name in s.allow for o in s.overrides),
+            or all(any(selectors_overlap(a, o.class_name) for a in s.allow) for o in s.overrides),
             field_path=".overrides",
         ),
     )

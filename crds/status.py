@@ -9,9 +9,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
+from pydantic import ConfigDict, Field
+
 from infleet.api.base import ApiModel
 from infleet.api.spec import Backend, Precision
-from pydantic import ConfigDict, Field
 
 
 class StatusModel(ApiModel):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from infleet.api.errors import SpecError
 from infleet.api.spec import InferenceDeploymentSpec
-from pydantic import ValidationError
 
 
 def _path(loc: tuple[int | str, ...], prefix: str) -> str:

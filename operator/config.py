@@ -1,7 +1,8 @@
 """Cluster-wide operator configuration (Helm values -> ConfigMap -> this model).
 
 Validated once at start, so a typo in the ConfigMap stops the operator with a message
-naming the field instead of surfacing later as a wrong placement.
+naming the field instead of surfacing later as a wrong placement. Keys are camelCase, like
+the CRD and the Helm values they come from.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 from infleet.api import Backend, Precision
 from infleet.api.validation import describe
@@ -22,7 +24,9 @@ class ConfigError(InfleetError):
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
 
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
@@ -44,7 +48,7 @@ class ClassDefault(_Config):
     cost_per_hour: Annotated[float | None, Field(ge=0)] = None
     """Price of one replica of this class, in any currency unit, used to rank classes."""
     replica: ReplicaResources | None = None
-    """Requests of one serving pod on this class, instead of cpu_replica/gpu_replica."""
+    """Requests of one serving pod on this class, instead of cpuReplica/gpuReplica."""
 
 
 class OperatorConfig(_Config):

@@ -124,11 +124,6 @@ class ClassDecision:
         return "; ".join(self.reasons)
 
 
-def selector_matches(selector: str, class_name: str) -> bool:
-    """``nvidia-h100`` matches ``nvidia-h100-80gb`` (prefix at a dash) and itself."""
-    return class_name == selector or class_name.startswith(selector + "-")
-
-
 def most_specific(selectors: Collection[str], class_name: str) -> str | None:
     """The longest selector that matches ``class_name``, or None. Looks up the name's
     dash-bounded prefixes (a handful) instead of testing every selector."""
@@ -310,7 +305,7 @@ def decide(
         if exclusion:
             reasons.append("excluded: " + exclusion)
         elif estimated:
-            reasons.append(f"cost {cost:.2f}/h estimated (no cost_per_hour in operator config)")
+            reasons.append(f"cost {cost:.2f}/h estimated (no costPerHour in operator config)")
         return ClassDecision(
             name, backend, ladder, tuple(reasons), exclusion, replica, cost, estimated
         )

@@ -166,6 +166,6 @@ def plan_to_table(plan: Plan) -> str:
             lines.append(f"    - nodes not counted: {', '.join(idle)}")
     if any(cp.decision.cost_estimated for cp in plan.classes):
         lines.append("")
-        lines.append("~ cost estimated from list prices; set classes.<name>.cost_per_hour in the "
+        lines.append("~ cost estimated from list prices; set classes.<name>.costPerHour in the "
                      "operator config")
     return "\n".join(lines) + "\n"

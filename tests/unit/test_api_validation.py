@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from infleet.api import AccuracyMetric, Backend, Precision, SpecError, parse_spec
 
 VALID: dict[str, Any] = {
@@ -73,7 +74,7 @@ INVALID = [
     ("batch size zero", with_change("batching.maxBatchSize", 0), "spec.batching.maxBatchSize", "greater than or equal to 1"),
     ("queue delay too long", with_change("batching.maxQueueDelayMs", 5000), "spec.batching.maxQueueDelayMs", "less than or equal to 1000"),
     ("override sets nothing", with_change("classes.overrides.0", {"class": "x86-avx512vnni"}), "spec.classes.overrides[0]", "must set backend, precision or both"),
-    ("override of a class not allowed", with_change("classes.allow", ["nvidia-h100-80gb"]), "spec.classes", "must also be in classes.allow"),
+    ("override of a class not allowed", with_change("classes.allow", ["nvidia-h100-80gb"]), "spec.classes", "must select a class that classes.allow allows"),
     ("class name not a DNS label", with_change("classes.allow", ["Nvidia_H100"]), "spec.classes.allow[0]", "pattern"),
     ("fp8 on onnxruntime", with_change("classes.overrides.0.precision", "fp8"), "spec.classes.overrides[0]", "fp8 needs backend tensorrt"),
     ("duplicate override", with_change("classes.overrides", [{"class": "x86-avx512vnni", "precision": "fp32"}] * 2), "spec.classes", "only once"),

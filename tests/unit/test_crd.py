@@ -10,10 +10,11 @@ from typing import Any
 
 import celpy
 import pytest
+from kubernetes.client import ApiClient, V1CustomResourceDefinition
+
 from infleet.api import InferenceDeploymentSpec, SpecError, parse_spec
 from infleet.api.base import ApiModel, CelRule
 from infleet.api.render import CRD_FILE, render_crd, render_yaml
-from kubernetes.client import ApiClient, V1CustomResourceDefinition
 
 
 def test_committed_crd_matches_models() -> None:
@@ -151,6 +152,15 @@ VARIANTS = {
     ),
     "override outside allow": _variant(
         classes={"allow": ["b"], "overrides": [{"class": "a", "precision": "fp16"}]}
+    ),
+    "override narrower than allow": _variant(
+        classes={"allow": ["b"], "overrides": [{"class": "b-80gb", "precision": "fp16"}]}
+    ),
+    "override broader than allow": _variant(
+        classes={"allow": ["b-80gb"], "overrides": [{"class": "b", "precision": "fp16"}]}
+    ),
+    "override on a lookalike": _variant(
+        classes={"allow": ["b-80"], "overrides": [{"class": "b-80gb", "precision": "fp16"}]}
     ),
     "override inside allow": _variant(
         classes={"allow": ["a", "b"], "overrides": [{"class": "a", "precision": "fp16"}]}

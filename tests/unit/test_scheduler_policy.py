@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+
 from infleet.api import Backend, InferenceDeploymentSpec, parse_spec
 from infleet.api import Precision as P
+from infleet.api.spec import selector_matches
 from infleet.scheduler.classes import NodeClass, derive_classes
 from infleet.scheduler.inventory import Resources, nodes_from_documents
 from infleet.scheduler.policy import (
@@ -17,7 +19,6 @@ from infleet.scheduler.policy import (
     ClusterPolicy,
     ModelFacts,
     decide,
-    selector_matches,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,10 +190,10 @@ def test_operator_config_sets_replica_size_and_cost() -> None:
     from infleet.scheduler.settings import cluster_policy
 
     config = OperatorConfig.model_validate({
-        "cpu_replica": {"cpu": "1", "memory": "2Gi"},
+        "cpuReplica": {"cpu": "1", "memory": "2Gi"},
         "classes": {
-            "nvidia-t4": {"cost_per_hour": 0.5, "replica": {"cpu": "3", "memory": "6Gi"}},
-            "x86": {"precision_ladder": ["fp32"]},
+            "nvidia-t4": {"costPerHour": 0.5, "replica": {"cpu": "3", "memory": "6Gi"}},
+            "x86": {"precisionLadder": ["fp32"]},
         },
     })
     policy = cluster_policy(config)
