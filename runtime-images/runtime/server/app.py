@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from infleet.runtime.server.codec import (
-    HEADER_LENGTH,
     decode_infer_request,
     dumps,
     encode_infer_response,
@@ -35,7 +36,6 @@ from infleet.runtime.server.errors import (
 )
 from infleet.runtime.server.metrics import Outcome
 from infleet.runtime.server.wire import ModelReadyResponse
-from pydantic import BaseModel
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
 
 # bodies above this are decoded in a worker thread so one huge request cannot stall the loop
 _OFFLOAD_BYTES = 1 << 20
+_JSON = b"application/json"
+_OCTET = b"application/octet-stream"
 
 
 def status_of(error: BaseException) -> tuple[int, str]:
@@ -92,6 +94,8 @@ class ServerApp:
         self._startup = startup
         self._shutdown = shutdown
         self._m = dataplane.metrics
+        self._m.in_flight.set_function(lambda: dataplane.in_flight)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -134,7 +138,7 @@ class ServerApp:
                     await self._json(send, 200 if ready else 503, {"ready": ready})
                     return
         elif parts == ["metrics"] and method == "GET":
-            await _respond(send, 200, self._m.exposition(), self._m.content_type)
+            await _respond(send, 200, self._m.exposition(), self._m.content_type.encode())
             return
         await self._json(send, 404, {"error": f"no route {method} {scope['path']}"})
 
@@ -171,38 +175,46 @@ class ServerApp:
     async def _infer(
         self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        # The hot path: every line here is paid per request, so headers are scanned once for
+        # the three that matter, metric children are cached, and a request id is generated
+        # only when the client sent none and one is needed (an error to log).
         started = time.perf_counter()
-        headers = _headers(scope)
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        content_length = header_length = client_id = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                content_length = value
+            elif key == b"inference-header-content-length":
+                header_length = value
+            elif key == b"x-request-id":
+                client_id = value.decode("latin-1")
         dataplane = self.dataplane
-        label = name if name in {m.name for m in dataplane.models()} else "_unknown"
         dataplane.in_flight += 1
-        self._m.in_flight.inc()
         outcome = Outcome.SUCCESS
         try:
             if dataplane.in_flight > self.limits.max_in_flight:
                 raise Overloaded(
                     f"{self.limits.max_in_flight} inference requests are in flight; retry later"
                 )
-            body = await self._read_body(headers, receive)
-            header_length = _header_length(headers)
+            body = await self._read_body(content_length, receive)
+            length = _header_length(header_length)
             if len(body) > _OFFLOAD_BYTES:
-                request = await asyncio.to_thread(decode_infer_request, body, header_length)
+                request = await asyncio.to_thread(decode_infer_request, body, length)
             else:
-                request = decode_infer_request(body, header_length)
+                request = decode_infer_request(body, length)
             response = await dataplane.infer(name, version, request)
             payload, json_length = encode_infer_response(response, request)
-            extra = [(b"x-request-id", request_id.encode())]
+            extra = [(b"x-request-id", client_id.encode("latin-1"))] if client_id else []
             if json_length is not None:
-                extra.append((HEADER_LENGTH.encode(), str(json_length).encode()))
-                content_type = "application/octet-stream"
+                extra.append((b"inference-header-content-length", str(json_length).encode()))
+                content_type = _OCTET
             else:
-                content_type = "application/json"
+                content_type = _JSON
             await _respond(send, 200, payload, content_type, extra, close=dataplane.draining)
         except _ClientGone:
             outcome = Outcome.CLIENT_ERROR
         except Exception as e:
             status, outcome = status_of(e)
+            request_id = client_id or uuid.uuid4().hex
             if status >= 500 and not isinstance(e, Unavailable):
                 log.error("request %s to model %r failed", request_id, name, exc_info=e)
                 message = f"internal error (request id {request_id}); see the server log"
@@ -210,26 +222,38 @@ class ServerApp:
                     message = f"{e} (request id {request_id})"
             else:
                 message = str(e)
-            extra = [(b"x-request-id", request_id.encode())]
+            extra = [(b"x-request-id", request_id.encode("latin-1"))]
             if isinstance(e, Unavailable):
                 extra.append((b"retry-after", str(e.retry_after_s).encode()))
             await _respond(
                 send,
                 status,
                 dumps({"error": message}),
-                "application/json",
+                _JSON,
                 extra,
                 close=dataplane.draining or status == 413,
             )
         finally:
             dataplane.in_flight -= 1
-            self._m.in_flight.dec()
-            self._m.requests.labels(label, outcome).inc()
-            self._m.request_duration.labels(label).observe(time.perf_counter() - started)
+            self._record(name, outcome, time.perf_counter() - started)
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+    def _record(self, name: str, outcome: str, seconds: float) -> None:
+        key = (name, outcome)
+        children = self._children.get(key)
+        if children is None:
+            # one label value per served model plus "_unknown": fuzzed names stay bounded
+            label = name if self.dataplane.has_model(name) else "_unknown"
+            children = (
+                self._m.requests.labels(label, outcome),
+                self._m.request_duration.labels(label),
+            )
+            if label != "_unknown":
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
         limit = self.limits.max_body_bytes
-        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
         chunks: list[bytes] = []
@@ -249,19 +273,15 @@ class ServerApp:
     @staticmethod
     async def _json(send: Send, status: int, document: BaseModel | dict[str, Any]) -> None:
         body = dumps(document.model_dump() if isinstance(document, BaseModel) else document)
-        await _respond(send, status, body, "application/json")
+        await _respond(send, status, body, _JSON)
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-def _header_length(headers: dict[str, str]) -> int | None:
-    raw = headers.get(HEADER_LENGTH)
+def _header_length(raw: bytes | None) -> int | None:
     if raw is None:
         return None
     if not raw.strip().isdigit():
-        raise InvalidInput(f"Inference-Header-Content-Length must be an integer, not {raw!r}")
+        text = raw.decode("latin-1")
+        raise InvalidInput(f"Inference-Header-Content-Length must be an integer, not {text!r}")
     return int(raw)
 
 
@@ -269,15 +289,12 @@ async def _respond(
     send: Send,
     status: int,
     body: bytes,
-    content_type: str,
+    content_type: bytes,
     extra: list[tuple[bytes, bytes]] | None = None,
     *,
     close: bool = False,
 ) -> None:
-    headers = [
-        (b"content-type", content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if extra:
         headers.extend(extra)
     if close:  # draining or an unread body: do not keep this connection

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
 from infleet.runtime.server.errors import EngineError, Overloaded, ServeError
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,11 @@ class Batcher:
             )
         first = next(iter(inputs.values()))
         rows = int(first.shape[0]) if self.batchable and first.ndim else 1
-        signature = tuple(
-            (name, a.dtype.str, a.shape[1:] if self.batchable else a.shape)
-            for name, a in sorted(inputs.items())
-        )
+        # inputs arrive in the model's input order (the data plane builds the feed that way)
+        if self.batchable:
+            signature = tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+        else:
+            signature = ()  # never merged, so never compared
         loop = asyncio.get_running_loop()
         item = _Item(inputs, rows, signature, loop.create_future())
         self._pending.append(item)

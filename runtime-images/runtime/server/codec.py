@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from infleet.runtime.server.datatypes import DATATYPES, is_float, is_integer, numpy_dtype
 from infleet.runtime.server.errors import InvalidInput
 from infleet.runtime.server.tensors import InferRequest, InferResponse, RequestedOutput, Tensor

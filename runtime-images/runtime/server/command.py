@@ -92,6 +92,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("engine")
     e.add_argument("--threads", type=int, default=0, help="intra-op threads (default: backend's)")
     e.add_argument(
+        "--spin",
+        action="store_true",
+        help="let idle engine threads busy-wait (only with cores to spare for the server)",
+    )
+    e.add_argument(
         "--device",
         choices=["auto", "cpu", "gpu"],
         default="auto",
@@ -152,15 +157,16 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         max_in_flight=args.max_in_flight,
         policy=policy,
         batch_size_given=args.max_batch_size is not None,
-        engine=EngineOptions(threads=args.threads, device=args.device),
+        engine=EngineOptions(threads=args.threads, device=args.device, spin=args.spin),
         drain_timeout_s=args.drain_timeout_s,
     )
 
 
 def read_manifest(path: Path) -> EngineManifest:
+    from pydantic import ValidationError
+
     from infleet.runtime.manifest import EngineManifest
     from infleet.runtime.server.errors import ConfigError
-    from pydantic import ValidationError
 
     try:
         return EngineManifest.model_validate_json(path.read_bytes())

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from infleet import __version__
 from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server.batcher import Batcher, BatchPolicy
@@ -98,6 +99,9 @@ class DataPlane:
         model = ServedModel(name, version, manifest, engine, batcher)
         self._models[name] = model
         return model
+
+    def has_model(self, name: str) -> bool:
+        return name in self._models
 
     def models(self) -> list[ServedModel]:
         return list(self._models.values())

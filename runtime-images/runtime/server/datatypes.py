@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import get_args
 
 import numpy as np
+
 from infleet.runtime.manifest import Datatype
 
 DATATYPES: frozenset[str] = frozenset(get_args(Datatype))

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.server.app import HttpLimits, ServerApp
 from infleet.runtime.server.batcher import BatchPolicy
@@ -134,6 +135,8 @@ def serve(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> 
         lifespan="on",
         access_log=False,
         log_config=None,  # keep the CLI's logging setup
+        proxy_headers=False,  # client addresses are not used; skip the per-request middleware
+        server_header=False,
         timeout_graceful_shutdown=int(config.drain_timeout_s) + 1,
     )
     server = DrainingServer(uv_config, dataplane, config.drain_timeout_s)

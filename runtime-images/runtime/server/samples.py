@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.api import Backend, Precision
 from infleet.runtime.manifest import MANIFEST_FILE, EngineKey, EngineManifest, TensorSpec
 
@@ -192,8 +193,8 @@ def identity_engine(directory: Path, datatype: str, max_batch_size: int = 8) -> 
         directory,
         "model.onnx",
         f"identity_{datatype.lower()}",
-        [TensorSpec(name="x", **spec)],  # type: ignore[arg-type]
-        [TensorSpec(name="y", **spec)],  # type: ignore[arg-type]
+        [TensorSpec(name="x", **spec)],
+        [TensorSpec(name="y", **spec)],
         max_batch_size=max_batch_size,
     )
 
@@ -205,7 +206,7 @@ def slow_engine(directory: Path, products: int = 12, name: str = "slow") -> Path
         directory,
         "model.onnx",
         name,
-        [TensorSpec(name="x", **spec)],  # type: ignore[arg-type]
-        [TensorSpec(name="y", **spec)],  # type: ignore[arg-type]
+        [TensorSpec(name="x", **spec)],
+        [TensorSpec(name="y", **spec)],
         max_batch_size=8,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 import numpy as np
+
 from infleet.api import Backend
 from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server.errors import ConfigError
@@ -22,6 +23,9 @@ class EngineOptions:
     """Intra-op threads (0: the backend's default, usually one per core)."""
     device: str = "auto"
     """"auto" (the accelerator when present), "cpu" or "gpu"."""
+    spin: bool = False
+    """Let idle backend threads busy-wait (lower latency on dedicated cores, but they compete
+    with the server's event loop for the CPU)."""
 
 
 class EngineRuntime(Protocol):

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
 from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server.engines.base import EngineOptions, check_names
 from infleet.runtime.server.errors import BackendUnavailable, EngineError
@@ -42,6 +43,10 @@ class OnnxRuntimeEngine:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.threads:
             so.intra_op_num_threads = options.threads
+        if not options.spin:
+            # Idle intra-op threads otherwise busy-wait for the next batch, taking the cores
+            # the event loop needs to decode the requests that would form that batch.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if options.device in ("auto", "gpu") and "CUDAExecutionProvider" in available:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.server.datatypes import numpy_dtype
 from infleet.runtime.server.engines.base import EngineOptions, check_names

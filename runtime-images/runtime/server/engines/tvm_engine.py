@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.server.engines.base import EngineOptions
 from infleet.runtime.server.errors import BackendUnavailable, ConfigError, EngineError
