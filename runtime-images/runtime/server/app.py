@@ -255,7 +255,7 @@ class ServerApp:
     async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
         limit = self.limits.max_body_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+            raise PayloadTooLarge(f"the body has {int(declared)} bytes; the limit is {limit}")
         chunks: list[bytes] = []
         size = 0
         while True:
