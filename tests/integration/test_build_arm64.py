@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from build_helpers import FAST, infleet_build, ort_reference, run_stored, stored_manifests
+
 from infleet.api import AccuracyMetric
 from infleet.runtime.accuracy import deviation
 from infleet.runtime.builders.tvm import elf_machine
@@ -97,3 +98,34 @@ def test_integer_and_half_inputs_cross_compile_and_match(tmp_path: Path) -> None
     )
     assert r.rc == 0, r.stderr
     assert r.summary["accuracy"][-1]["passed"]
+
+
+def test_real_model_minilm_runs_on_arm64_under_qemu(tmp_path: Path) -> None:
+    from infleet.runtime.zoo import minilm_l6
+
+    model = minilm_l6(tmp_path / "minilm.onnx")
+    store = tmp_path / "store"
+    r = infleet_build(
+        "--model",
+        f"file://{model}",
+        "--class",
+        "arm64-neoverse-n1",
+        "--backend",
+        "tvm",
+        "--store",
+        str(store),
+        "--max-batch",
+        "1",
+        "--dim",
+        "seq=16",
+        *FAST,
+    )
+    assert r.rc == 0, r.stderr
+    (manifest,) = stored_manifests(store)
+    assert elf_machine(store / "engines" / manifest.key.digest() / manifest.engine_file) == 183
+    rng = np.random.default_rng(2)
+    ids = rng.integers(1000, 30522, (2, 16)).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones((2, 16), np.int64)}
+    (ref,) = ort_reference(model, feeds)
+    (got,) = run_stored(store, manifest, feeds)
+    assert deviation(AccuracyMetric.MAX_ABS_ERROR, ref, got) < 1e-3
