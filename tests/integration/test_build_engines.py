@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from build_helpers import FAST, infleet_build, ort_reference, run_stored, stored_manifests
+
 from infleet.api import AccuracyMetric
 from infleet.runtime.accuracy import deviation
 from infleet.runtime.zoo import synthetic
@@ -339,3 +340,32 @@ def test_missing_backend_is_named(models: dict[str, Path], tmp_path: Path) -> No
         assert r.rc == 1 and "tensorrt cannot be imported" in r.stderr
     else:  # on a TensorRT machine without a GPU class match the build still has to be clean
         assert r.rc in (0, 1) and "Traceback" not in r.stderr
+
+
+def test_tvm_tuning_is_bounded_in_time_and_never_fails_the_build(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    # A budget far below what MetaSchedule needs: the child is stopped at the bound, and the
+    # engine is still built (with what was measured, or untuned) and the reason recorded.
+    args = [a for a in FAST if a not in ("--tuning-trials", "0")]
+    r = infleet_build(
+        "--model",
+        f"file://{models['mlp']}",
+        "--class",
+        "x86-test",
+        "--backend",
+        "tvm",
+        "--store",
+        str(tmp_path / "store"),
+        "--max-batch",
+        "2",
+        *args,
+        "--tuning-trials",
+        "64",
+        "--tuning-seconds",
+        "3",
+    )
+    assert r.rc == 0, r.stderr
+    notes = " ".join(r.summary["notes"])
+    assert "time budget of 3s" in notes, notes
+    assert r.summary["accuracy"][-1]["passed"]
