@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from infleet.devcluster import fleet, pki
 from infleet.devcluster.errors import ClusterStartError, ClusterStateError
 from infleet.devcluster.tools import Tools
@@ -141,6 +142,7 @@ class LocalCluster:
             self._wait(f"http://127.0.0.1:{self.state.ports['etcd']}/health", "etcd", deadline)
             self._start("kube-apiserver", self._apiserver_argv())
             self._wait(f"{self.state.server}/readyz", "kube-apiserver", deadline)
+            self._create_nodes()
             self._start("kube-controller-manager", self._controller_manager_argv())
             self._start("kube-scheduler", self._scheduler_argv())
             self._start("kwok", self._kwok_argv())
@@ -148,7 +150,6 @@ class LocalCluster:
             for component in ("kube-controller-manager", "kube-scheduler"):
                 port = self.state.ports[component]
                 self._wait(f"https://127.0.0.1:{port}/healthz", component, deadline, verify=False)
-            self._create_nodes()
             self._wait_nodes_ready(deadline)
         except BaseException:
             self.stop()
@@ -169,6 +170,16 @@ class LocalCluster:
         api = self.api_client()
         try:
             utils.create_from_yaml(api, str(path))  # type: ignore[no-untyped-call]
+        except utils.FailToCreateError as e:
+            reasons = []
+            for failure in e.api_exceptions:
+                try:
+                    reasons.append(json.loads(failure.body)["message"])
+                except (TypeError, ValueError, KeyError):
+                    reasons.append(str(failure))
+            raise ClusterStartError(
+                f"the API server refused {path.name}: {'; '.join(reasons)}"
+            ) from e
         finally:
             api.close()
         # Wait until the API serves it (the CRD's Established condition).

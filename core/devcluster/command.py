@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def _tools(check: bool) -> int:
 def _up(name: str, profile_name: str, timeout: float) -> int:
     from infleet.devcluster import fleet, tools
     from infleet.devcluster.cluster import LocalCluster, load_state
-    from infleet.devcluster.errors import ClusterStateError
+    from infleet.devcluster.errors import ClusterStartError, ClusterStateError
 
     workdir = _workdir(name)
     if load_state(workdir) is not None:
@@ -85,8 +86,12 @@ def _up(name: str, profile_name: str, timeout: float) -> int:
           f"{profile.name!r} ({profile.node_count()} nodes, {len(profile.classes)} classes)",
           flush=True)
     cluster = LocalCluster(workdir, tools.locate(), profile, name=f"infleet-{name}").start(timeout)
+    crd_error = None
     try:
         cluster.apply_crd(crd_path())
+    except ClusterStartError as e:
+        # Keep the cluster: whoever is fixing the CRD re-applies it with kubectl.
+        crd_error = e
     except BaseException:
         cluster.stop()
         raise
@@ -100,6 +105,9 @@ def _up(name: str, profile_name: str, timeout: float) -> int:
           f"  kubectl get inferencedeployments -A\n\n"
           f"logs: {workdir / 'logs'}; stop with `infleet dev down"
           f"{'' if name == 'default' else ' --name ' + name}`")
+    if crd_error is not None:
+        print(f"\nerror: the cluster is up, but {crd_error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -122,8 +130,9 @@ def _status(name: str) -> int:
         print(f"components stopped: {', '.join(down)}; see {workdir / 'logs'}")
         return 1
     try:
-        from infleet.devcluster.cluster import kube_client
         from kubernetes import client
+
+        from infleet.devcluster.cluster import kube_client
 
         api = kube_client(state.kubeconfig)
         core: Any = client.CoreV1Api(api)

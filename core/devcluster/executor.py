@@ -387,8 +387,9 @@ def run_probe(probe: Probe, env: dict[str, str], cwd: Path) -> bool:
 
 class Executor:
     def __init__(self, kubeconfig: Path, workdir: Path, nodes: list[str]) -> None:
-        from infleet.devcluster.cluster import kube_client
         from kubernetes import client
+
+        from infleet.devcluster.cluster import kube_client
 
         self.api = kube_client(kubeconfig)
         self.core: Any = client.CoreV1Api(self.api)
@@ -406,9 +407,11 @@ class Executor:
         self.base_path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])
 
     # -- nodes ---------------------------------------------------------------------------------
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> bool:
+        """Post Ready and renew the Lease of every node; False while a node does not exist yet."""
         from kubernetes.client.exceptions import ApiException
 
+        everyone = True
         stamp = now()
         micro = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for node in self.nodes:
@@ -421,12 +424,18 @@ class Executor:
             ] + [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                   "message": "infleet local executor is posting ready status",
                   "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}]
-            self.core.patch_node_status(node, {"status": {
-                "conditions": conditions,
-                "addresses": [{"type": "InternalIP", "address": HOST_IP},
-                              {"type": "Hostname", "address": node}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
-            }}, _content_type="application/strategic-merge-patch+json")
+            try:
+                self.core.patch_node_status(node, {"status": {
+                    "conditions": conditions,
+                    "addresses": [{"type": "InternalIP", "address": HOST_IP},
+                                  {"type": "Hostname", "address": node}],
+                    "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+                }}, _content_type="application/strategic-merge-patch+json")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                everyone = False  # created by the cluster after the executor started
+                continue
             lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                      "metadata": {"name": node, "namespace": "kube-node-lease"},
                      "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS,
@@ -438,13 +447,16 @@ class Executor:
                 if e.status != 404:
                     raise
                 self.coord.create_namespaced_lease("kube-node-lease", lease)
+        return everyone
 
     def _heartbeat_loop(self) -> None:
-        while not self.stopping.wait(HEARTBEAT_SECONDS):
+        complete = False
+        while not self.stopping.wait(HEARTBEAT_SECONDS if complete else 0.5):
             try:
-                self.heartbeat()
+                complete = self.heartbeat()
             except Exception:
                 log.exception("heartbeat failed")
+                complete = False
 
     # -- pods ----------------------------------------------------------------------------------
     def _watch_node(self, node: str) -> None:
@@ -616,12 +628,12 @@ class Executor:
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.heartbeat()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         for node in self.nodes:
             threading.Thread(target=self._watch_node, args=(node,), name=f"watch-{node}",
                              daemon=True).start()
-        self.stopping.wait()
+        while not self.stopping.wait(1.0):  # a timed wait lets signal handlers run
+            pass
         with self.lock:
             runners = list(self.runners.values())
         for runner in runners:
@@ -646,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: executor.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: executor.stopping.set())
     if not nodes:  # a profile without a local class: nothing to do but wait to be stopped
-        executor.stopping.wait()
+        while not executor.stopping.wait(1.0):
+            pass
         return 0
     executor.run()
     return 0

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from infleet.devcluster.errors import ProfileError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from infleet.devcluster.errors import ProfileError
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 

@@ -2,8 +2,9 @@
 
 Loaded by ``tests/conftest.py`` (``pytest_plugins``). Fixtures start nothing until a test asks:
 
-- ``dev_cluster`` (session): the ``dev`` profile up, the CRD applied. When the Go binaries are
-  missing it *fails* saying how to build them (CI builds them first); it never skips.
+- ``dev_cluster`` (session): the ``dev`` profile up. When the Go binaries are missing it
+  *fails* saying how to build them (CI builds them first); it never skips.
+- ``crd`` (session): the committed InferenceDeployment CRD applied and Established.
 - ``kube`` (session): typed API groups of the kubernetes client against it.
 - ``namespace`` (per test): a fresh namespace, deleted afterwards.
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.cluster import LocalCluster
 from infleet.devcluster.command import crd_path
@@ -44,8 +46,9 @@ class Kube:
 
     @staticmethod
     def connect(kubeconfig: Path, cluster: LocalCluster | None = None) -> Kube:
-        from infleet.devcluster.cluster import kube_client
         from kubernetes import client
+
+        from infleet.devcluster.cluster import kube_client
 
         api = kube_client(kubeconfig)
         return Kube(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
@@ -124,7 +127,6 @@ def dev_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
         return
     cluster = start_cluster(tmp_path_factory.mktemp("dev-cluster"), "dev")
     try:
-        cluster.apply_crd(crd_path())
         yield cluster
     finally:
         cluster.stop()
@@ -137,6 +139,20 @@ def kube(dev_cluster: LocalCluster | None) -> Iterator[Kube]:
     k = Kube.connect(path, dev_cluster)
     yield k
     k.api.close()
+
+
+@pytest.fixture(scope="session")
+def crd(kube: Kube) -> Path:
+    """The committed InferenceDeployment CRD, applied once (its own fixture, so a CRD the API
+    server refuses fails the tests that need it, not every test on the cluster)."""
+    path = crd_path()
+    if kube.cluster is None:  # an existing cluster (`infleet dev up` applied it)
+        return path
+    try:
+        kube.cluster.apply_crd(path)
+    except ClusterStartError as e:
+        pytest.fail(str(e), pytrace=False)
+    return path
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from infleet.devcluster.errors import ToolsBuildError, ToolsMissingError
 GOTOOLS = Path(__file__).resolve().parent / "gotools"
 
 # Bump when the way binaries are built changes (flags, layout), so old caches are not reused.
-RECIPE = "2"
+RECIPE = "3"
 # Static binaries, no cgo toolchain needed; smaller and faster to link without DWARF/symbols.
 BUILD_FLAGS = ("-trimpath",)
 BASE_LDFLAGS = "-s -w"
@@ -173,7 +173,12 @@ def build(log: bool = True) -> Tools:
             src.mkdir(parents=True)
             for name in ("go.mod", "go.sum"):
                 shutil.copyfile(GOTOOLS / module.name / name, src / name)
-            ldflags = _kube_ldflags(kube_version) if module.name == "kube" else BASE_LDFLAGS
+            ldflags = BASE_LDFLAGS
+            if module.name == "kube":
+                ldflags = _kube_ldflags(kube_version)
+            elif module.name == "helm":  # otherwise `helm version` says v3.22, no patch
+                helm = versions()["helm"]
+                ldflags += f" -X helm.sh/helm/v3/internal/version.version={helm}"
             started = time.monotonic()
             if log:
                 print(f"[infleet dev tools] building {module.name}: "

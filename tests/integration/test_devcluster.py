@@ -4,13 +4,15 @@ admission, RBAC, garbage collection, and the local executor running pods for rea
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
-from infleet.devcluster.testing import Kube, pod_summary, wait_for_pod_phase, wait_until
 from kubernetes.client.exceptions import ApiException
+
+from infleet.devcluster.testing import Kube, pod_summary, wait_for_pod_phase, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,19 +50,24 @@ def refusal(kube: Kube, namespace: str, body: dict) -> str:
     with pytest.raises(ApiException) as info:
         kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     assert info.value.status == 422, info.value.body
-    return str(info.value.body)
+    return str(json.loads(info.value.body)["message"])
 
 
+@pytest.mark.usefixtures("crd")
 def test_api_server_accepts_a_valid_inference_deployment(kube: Kube, namespace: str) -> None:
     created = kube.custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, copy.deepcopy(VALID)
     )
     assert created["spec"]["scaling"]["maxReplicas"] == 4
-    # The scale subresource is served: what `kubectl scale` talks to.
+    assert created["spec"]["accuracy"]["metric"] == "cosine"  # defaults applied by the server
+    # The scale subresource is served (what `kubectl scale` talks to) once replicas is pinned.
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "resnet", {"spec": {"replicas": 2}}
+    )
     scale = kube.custom.get_namespaced_custom_object_scale(
         GROUP, VERSION, namespace, PLURAL, "resnet"
     )
-    assert scale["kind"] == "Scale"
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 2
 
 
 @pytest.mark.parametrize(
@@ -87,13 +94,16 @@ def test_api_server_accepts_a_valid_inference_deployment(kube: Kube, namespace: 
     ],
     ids=["max-below-min", "bad-sha256", "negative-latency", "unknown-backend", "fp8-not-trt"],
 )
+@pytest.mark.usefixtures("crd")
 def test_api_server_refuses_invalid_inference_deployments(
     kube: Kube, namespace: str, changes: dict, message: str
 ) -> None:
     body = idep(**changes)
-    assert message in refusal(kube, namespace, body)
+    refused = refusal(kube, namespace, body)
+    assert message in refused, refused
 
 
+@pytest.mark.usefixtures("crd")
 def test_missing_model_is_refused(kube: Kube, namespace: str) -> None:
     body = copy.deepcopy(VALID)
     del body["spec"]["model"]
@@ -428,8 +438,9 @@ def test_pod_security_restricted_refuses_a_privileged_pod(kube: Kube, namespace:
             },
         )
     assert info.value.status == 403
-    assert 'violates PodSecurity "restricted:latest"' in info.value.body
-    assert "privileged" in info.value.body
+    message = json.loads(info.value.body)["message"]
+    assert 'violates PodSecurity "restricted:latest"' in message
+    assert "privileged" in message
     # A pod that follows the restricted profile is admitted.
     kube.core.create_namespaced_pod(
         namespace,
@@ -448,7 +459,9 @@ def test_rbac_refuses_a_service_account_without_a_role(kube: Kube, namespace: st
         "nobody", namespace, {"spec": {"expirationSeconds": 600}}
     ).status.token
     config = copy.copy(kube.api.configuration)
-    config.api_key = {"authorization": f"Bearer {token}"}
+    # The kubeconfig loader's refresh hook would put the admin token back on every request.
+    config.refresh_api_key_hook = None
+    config.api_key = {"BearerToken": f"Bearer {token}"}
     config.api_key_prefix = {}
     api = client.ApiClient(config)
     try:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from infleet.devcluster.cluster import COMPONENTS, LocalCluster
 from infleet.devcluster.testing import Kube, start_cluster, wait_for_pod_phase
 
@@ -36,6 +37,8 @@ def _alive(pid: int) -> bool:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As a server binds: TIME_WAIT leftovers of closed connections do not hold the port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
