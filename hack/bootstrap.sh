@@ -34,7 +34,7 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! .venv/bin/python -c 
   log "installing Python dependencies (constraints.txt)"
   .venv/bin/pip install -q --upgrade "pip>=24" 
   # strict editable mode: operator/ is a namespace subpackage (see pyproject.toml)
-  .venv/bin/pip install -q -c constraints.txt -e ".[${INFLEET_EXTRAS:-dev,onnxruntime,tvm}]" \
+  .venv/bin/pip install -q -c constraints.txt -e ".[${INFLEET_EXTRAS:-dev,onnxruntime,tvm,zoo}]" \
     --config-settings editable_mode=strict
   echo "$want" > "$stamp"
 fi
