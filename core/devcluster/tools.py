@@ -140,7 +140,7 @@ def locate() -> Tools:
             f"the local control plane's Go binaries are not built for these pinned versions "
             f"({', '.join(f'{k} {v}' for k, v in versions().items())}; expected in {directory}). "
             "Build them once with `infleet dev tools` (or hack/bootstrap.sh); it needs Go >= 1.26 "
-            "and the Go module proxy, and takes about 30 minutes on 2 cores"
+            "and the Go module proxy, and takes about 15-20 minutes on 2 cores"
         )
     return Tools(directory, versions()["kubernetes"])
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (once) the local control plane's Go binaries (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kwok, kwokctl, helm) into the user cache, keyed by the pinned
-# versions in core/devcluster/gotools/*/go.mod. Seconds when already built; about 30 minutes
+# versions in core/devcluster/gotools/*/go.mod. Seconds when already built; about 15-20 minutes
 # cold on 2 cores. Everything comes from the Go module proxy, the Go toolchain included when the
 # machine has none recent enough.
 set -euo pipefail
@@ -37,5 +37,5 @@ if [[ -z "$GO" ]] || ! go_ok "$GO"; then
   fi
   export PATH="$cache/bin:$PATH"
 fi
-log "building the control-plane binaries (cold: about 30 minutes on 2 cores)"
+log "building the control-plane binaries (cold: about 15-20 minutes on 2 cores)"
 .venv/bin/infleet dev tools

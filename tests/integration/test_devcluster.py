@@ -91,8 +91,26 @@ def test_api_server_accepts_a_valid_inference_deployment(kube: Kube, namespace: 
             },
             "precision fp8 needs backend tensorrt",
         ),
+        (
+            {
+                "classes": {
+                    "overrides": [
+                        {"class": "nvidia-t4", "precision": "fp16"},
+                        {"class": "nvidia-t4", "precision": "int8"},
+                    ]
+                }
+            },
+            "each class may be overridden only once",
+        ),
     ],
-    ids=["max-below-min", "bad-sha256", "negative-latency", "unknown-backend", "fp8-not-trt"],
+    ids=[
+        "max-below-min",
+        "bad-sha256",
+        "negative-latency",
+        "unknown-backend",
+        "fp8-not-trt",
+        "duplicate-override",
+    ],
 )
 @pytest.mark.usefixtures("crd")
 def test_api_server_refuses_invalid_inference_deployments(
