@@ -8,8 +8,9 @@ import time
 import httpx
 import numpy as np
 import pytest
-from infleet.runtime.server import samples
 from serve_harness import ServerProcess, json_input
+
+from infleet.runtime.server import samples
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+from serve_harness import ServerProcess, json_input
+
 from infleet.api import Backend
 from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server import samples
 from infleet.runtime.server.engines import EngineOptions, load_engine
-from serve_harness import ServerProcess, json_input
 
 pytestmark = pytest.mark.integration
 

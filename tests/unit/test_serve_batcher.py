@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
+
 from infleet.runtime.server.batcher import Batcher, BatchPolicy
 from infleet.runtime.server.errors import EngineError, Overloaded
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import orjson
 import pytest
+
 from infleet.runtime.server.codec import (
     decode_infer_request,
     encode_bytes_elements,

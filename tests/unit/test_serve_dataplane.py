@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+
 from infleet.api import Backend
 from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server import samples
