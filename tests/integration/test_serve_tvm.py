@@ -57,7 +57,7 @@ def compile_library(path, static_sizes: tuple[int, ...] = ()) -> None:
     tvm.compile(mod, target="llvm").export_library(str(path))
 
 
-def manifest(directory, options: dict[str, str]) -> EngineManifest:
+def manifest(directory, options: dict[str, str], batch_sizes=None) -> EngineManifest:
     spec = {"datatype": "FP32", "shape": [-1, 4]}
     path = samples.write_manifest(
         directory,
@@ -67,6 +67,7 @@ def manifest(directory, options: dict[str, str]) -> EngineManifest:
         [TensorSpec(name="y", **spec), TensorSpec(name="z", **spec)],
         backend=Backend.TVM,
         max_batch_size=8,
+        batch_sizes=batch_sizes,
         options=options,
     )
     return EngineManifest.model_validate_json(path.read_text())
@@ -76,8 +77,9 @@ def manifest(directory, options: dict[str, str]) -> EngineManifest:
 def static_engine_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tvm_static")
     compile_library(directory / "engine.so", static_sizes=(1, 4))
-    manifest(directory, {"entry": "main_b{batch}", "input_order": "x", "batch_sizes": "1,4",
-                         "target": '{"kind": "llvm"}'})
+    # what infleet.runtime.builders.tvm writes for such a library
+    options = {"entry": "main_b{batch}", "input_order": "x", "target": '{"kind": "llvm"}'}
+    manifest(directory, options, batch_sizes=[1, 4])
     return directory
 
 

@@ -146,6 +146,7 @@ def write_manifest(
     *,
     backend: Backend = Backend.ONNXRUNTIME,
     max_batch_size: int = 8,
+    batch_sizes: list[int] | None = None,
     options: dict[str, str] | None = None,
 ) -> Path:
     """Write ``manifest.json`` for an engine file already in ``directory``; returns its path."""
@@ -164,6 +165,7 @@ def write_manifest(
         inputs=inputs,
         outputs=outputs,
         max_batch_size=max_batch_size,
+        batch_sizes=batch_sizes or [],
         node_class="any",
         options=options or {},
         created_at=datetime.now(UTC).isoformat(),

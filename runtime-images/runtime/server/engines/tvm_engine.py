@@ -5,8 +5,7 @@ and writes one shared library; here ``tvm.runtime.load_module`` reads it back an
 ``VirtualMachine`` runs it. The manifest's options say how to call it:
 
 - ``entry``: the function name; when it holds ``{batch}`` (``main_b{batch}``) the library
-  has one static-shape function per batch size in ``manifest.batch_sizes`` (or
-  ``options["batch_sizes"]``, comma-separated), and a batch is
+  has one static-shape function per batch size in ``manifest.batch_sizes``, and a batch is
   padded up to the next compiled size (and split when above the largest), its outputs cut
   back to the real rows. Without ``{batch}`` the one function takes any batch.
 - ``input_order``: the positional order of the inputs (default: the manifest's order).
@@ -52,10 +51,7 @@ class TvmEngine:
             self._vm = relax.VirtualMachine(library, self._device)
             entry = manifest.options.get("entry", "main")
             if "{batch}" in entry:
-                listed = getattr(manifest, "batch_sizes", None) or [
-                    int(b) for b in manifest.options.get("batch_sizes", "").split(",") if b
-                ]
-                sizes = sorted(listed or [manifest.max_batch_size])
+                sizes = sorted(manifest.batch_sizes or [manifest.max_batch_size])
                 self._entries = {b: self._vm[entry.format(batch=b)] for b in sizes}
             else:
                 self._entries = {0: self._vm[entry]}  # 0: any batch size
