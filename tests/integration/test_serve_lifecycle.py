@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import httpx
@@ -117,3 +119,28 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(slow_dir, tmp_path) -
         assert "drained" in server.log()
     finally:
         server.stop()
+
+
+def test_an_engine_that_fails_to_load_exits_1_with_the_reason(tmp_path) -> None:
+    manifest = samples.identity_engine(tmp_path / "broken", "FP32")
+    (manifest.parent / "model.onnx").write_bytes(b"this is not an ONNX model")
+    server = ServerProcess(["--manifest", str(manifest)], tmp_path / "serve.log")
+    try:
+        assert server.proc.wait(60) == 1
+        assert "onnxruntime cannot load model.onnx" in server.log()
+    finally:
+        server.stop()
+
+
+def test_bad_arguments_fail_before_binding_with_one_line(tmp_path) -> None:
+    missing = tmp_path / "nowhere" / "manifest.json"
+    for args, needle in [
+        ([], "give at least one --manifest or --engine-dir"),
+        (["--manifest", str(missing)], "cannot read manifest"),
+        (["--manifest", str(missing), "--max-batch-size", "0"], "at least 1"),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-m", "infleet", "serve", *args], capture_output=True, text=True
+        )
+        assert out.returncode == 1, out.stderr
+        assert needle in out.stderr and "Traceback" not in out.stderr

@@ -130,3 +130,37 @@ def test_error_classes_map_to_the_documented_status_codes() -> None:
     assert status_of(NotReady("x"))[0] == 503
     assert status_of(EngineError("x"))[0] == 500
     assert status_of(KeyError("x"))[0] == 500
+
+
+def test_manifest_datatype_must_match_the_model(tmp_path) -> None:
+    samples.identity_model(tmp_path / "model.onnx", "FP32")
+    spec = TensorSpec(name="x", datatype="FP32", shape=[-1, 3])
+    wrong = TensorSpec(name="y", datatype="FP16", shape=[-1, 3])
+    path = samples.write_manifest(tmp_path, "model.onnx", "m", [spec], [wrong])
+    with pytest.raises(EngineError, match="'y' is tensor\\(float\\) in the model but FP16"):
+        load_engine(load(path), tmp_path, EngineOptions())
+
+
+def test_a_model_without_a_batch_dimension_runs_each_request_alone(tmp_path) -> None:
+    samples.identity_model(tmp_path / "model.onnx", "INT64")
+    spec = TensorSpec(name="x", datatype="INT64", shape=[2, 3])
+    out = TensorSpec(name="y", datatype="INT64", shape=[2, 3])
+    manifest = load(samples.write_manifest(tmp_path, "model.onnx", "m", [spec], [out]))
+    engine = load_engine(manifest, tmp_path, EngineOptions())
+    plane = DataPlane()
+    model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=8))
+    assert not model.batcher.batchable
+
+    async def main() -> None:
+        await plane.warm_up(model)
+        xs = [np.full((2, 3), i, np.int64) for i in range(4)]
+        results = await asyncio.gather(
+            *(plane.infer("m", None, InferRequest((Tensor("x", "INT64", x),))) for x in xs)
+        )
+        for x, r in zip(xs, results, strict=True):
+            np.testing.assert_array_equal(r.outputs[0].array, x)
+        with pytest.raises(InvalidInput, match="shape \\[4, 3\\]"):
+            await plane.infer("m", None, InferRequest((Tensor("x", "INT64", np.ones((4, 3))),)))
+
+    asyncio.run(main())
+    plane.close()

@@ -138,7 +138,7 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("--model-name only works with a single engine")
     try:
         policy = BatchPolicy(
-            max_batch_size=args.max_batch_size or 1 << 30,
+            max_batch_size=1 << 30 if args.max_batch_size is None else args.max_batch_size,
             max_queue_delay_s=args.max_queue_delay_ms / 1000,
             max_queue_size=args.max_queue_size,
             max_concurrent_batches=args.batch_concurrency,

@@ -68,7 +68,11 @@ class OnnxRuntimeEngine:
         check_names(
             "outputs", self.outputs, [o.name for o in self._session.get_outputs()], engine_path
         )
-        _check_types(self.inputs, {i.name: i.type for i in self._session.get_inputs()}, engine_path)
+        for specs, real in (
+            (self.inputs, self._session.get_inputs()),
+            (self.outputs, self._session.get_outputs()),
+        ):
+            _check_types(specs, {t.name: t.type for t in real}, engine_path)
         self._output_names = [o.name for o in self.outputs]
         self.description = f"onnxruntime {ort.__version__} ({self._session.get_providers()[0]})"
 
@@ -85,7 +89,7 @@ def _check_types(specs: tuple[TensorSpec, ...], actual: dict[str, str], path: Pa
         real = _ORT_TYPES.get(actual[spec.name])
         if real != spec.datatype:
             raise EngineError(
-                f"{path.name}: input {spec.name!r} is {actual[spec.name]} in the model but "
+                f"{path.name}: tensor {spec.name!r} is {actual[spec.name]} in the model but "
                 f"{spec.datatype} in the manifest"
             )
 
