@@ -52,7 +52,10 @@ def test_ready_only_after_warm_up_and_false_while_draining(tmp_path) -> None:
         plane.begin_drain()
         assert not plane.ready()
         with pytest.raises(NotReady, match="shutting down"):
-            await plane.infer("m", None, InferRequest((x,)))
+            plane.admit()  # new requests are refused at the door...
+        # ...while one admitted before the drain is still served
+        response = await plane.infer("m", None, InferRequest((x,)))
+        np.testing.assert_array_equal(response.outputs[0].array, x.array)
         assert await plane.wait_drained(1.0)
 
     asyncio.run(main())

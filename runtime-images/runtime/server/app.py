@@ -191,6 +191,7 @@ class ServerApp:
         dataplane.in_flight += 1
         outcome = Outcome.SUCCESS
         try:
+            dataplane.admit()
             if dataplane.in_flight > self.limits.max_in_flight:
                 raise Overloaded(
                     f"{self.limits.max_in_flight} inference requests are in flight; retry later"

@@ -156,10 +156,17 @@ class DataPlane:
 
     # --- inference ------------------------------------------------------------------
 
-    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
-        model = self.get_model(name, version)
+    def admit(self) -> None:
+        """Called by a transport when a request arrives, before it reads the body.
+
+        Refusal happens here, at the door: a request admitted before a drain began is
+        served to the end even if its body is still arriving when SIGTERM comes.
+        """
         if self._draining:
             raise NotReady("the server is shutting down; send the request to another replica")
+
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        model = self.get_model(name, version)
         if not model.ready:
             raise NotReady(f"model {name!r} is loading; retry when /v2/health/ready says so")
         feed = validate(model, request)
