@@ -167,3 +167,12 @@ def test_a_model_without_a_batch_dimension_runs_each_request_alone(tmp_path) -> 
 
     asyncio.run(main())
     plane.close()
+
+
+def test_manifest_shape_must_match_the_model(tmp_path) -> None:
+    samples.identity_model(tmp_path / "model.onnx", "FP32")  # x: [N, 3]
+    spec = TensorSpec(name="x", datatype="FP32", shape=[-1, 4])
+    out = TensorSpec(name="y", datatype="FP32", shape=[-1, 3])
+    path = samples.write_manifest(tmp_path, "model.onnx", "m", [spec], [out])
+    with pytest.raises(EngineError, match="'x' has shape \\['N', 3\\] in the model"):
+        load_engine(load(path), tmp_path, EngineOptions())

@@ -73,6 +73,7 @@ class OnnxRuntimeEngine:
             (self.outputs, self._session.get_outputs()),
         ):
             _check_types(specs, {t.name: t.type for t in real}, engine_path)
+            _check_shapes(specs, {t.name: t.shape for t in real}, engine_path)
         self._output_names = [o.name for o in self.outputs]
         self.description = f"onnxruntime {ort.__version__} ({self._session.get_providers()[0]})"
 
@@ -91,6 +92,23 @@ def _check_types(specs: tuple[TensorSpec, ...], actual: dict[str, str], path: Pa
             raise EngineError(
                 f"{path.name}: tensor {spec.name!r} is {actual[spec.name]} in the model but "
                 f"{spec.datatype} in the manifest"
+            )
+
+
+def _check_shapes(
+    specs: tuple[TensorSpec, ...], actual: dict[str, list[int | str | None]], path: Path
+) -> None:
+    """Fixed dimensions must agree; the model's symbolic ones ("N", None) accept anything."""
+    for spec in specs:
+        real = actual[spec.name]
+        clash = len(real) != len(spec.shape) or any(
+            isinstance(r, int) and r >= 0 and d not in (-1, r)
+            for r, d in zip(real, spec.shape, strict=False)
+        )
+        if clash:
+            raise EngineError(
+                f"{path.name}: tensor {spec.name!r} has shape {real} in the model but "
+                f"{spec.shape} in the manifest"
             )
 
 
