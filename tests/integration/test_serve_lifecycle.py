@@ -32,9 +32,11 @@ async def _post(client: httpx.AsyncClient, value: float) -> tuple[httpx.Response
     return response, time.perf_counter()
 
 
-def test_overload_is_refused_at_once_with_429_and_retry_after(slow_dir, tmp_path) -> None:
+def test_overload_is_refused_at_once_with_429_and_retry_after(tmp_path) -> None:
+    # slower still (~0.3 s a call): all twelve requests must arrive while the first runs
+    slower = samples.slow_engine(tmp_path / "slower", products=48).parent
     server = ServerProcess(
-        ["--engine-dir", str(slow_dir), "--max-batch-size", "1", "--max-queue-size", "2"],
+        ["--engine-dir", str(slower), "--max-batch-size", "1", "--max-queue-size", "2"],
         tmp_path / "serve.log",
     )
     try:
