@@ -77,7 +77,11 @@ class OnnxRuntimeBuilder:
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         ort = _ort()
-        options = {"providers": ",".join(providers_for(job.target)), "optimization": "all"}
+        options = {
+            "providers": ",".join(providers_for(job.target)),
+            "optimization": "all",
+            "intra_op_threads": str(job.threads),  # the build pod's CPU limit; serve may differ
+        }
         source = job.model_path
         if precision == Precision.INT8:
             method = int8_method(job)
