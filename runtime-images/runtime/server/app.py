@@ -188,10 +188,13 @@ class ServerApp:
             elif key == b"x-request-id":
                 client_id = value.decode("latin-1")
         dataplane = self.dataplane
-        dataplane.in_flight += 1
         outcome = Outcome.SUCCESS
+        admitted = False
         try:
             dataplane.admit()
+            # counted only once admitted: refused requests must not hold a drain open
+            dataplane.in_flight += 1
+            admitted = True
             if dataplane.in_flight > self.limits.max_in_flight:
                 raise Overloaded(
                     f"{self.limits.max_in_flight} inference requests are in flight; retry later"
@@ -235,7 +238,8 @@ class ServerApp:
                 close=dataplane.draining or status == 413,
             )
         finally:
-            dataplane.in_flight -= 1
+            if admitted:
+                dataplane.in_flight -= 1
             self._record(name, outcome, time.perf_counter() - started)
 
     def _record(self, name: str, outcome: str, seconds: float) -> None:
