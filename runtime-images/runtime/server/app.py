@@ -73,6 +73,9 @@ class HttpLimits:
     max_body_bytes: int = 64 << 20
     max_in_flight: int = 1024
     """Inference requests being handled at once (decode to encode); one more gets 429."""
+    max_buffered_bytes: int = 512 << 20
+    """Request bodies held in memory at once, all requests together; beyond it, 429. With
+    the per-request cap this bounds memory where the request count alone would not."""
 
 
 class _ClientGone(Exception):
@@ -96,6 +99,7 @@ class ServerApp:
         self._m = dataplane.metrics
         self._m.in_flight.set_function(lambda: dataplane.in_flight)
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._buffered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -190,6 +194,7 @@ class ServerApp:
         dataplane = self.dataplane
         outcome = Outcome.SUCCESS
         admitted = False
+        held = [0]  # body bytes this request reserved from the shared budget
         try:
             dataplane.admit()
             # counted only once admitted: refused requests must not hold a drain open
@@ -199,7 +204,7 @@ class ServerApp:
                 raise Overloaded(
                     f"{self.limits.max_in_flight} inference requests are in flight; retry later"
                 )
-            body = await self._read_body(content_length, receive)
+            body = await self._read_body(content_length, receive, held)
             length = _header_length(header_length)
             if len(body) > _OFFLOAD_BYTES:
                 request = await asyncio.to_thread(decode_infer_request, body, length)
@@ -240,6 +245,7 @@ class ServerApp:
         finally:
             if admitted:
                 dataplane.in_flight -= 1
+            self._buffered -= held[0]
             self._record(name, outcome, time.perf_counter() - started)
 
     def _record(self, name: str, outcome: str, seconds: float) -> None:
@@ -257,10 +263,22 @@ class ServerApp:
         children[0].inc()
         children[1].observe(seconds)
 
-    async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
+    def _reserve(self, held: list[int], size: int) -> None:
+        if size > held[0]:
+            extra = size - held[0]
+            if self._buffered + extra > self.limits.max_buffered_bytes:
+                raise Overloaded(
+                    f"{self._buffered} bytes of request bodies are buffered; retry later"
+                )
+            self._buffered += extra
+            held[0] = size
+
+    async def _read_body(self, declared: bytes | None, receive: Receive, held: list[int]) -> bytes:
         limit = self.limits.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the body has {int(declared)} bytes; the limit is {limit}")
+        if declared is not None and declared.isdigit():
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"the body has {int(declared)} bytes; the limit is {limit}")
+            self._reserve(held, int(declared))  # refuse before reading a byte
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -271,6 +289,7 @@ class ServerApp:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"the body is above the limit of {limit} bytes")
+            self._reserve(held, size)  # chunked bodies: reserve as they grow
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)

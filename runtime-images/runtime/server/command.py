@@ -59,6 +59,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="largest request body; larger ones get 413 (default: 64)",
     )
     net.add_argument(
+        "--max-buffer-mb",
+        type=float,
+        default=512.0,
+        help="request bodies held in memory at once, all together; beyond, 429 (default: 512)",
+    )
+    net.add_argument(
         "--max-in-flight",
         type=int,
         default=1024,
@@ -119,6 +125,7 @@ class ServeConfig:
     port: int
     max_body_bytes: int
     max_in_flight: int
+    max_buffered_bytes: int
     policy: BatchPolicy
     batch_size_given: bool
     engine: EngineOptions
@@ -147,6 +154,8 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError(str(e)) from None
     if args.max_in_flight < 1 or args.max_body_mb <= 0 or not 0 <= args.port < 65536:
         raise ConfigError("--max-in-flight, --max-body-mb and --port must be positive")
+    if args.max_buffer_mb < args.max_body_mb:
+        raise ConfigError("--max-buffer-mb must be at least --max-body-mb")
     return ServeConfig(
         manifests=tuple(manifests),
         model_name=args.model_name,
@@ -155,6 +164,7 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         port=args.port,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         max_in_flight=args.max_in_flight,
+        max_buffered_bytes=int(args.max_buffer_mb * (1 << 20)),
         policy=policy,
         batch_size_given=args.max_batch_size is not None,
         engine=EngineOptions(threads=args.threads, device=args.device, spin=args.spin),

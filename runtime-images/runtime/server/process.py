@@ -124,7 +124,11 @@ def serve(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> 
 
     app = ServerApp(
         dataplane,
-        HttpLimits(max_body_bytes=config.max_body_bytes, max_in_flight=config.max_in_flight),
+        HttpLimits(
+            max_body_bytes=config.max_body_bytes,
+            max_in_flight=config.max_in_flight,
+            max_buffered_bytes=config.max_buffered_bytes,
+        ),
         startup=startup,
         shutdown=shutdown,
     )
