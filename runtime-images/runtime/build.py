@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
 from infleet import __version__
 from infleet.api import AccuracyMetric, Backend, LatencyPoint, Precision, RungResult
 from infleet.runtime import fetch as fetching
@@ -468,6 +469,7 @@ def _rung(
             lambda b: synthetic_inputs(job.info, b, job.dims, seed=2),
             job.max_batch,
             seconds_per_size=request.profile_seconds,
+            sizes=list(manifest.batch_sizes) or None,
         )
     manifest = manifest.model_copy(update={"profile": profile, "accuracy": [rung]})
     assert staged is not None  # a stored engine returned above

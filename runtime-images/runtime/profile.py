@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
+
 from infleet.api import LatencyPoint
 from infleet.runtime.builders.base import Runner, run_any_batch
 
@@ -36,9 +37,15 @@ def measure(
     min_iters: int = 5,
     max_iters: int = 200,
     clock: Callable[[], float] = time.perf_counter,
+    sizes: list[int] | None = None,
 ) -> list[LatencyPoint]:
+    """Profile at ``sizes`` (default 1, 2, 4 ... max_batch).
+
+    Static-shape engines pass their compiled sizes: any other batch is padded up to one of them,
+    so it costs what the next compiled size costs.
+    """
     points = []
-    for batch in profile_batch_sizes(max_batch):
+    for batch in sizes or profile_batch_sizes(max_batch):
         feeds = make_feeds(batch)
         run_any_batch(runner, feeds, max_batch)  # warm-up: first-run allocations and JIT
         samples: list[float] = []

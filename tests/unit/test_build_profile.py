@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+
 from infleet.api import LatencyPoint
 from infleet.runtime.builders.base import pick_batch_sizes, run_any_batch
 from infleet.runtime.profile import measure, profile_batch_sizes, speed_score
@@ -80,3 +81,17 @@ def test_speed_score_weighs_batch_sizes_geometrically() -> None:
     assert speed_score(fast_big) > speed_score(fast_small)
     assert speed_score(fast_small, [1]) > speed_score(fast_big, [1])
     assert speed_score([]) == 0.0
+
+
+def test_measure_at_compiled_sizes_only() -> None:
+    ticks = iter(np.arange(0, 1000, 0.001))
+    points = measure(
+        FakeRunner((1, 8)),
+        lambda b: {"x": np.zeros((b, 1))},
+        max_batch=8,
+        seconds_per_size=0.01,
+        min_iters=2,
+        clock=lambda: float(next(ticks)),
+        sizes=[1, 8],
+    )
+    assert [p.batch_size for p in points] == [1, 8]
