@@ -369,3 +369,36 @@ def test_tvm_tuning_is_bounded_in_time_and_never_fails_the_build(
     notes = " ".join(r.summary["notes"])
     assert "time budget of 3s" in notes, notes
     assert r.summary["accuracy"][-1]["passed"]
+
+
+def test_engines_load_in_the_server(models: dict[str, Path], tmp_path: Path) -> None:
+    """The manifest contract: what `infleet build` stores, `infleet serve` loads and runs."""
+    from infleet.runtime.server.engines.base import EngineOptions, load_engine
+
+    store = tmp_path / "store"
+    for backend in ("onnxruntime", "tvm"):
+        r = infleet_build(
+            "--model",
+            f"file://{models['cnn']}",
+            "--class",
+            "x86-test",
+            "--backend",
+            backend,
+            "--store",
+            str(store),
+            "--max-batch",
+            "4",
+            *FAST,
+        )
+        assert r.rc == 0, r.stderr
+    feeds = _images(3)
+    (ref,) = ort_reference(models["cnn"], feeds)
+    for manifest in stored_manifests(store):
+        engine = load_engine(
+            manifest, store / "engines" / manifest.key.digest(), EngineOptions(threads=2)
+        )
+        try:
+            got = engine.run(feeds)["logits"]
+        finally:
+            engine.close()
+        assert deviation(AccuracyMetric.MAX_ABS_ERROR, ref, got) < 1e-4, manifest.key.backend
