@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from infleet.api import AccuracyMetric, Precision, RungResult
 from infleet.api.spec import DEFAULT_FP16_DEVIATION
 

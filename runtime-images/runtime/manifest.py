@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Literal
 
-from infleet.api import Backend, LatencyPoint, Precision, RungResult
 from pydantic import BaseModel, ConfigDict, Field
+
+from infleet.api import Backend, LatencyPoint, Precision, RungResult
 
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"

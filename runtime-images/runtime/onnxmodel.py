@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.runtime.errors import ModelError, UnsupportedModel
 from infleet.runtime.manifest import Datatype, TensorSpec
 

@@ -25,9 +25,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from infleet.runtime.errors import StoreError
 from infleet.runtime.manifest import MANIFEST_FILE, EngineKey, EngineManifest
-from pydantic import ValidationError
 
 
 class EngineStore:

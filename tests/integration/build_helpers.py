@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.api import Backend
 from infleet.runtime.builders import get_builder
 from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from infleet.api import AccuracyMetric, Precision
 from infleet.runtime.accuracy import Budget, deviation, verdict, worst_deviation
 

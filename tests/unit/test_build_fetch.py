@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from infleet.runtime.errors import ChecksumMismatch, FetchError, SourceTooLarge, SourceUnreachable
 from infleet.runtime.fetch import FetchOptions, fetch
 

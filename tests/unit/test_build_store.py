@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from infleet.api import Backend, Precision
 from infleet.runtime.errors import StoreError
 from infleet.runtime.manifest import EngineKey, EngineManifest, TensorSpec

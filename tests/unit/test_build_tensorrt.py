@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from infleet.api import Precision
 from infleet.runtime.builders import get_builder
 from infleet.runtime.builders.tensorrt import (

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from infleet.api import Backend, Precision
 from infleet.runtime.hardware import HardwareTarget
 from infleet.runtime.manifest import EngineManifest

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from infleet.runtime.builders.base import Feeds
 from infleet.runtime.errors import BackendUnavailable, BuildError
 from infleet.runtime.manifest import EngineManifest

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, pick_batch_sizes
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel

@@ -16,10 +16,11 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     import tvm
-    from infleet.runtime.builders.tvm import import_module
     from tvm import relax
     from tvm.relax import transform
     from tvm.s_tir import meta_schedule as ms
+
+    from infleet.runtime.builders.tvm import import_module
 
     mod = import_module({int(b): (p, s) for b, (p, s) in spec["prepared"].items()})
     target = tvm.target.Target(spec["target"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from infleet.runtime.zoo._graph import GraphBuilder
 from infleet.runtime.zoo.weights import load_legacy_torch
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from infleet.runtime.zoo._graph import GraphBuilder
 from infleet.runtime.zoo.efficientnet import _save
 from infleet.runtime.zoo.weights import load_safetensors
