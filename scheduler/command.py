@@ -50,6 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _load_documents(path: Path) -> list[Any]:
     import yaml
+
     from infleet.scheduler.errors import InventoryError
 
     try:
@@ -73,11 +74,12 @@ def _deployment(path: Path) -> dict[str, Any]:
 def _cluster_objects(
     kubeconfig: Path | None, context: str | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from infleet.scheduler.errors import ClusterReadError
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
+
+    from infleet.scheduler.errors import ClusterReadError
 
     # The client's generated signatures do not describe _preload_content=False (it returns
     # the raw urllib3 response), so the calls go through Any.
@@ -143,6 +145,7 @@ def _model_size(arg: str | None, uri: str) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     import yaml
+
     from infleet.api import parse_spec
     from infleet.operator.config import OperatorConfig
     from infleet.scheduler.classes import derive_classes

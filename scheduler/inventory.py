@@ -17,8 +17,9 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
-from infleet.scheduler.errors import InventoryError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from infleet.scheduler.errors import InventoryError
 
 GPU_RESOURCE = "nvidia.com/gpu"
 HOSTNAME_LABEL = "kubernetes.io/hostname"

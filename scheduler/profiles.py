@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from infleet.api import InferenceDeploymentSpec, InferenceDeploymentStatus, LatencyPoint
 from infleet.scheduler.capacity import ClassProfile, profile_from_points
 from infleet.scheduler.errors import ProfileError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _File(BaseModel):

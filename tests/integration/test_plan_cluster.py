@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from infleet.cli import main
 from infleet.devcluster.testing import Kube, wait_for_pod_phase
 

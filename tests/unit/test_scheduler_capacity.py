@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.api import LatencyPoint
 from infleet.scheduler.capacity import (
     Option,

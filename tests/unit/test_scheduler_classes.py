@@ -10,6 +10,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.scheduler.classes import NodeClass, derive_classes
 from infleet.scheduler.hardware import (
     ARM_FEATURES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from infleet.api import Backend, parse_spec
 from infleet.devcluster import fleet
 from infleet.scheduler.classes import derive_classes

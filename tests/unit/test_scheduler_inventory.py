@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from infleet.scheduler.errors import InventoryError
 from infleet.scheduler.inventory import (
     Resources,

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.api import parse_spec
 from infleet.cli import main
 from infleet.scheduler.capacity import ClassProfile
