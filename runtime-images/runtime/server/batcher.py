@@ -144,8 +144,7 @@ class Batcher:
             if not (full or due or self._running == 0):
                 self._arm_timer(oldest.enqueued + policy.max_queue_delay_s)
                 break
-            chosen = set(map(id, batch))
-            self._pending = deque(i for i in self._pending if id(i) not in chosen)
+            self._remove(batch)
             self._observer.queue_depth(len(self._pending))
             self._running += 1
             task = asyncio.get_running_loop().run_in_executor(self._executor, self._execute, batch)
@@ -153,6 +152,17 @@ class Batcher:
         if not self._pending and self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _remove(self, batch: list[_Item]) -> None:
+        # Under load every request shares one signature, so the batch is the queue's head:
+        # pop it in O(batch) instead of rebuilding a queue that may hold thousands.
+        pending = self._pending
+        if len(pending) >= len(batch) and pending[len(batch) - 1] is batch[-1]:
+            for _ in batch:
+                pending.popleft()
+            return
+        chosen = set(map(id, batch))
+        self._pending = deque(i for i in pending if id(i) not in chosen)
 
     def _take_group(self, oldest: _Item) -> tuple[list[_Item], int, bool]:
         if not self.batchable:
