@@ -12,6 +12,10 @@ Volumes: ``emptyDir`` -> a folder of the pod; ``hostPath`` -> that path; a
 ``persistentVolumeClaim`` -> a folder per claim shared by the executor's pods (a local stand-in
 for a volume, so engines written by a build Job are there for the serving pod); ``configMap``,
 ``secret`` and the ``projected`` service-account volume -> folders the executor fills.
+
+Not modelled: liveness and startup probes (only readiness is run), resource limits (no cgroups),
+images (``command`` must name a program on this machine; the venv's bin comes first on PATH),
+``hostNetwork`` and ports (a process binds ``$POD_IP`` itself).
 """
 
 from __future__ import annotations
