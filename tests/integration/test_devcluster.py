@@ -236,7 +236,17 @@ def test_pods_without_the_gpu_toleration_never_land_on_gpu_nodes(
 ) -> None:
     # More replicas than the CPU nodes' share would be: the scheduler spreads, yet never onto
     # the tainted GPU nodes.
-    spec = {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "100m"}}}]}
+    # A real command: the replicas that land on the real-executor class run instead of failing.
+    spec = {
+        "containers": [
+            {
+                "name": "c",
+                "image": "x",
+                "command": ["sleep", "600"],
+                "resources": {"requests": {"cpu": "100m"}},
+            }
+        ]
+    }
     kube.apps.create_namespaced_deployment(namespace, _deployment("cpu", 20, spec))
 
     def all_bound() -> list | None:
