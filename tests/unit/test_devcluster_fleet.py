@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.errors import ProfileError, ToolsMissingError
 
