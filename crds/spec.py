@@ -172,14 +172,16 @@ class ClassSelection(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="self.overrides.all(o, self.overrides.exists_one(p, p['class'] == o['class']))",
+            rule="!has(self.overrides) || "
+            "self.overrides.all(o, self.overrides.exists_one(p, p.class == o.class))",
             message="classes.overrides: each class may be overridden only once",
             holds=lambda s: len({o.class_name for o in s.overrides}) == len(s.overrides),
             field_path=".overrides",
         ),
         CelRule(
-            rule="!has(self.allow) || self.overrides.all(o, self.allow.exists(a, a == o['class'] "
-            "|| o['class'].startsWith(a + '-') || a.startsWith(o['class'] + '-')))",
+            rule="!has(self.allow) || !has(self.overrides) || self.overrides.all(o, "
+            "self.allow.exists(a, a == o.class || o.class.startsWith(a + '-') || "
+            "a.startsWith(o.class + '-')))",
             message="classes.overrides: every override must select a class that classes.allow "
             "allows",
             holds=lambda s: s.allow is None
@@ -212,7 +214,8 @@ class Scaling(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="self.maxReplicas >= self.minReplicas",
+            rule="!has(self.maxReplicas) || !has(self.minReplicas) || "
+            "self.maxReplicas >= self.minReplicas",
             message="scaling.maxReplicas must be greater than or equal to scaling.minReplicas",
             holds=lambda s: s.max_replicas >= s.min_replicas,
             field_path=".maxReplicas",
