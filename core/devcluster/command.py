@@ -3,6 +3,7 @@
     infleet dev tools                 build (once) or locate the control-plane binaries
     infleet dev up [--profile dev]    start a cluster with a simulated fleet, apply the CRD
     infleet dev status                what runs, where its kubeconfig is
+    eval "$(infleet dev env)"         point kubectl and helm of the same build at it
     infleet dev down                  stop it and delete its data
 
 Heavy imports (the kubernetes client) happen inside ``run`` only.
@@ -11,6 +12,7 @@ Heavy imports (the kubernetes client) happen inside ``run`` only.
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 import time
@@ -28,8 +30,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="fleet profile: dev, large, or a path to a profile YAML (default: dev)")
     up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
     status = sub.add_parser("status", help="show the cluster")
+    env = sub.add_parser(
+        "env", help="print shell exports (KUBECONFIG, PATH with kubectl and helm) for eval"
+    )
     down = sub.add_parser("down", help="stop the cluster and delete its data")
-    for action in (up, status, down):
+    for action in (up, status, env, down):
         action.add_argument("--name", default="default",
                             help="cluster name, so several can run side by side (default: default)")
 
@@ -54,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         return _up(args.name, args.profile, args.timeout)
     if action == "status":
         return _status(args.name)
+    if action == "env":
+        return _env(args.name)
     return _down(args.name)
 
 
@@ -146,6 +153,20 @@ def _status(name: str) -> int:
     except Exception as e:
         print(f"API server not answering: {e}")
         return 1
+    return 0
+
+
+def _env(name: str) -> int:
+    from infleet.devcluster import tools
+    from infleet.devcluster.cluster import load_state
+
+    state = load_state(_workdir(name))
+    if state is None:
+        print(f"cluster {name!r} is not running (start it with `infleet dev up`)", file=sys.stderr)
+        return 1
+    bin_dir = shlex.quote(str(tools.locate().bin_dir))
+    print(f"export KUBECONFIG={shlex.quote(str(state.kubeconfig))}")
+    print(f'export PATH={bin_dir}:"$PATH"')
     return 0
 
 
