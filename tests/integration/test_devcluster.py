@@ -60,14 +60,26 @@ def test_api_server_accepts_a_valid_inference_deployment(kube: Kube, namespace: 
     )
     assert created["spec"]["scaling"]["maxReplicas"] == 4
     assert created["spec"]["accuracy"]["metric"] == "cosine"  # defaults applied by the server
-    # The scale subresource is served (what `kubectl scale` talks to) once replicas is pinned.
-    kube.custom.patch_namespaced_custom_object(
+    # `kubectl scale` patches the scale subresource; that pins spec.replicas (absent until then,
+    # and then a GET of /scale is an error: Kubernetes' rule for an absent specReplicasPath).
+    kube.custom.patch_namespaced_custom_object_scale(
         GROUP, VERSION, namespace, PLURAL, "resnet", {"spec": {"replicas": 2}}
     )
     scale = kube.custom.get_namespaced_custom_object_scale(
         GROUP, VERSION, namespace, PLURAL, "resnet"
     )
     assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 2
+    pinned = kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "resnet")
+    assert pinned["spec"]["replicas"] == 2
+    # Scaling past scaling.maxReplicas through /scale meets the same CEL rule as an edit.
+    with pytest.raises(ApiException) as info:
+        kube.custom.patch_namespaced_custom_object_scale(
+            GROUP, VERSION, namespace, PLURAL, "resnet", {"spec": {"replicas": 9}}
+        )
+    assert info.value.status == 422, info.value.body
+    assert "replicas must lie between scaling.minReplicas and scaling.maxReplicas" in str(
+        info.value.body
+    )
 
 
 @pytest.mark.parametrize(
