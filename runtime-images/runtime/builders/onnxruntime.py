@@ -1,7 +1,10 @@
 """ONNX Runtime engines: the graph optimised for the node and saved, optionally quantised.
 
 The engine is an ONNX file that ORT has already optimised (level ALL, for the build node's
-CPU or for the CUDA provider on GPU classes); loading it skips the optimiser. INT8 uses
+CPU or for the CUDA provider on GPU classes); loading it skips the optimiser. On GPU classes
+FP16 is offered too (weights and activations converted, inputs and outputs kept FP32), and a
+session that ORT silently moved to the CPU (CUDA/cuDNN libraries not loadable) is an error,
+never a GPU engine gated and profiled on the CPU. INT8 uses
 onnxruntime.quantization: static QDQ with calibration data (convolutional models), or dynamic
 quantisation (transformer-style models made of MatMul/Gemm, where activation ranges vary per
 input and static ranges cost accuracy).
@@ -46,6 +49,25 @@ def providers_for(target: HardwareTarget) -> list[str]:
     )
 
 
+def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
+    """An InferenceSession that really runs on the first provider asked for.
+
+    ORT does not fail when the CUDA provider cannot be created (libcudart/libcublas/libcudnn
+    not loadable, no GPU visible): it logs a warning and builds a CPU session, which would
+    then be gated and profiled as the GPU engine. Here that raises BackendUnavailable.
+    """
+    wants_cuda = providers[0] == "CUDAExecutionProvider"
+    session = ort.InferenceSession(path, opts, providers=providers)
+    used = list(session.get_providers())
+    if wants_cuda and (not used or used[0] != "CUDAExecutionProvider"):
+        raise BackendUnavailable(
+            "onnxruntime did not create the CUDA execution provider (it fell back to "
+            f"{', '.join(used) or 'nothing'}): the CUDA and cuDNN libraries this "
+            f"onnxruntime {ort.__version__} needs are not loadable, or no GPU is visible"
+        )
+    return session
+
+
 def int8_method(job: BuildJob) -> str:
     """static (QDQ, calibrated) for conv nets; dynamic for MatMul-only (transformer) graphs."""
     if job.int8_method != "auto":
@@ -67,8 +89,11 @@ class OnnxRuntimeBuilder:
             return (
                 f"ONNX Runtime builds on the node it serves; target {target.arch} is not this host"
             )
-        if precision in (Precision.FP16, Precision.FP8):
-            return f"{precision} is not offered by the ONNX Runtime builder (FP32 and INT8 only)"
+        if precision == Precision.FP8 or (precision == Precision.FP16 and not target.gpu):
+            return (
+                f"{precision} is not offered by the ONNX Runtime builder "
+                f"({'FP32, FP16' if target.gpu else 'FP32 and INT8'} only on this class)"
+            )
         if target.gpu and "CUDAExecutionProvider" not in _ort().get_available_providers():
             return "this onnxruntime has no CUDA provider (install infleet[gpu])"
         if target.gpu and precision == Precision.INT8:
@@ -91,6 +116,9 @@ class OnnxRuntimeBuilder:
                 if method == "static"
                 else "dynamic (s8 per-channel weights, per-batch activation ranges)"
             )
+        elif precision == Precision.FP16:
+            source = self._fp16(job)
+            options["conversion"] = "fp16 (onnxruntime.transformers.float16; FP32 inputs/outputs)"
         opts = ort.SessionOptions()
         opts.log_severity_level = (
             3  # the "hardware specific" warning is expected: keys carry the CPU
@@ -99,13 +127,29 @@ class OnnxRuntimeBuilder:
         opts.optimized_model_filepath = str(out_dir / ENGINE_FILE)
         opts.intra_op_num_threads = job.threads
         try:
-            ort.InferenceSession(str(source), opts, providers=providers_for(job.target))
+            session = cuda_session(ort, str(source), opts, providers_for(job.target))
+        except BackendUnavailable:
+            raise
         except Exception as e:
             raise _wrap(e, "optimising the graph") from e
         finally:
             if source != job.model_path:
                 source.unlink(missing_ok=True)
+        options["providers_used"] = ",".join(session.get_providers())
         return BuiltEngine(engine_file=ENGINE_FILE, options=options)
+
+    def _fp16(self, job: BuildJob) -> Path:
+        """FP16 weights and compute for the CUDA provider; graph inputs/outputs stay FP32."""
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        out = job.work_dir / "fp16.onnx"
+        try:
+            model = convert_float_to_float16(onnx.load(str(job.model_path)), keep_io_types=True)
+            onnx.save(model, str(out))
+        except Exception as e:
+            raise _wrap(e, "FP16 conversion") from e
+        return out
 
     def _quantize(self, job: BuildJob, method: str, out_dir: Path) -> Path:
         from onnxruntime import quantization as q
@@ -155,9 +199,9 @@ class OnnxRuntimeBuilder:
         opts.inter_op_num_threads = 1
         providers = manifest.options.get("providers", "CPUExecutionProvider").split(",")
         try:
-            session = ort.InferenceSession(
-                str(engine_dir / manifest.engine_file), opts, providers=providers
-            )
+            session = cuda_session(ort, str(engine_dir / manifest.engine_file), opts, providers)
+        except BackendUnavailable:
+            raise
         except Exception as e:
             raise _wrap(e, "loading the engine") from e
         return OrtRunner(session)

@@ -1,0 +1,67 @@
+"""ONNX Runtime's CUDA path on a real NVIDIA GPU: build (FP16 kept, gated against the FP32 CPU
+reference, profiled on the GPU), then the server's engine loaded with ``--device gpu``.
+
+CI has no GPU: there these tests are skipped, and they are not CI coverage. They run where
+onnxruntime-gpu sees a GPU (`pytest -m gpu tests/gpu`); hack/device/ort-gpu.sh and
+bench/gpu_onnxruntime.py are the end-to-end check that ran on an H100.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+
+from infleet.api import Backend, Precision  # noqa: E402
+from infleet.runtime.build import BuildRequest, build  # noqa: E402
+from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest  # noqa: E402
+from infleet.runtime.server.engines import EngineOptions, load_engine  # noqa: E402
+from infleet.runtime.zoo import synthetic  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        "CUDAExecutionProvider" not in ort.get_available_providers()
+        or shutil.which("nvidia-smi") is None,
+        reason="needs onnxruntime-gpu and an NVIDIA GPU (CI has none)",
+    ),
+]
+
+
+def test_fp16_engine_built_gated_profiled_and_served_on_cuda(tmp_path: Path) -> None:
+    model = synthetic.small_cnn(tmp_path / "cnn.onnx")
+    summary = build(
+        BuildRequest(
+            model_uri=f"file://{model}",
+            node_class="nvidia-h100",
+            store=tmp_path / "store",
+            backends=(Backend.ONNXRUNTIME,),
+            ladder=(Precision.FP16, Precision.FP32),
+            max_deviation=0.01,
+            compute_capability=(9, 0),
+            model_name="cnn",
+            profile_seconds=0.2,
+        )
+    )
+    assert summary.precision == Precision.FP16
+    assert summary.accuracy[0].passed
+    engine_dir = tmp_path / "store" / "engines" / summary.engine_key
+    manifest = EngineManifest.model_validate_json((engine_dir / MANIFEST_FILE).read_bytes())
+    assert manifest.options["providers_used"].startswith("CUDAExecutionProvider")
+    assert [p.batch_size for p in summary.profile] == [1, 2, 4, 8]
+
+    engine = load_engine(manifest, engine_dir, EngineOptions(device="gpu"))
+    try:
+        assert "CUDAExecutionProvider" in engine.description
+        x = np.random.default_rng(0).standard_normal((2, 3, 48, 192)).astype(np.float32)
+        name = manifest.inputs[0].name
+        got = next(iter(engine.run({name: x}).values()))
+        ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        want = ref.run(None, {name: x})[0]
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+    finally:
+        engine.close()
