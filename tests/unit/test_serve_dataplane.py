@@ -176,3 +176,18 @@ def test_manifest_shape_must_match_the_model(tmp_path) -> None:
     path = samples.write_manifest(tmp_path, "model.onnx", "m", [spec], [out])
     with pytest.raises(EngineError, match="'x' has shape \\['N', 3\\] in the model"):
         load_engine(load(path), tmp_path, EngineOptions())
+
+
+def test_gpu_engine_that_ort_moved_to_the_cpu_is_refused(tmp_path, monkeypatch) -> None:
+    # Fault injected on purpose: this CPU-only onnxruntime is made to claim a CUDA provider.
+    # Asked for it anyway, ORT warns and builds a CPU session (what it does on a GPU node whose
+    # CUDA libraries do not load); `--device gpu` must refuse that, not serve from the CPU.
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *available]
+    )
+    manifest = load(samples.identity_engine(tmp_path, "FP32"))
+    with pytest.raises(BackendUnavailable, match="fell back to CPUExecutionProvider"):
+        load_engine(manifest, tmp_path, EngineOptions(device="gpu"))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infleet.runtime import errors as runtime_errors
+from infleet.runtime.builders.onnxruntime import cuda_session
 from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server.engines.base import EngineOptions, check_names
 from infleet.runtime.server.errors import BackendUnavailable, EngineError
@@ -57,7 +59,11 @@ class OnnxRuntimeEngine:
                 "(install infleet[gpu] on a machine with an NVIDIA GPU)"
             )
         try:
-            self._session = ort.InferenceSession(str(engine_path), so, providers=providers)
+            # The builder's session: same CUDA provider options, and a session that ORT quietly
+            # moved to the CPU is refused rather than served as the GPU engine.
+            self._session = cuda_session(ort, str(engine_path), so, providers)
+        except runtime_errors.BackendUnavailable as e:
+            raise BackendUnavailable(f"--device {options.device}: {e}") from e
         except Exception as e:  # ORT raises its own untyped errors
             raise EngineError(f"onnxruntime cannot load {engine_path.name}: {e}") from e
         self.inputs = tuple(manifest.inputs)
