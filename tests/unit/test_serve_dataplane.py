@@ -191,3 +191,42 @@ def test_gpu_engine_that_ort_moved_to_the_cpu_is_refused(tmp_path, monkeypatch) 
     manifest = load(samples.identity_engine(tmp_path, "FP32"))
     with pytest.raises(BackendUnavailable, match="fell back to CPUExecutionProvider"):
         load_engine(manifest, tmp_path, EngineOptions(device="gpu"))
+
+
+def test_engines_that_take_some_batch_sizes_pad_up_and_slice_above(tmp_path) -> None:
+    from infleet.runtime.server.engines.base import run_padded
+
+    seen: list[int] = []
+
+    def double(feed):
+        seen.append(len(feed["x"]))
+        return {"y": feed["x"] * 2}
+
+    x = np.arange(11, dtype=np.float32).reshape(11, 1)
+    out = run_padded(double, {"x": x}, (1, 2, 4))
+    np.testing.assert_array_equal(out["y"], x * 2)  # each row its own answer, in order
+    assert seen == [4, 4, 4]  # 4 + 4 + 3 padded to 4
+    seen.clear()
+    out = run_padded(double, {"x": x[:3]}, (1, 2, 4))
+    assert seen == [4] and out["y"].shape == (3, 1)
+
+
+def test_warm_up_runs_each_size_the_engine_asks_for(tmp_path) -> None:
+    manifest = load(samples.identity_engine(tmp_path, "FP32", max_batch_size=8))
+    engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
+    assert engine.warm_batch_sizes == ()  # on the CPU one batch of the largest size is enough
+    rows_run: list[int] = []
+    real_run = engine.run
+
+    def counting_run(inputs):
+        rows_run.append(len(next(iter(inputs.values()))))
+        return real_run(inputs)
+
+    engine.run = counting_run  # type: ignore[method-assign]
+    engine.warm_batch_sizes = (1, 2, 4, 8)  # as the CUDA provider's engine declares them
+    plane = DataPlane()
+    model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=6))
+
+    asyncio.run(plane.warm_up(model))
+    assert rows_run == [1, 2, 4, 6] and plane.ready()
+    plane.close()

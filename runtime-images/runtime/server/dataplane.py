@@ -117,10 +117,16 @@ class DataPlane:
         return model
 
     async def warm_up(self, model: ServedModel) -> None:
-        """Run one batch of zeros through the batcher, then mark the model ready."""
-        rows = model.batcher.policy.max_batch_size if model.batcher.batchable else 1
-        feed = {s.name: _zeros(s, rows, model.engine.text_strings) for s in model.engine.inputs}
-        await model.batcher.submit(feed)
+        """Run batches of zeros through the batcher (one of the largest size, or one of each
+        size the engine asks to warm), then mark the model ready."""
+        largest = model.batcher.policy.max_batch_size if model.batcher.batchable else 1
+        # The largest batch pads up to the engine's next warm size, so it warms that one too.
+        sizes = sorted({b for b in model.engine.warm_batch_sizes if b < largest} | {largest})
+        for rows in sizes:
+            feed = {
+                s.name: _zeros(s, rows, model.engine.text_strings) for s in model.engine.inputs
+            }
+            await model.batcher.submit(feed)
         model.ready = True
         self.metrics.ready.set(1 if self.ready() else 0)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
@@ -37,6 +37,10 @@ class EngineRuntime(Protocol):
     """BYTES inputs must be given as ``str`` (UTF-8) rather than ``bytes``."""
     description: str
     """Backend and device, for logs and metadata."""
+    warm_batch_sizes: tuple[int, ...]
+    """Batch sizes to run once before the model turns ready, because this engine's first run
+    of a new shape is slow (CUDA kernels chosen and compiled per shape); empty: one batch of
+    the largest size is enough."""
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; returns every output by name."""
@@ -78,3 +82,28 @@ def check_names(
             f"{engine_path.name}: the manifest's {what} {[s.name for s in declared]} do not "
             f"match the engine's {actual}"
         )
+
+
+def run_padded(
+    run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+    inputs: Mapping[str, np.ndarray],
+    sizes: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """Run a batch on an engine that takes only the batch sizes in ``sizes`` (ascending): padded
+    up to the next size with copies of the last row, whose outputs are dropped, and run in
+    slices above the largest."""
+    rows = len(next(iter(inputs.values())))
+    largest = sizes[-1]
+    if rows > largest:
+        parts = [
+            run_padded(run, {n: a[i : i + largest] for n, a in inputs.items()}, sizes)
+            for i in range(0, rows, largest)
+        ]
+        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+    size = next(b for b in sizes if b >= rows)
+    if size == rows:
+        return run(inputs)
+    padded = {
+        n: np.concatenate([a, np.repeat(a[-1:], size - rows, axis=0)]) for n, a in inputs.items()
+    }
+    return {n: a[:rows] for n, a in run(padded).items()}

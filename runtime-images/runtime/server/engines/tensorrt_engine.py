@@ -82,6 +82,8 @@ class TensorRtEngine:
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity)
         self._lock = threading.Lock()  # one execution context: one batch at a time
         self.description = f"tensorrt {trt.__version__}"
+        # An engine built with one optimisation profile: TensorRT picks tactics at build time.
+        self.warm_batch_sizes: tuple[int, ...] = ()
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         pointer, capacity = self._buffers.get(name, (0, 0))

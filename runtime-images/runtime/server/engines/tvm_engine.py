@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from infleet.runtime.manifest import EngineManifest
-from infleet.runtime.server.engines.base import EngineOptions
+from infleet.runtime.server.engines.base import EngineOptions, run_padded
 from infleet.runtime.server.errors import BackendUnavailable, ConfigError, EngineError
 
 
@@ -67,6 +67,7 @@ class TvmEngine:
                 f"{engine_path.name}: input_order {self._order} does not match the inputs"
             )
         self.description = f"tvm {tvm.__version__} ({_target_kind(target)}, {self._device})"
+        self.warm_batch_sizes = tuple(sorted(b for b in self._entries if b))
         # A VM keeps per-invocation state; serialise calls (the batcher runs one batch per
         # engine at a time unless told otherwise, so this lock is normally uncontended).
         self._lock = threading.Lock()
@@ -74,22 +75,10 @@ class TvmEngine:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if 0 in self._entries:
             return self._call(self._entries[0], inputs)
-        rows = len(next(iter(inputs.values())))
-        largest = max(self._entries)
-        if rows > largest:  # above the largest compiled size: run in slices
-            parts = [
-                self.run({n: a[i : i + largest] for n, a in inputs.items()})
-                for i in range(0, rows, largest)
-            ]
-            return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
-        size = min(b for b in self._entries if b >= rows)
-        if size != rows:  # pad with copies of the last row; the extra outputs are dropped
-            inputs = {
-                n: np.concatenate([a, np.repeat(a[-1:], size - rows, axis=0)])
-                for n, a in inputs.items()
-            }
-        out = self._call(self._entries[size], inputs)
-        return {n: a[:rows] for n, a in out.items()} if size != rows else out
+        return run_padded(self._run_compiled, inputs, self.warm_batch_sizes)
+
+    def _run_compiled(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._call(self._entries[len(next(iter(inputs.values())))], inputs)
 
     def _call(self, fn: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [self._tensor(np.ascontiguousarray(inputs[n]), self._device) for n in self._order]
