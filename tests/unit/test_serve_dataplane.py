@@ -211,22 +211,32 @@ def test_engines_that_take_some_batch_sizes_pad_up_and_slice_above(tmp_path) -> 
     assert seen == [4] and out["y"].shape == (3, 1)
 
 
+class _DeclaresSizes:
+    """A real CPU engine that declares the warm batch sizes a CUDA engine would."""
+
+    warm_batch_sizes = (1, 2, 4, 8)
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.rows_run: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def run(self, inputs):
+        self.rows_run.append(len(next(iter(inputs.values()))))
+        return self._inner.run(inputs)
+
+
 def test_warm_up_runs_each_size_the_engine_asks_for(tmp_path) -> None:
     manifest = load(samples.identity_engine(tmp_path, "FP32", max_batch_size=8))
-    engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
-    assert engine.warm_batch_sizes == ()  # on the CPU one batch of the largest size is enough
-    rows_run: list[int] = []
-    real_run = engine.run
-
-    def counting_run(inputs):
-        rows_run.append(len(next(iter(inputs.values()))))
-        return real_run(inputs)
-
-    engine.run = counting_run  # type: ignore[method-assign]
-    engine.warm_batch_sizes = (1, 2, 4, 8)  # as the CUDA provider's engine declares them
+    cpu_engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
+    assert cpu_engine.warm_batch_sizes == ()  # on the CPU one batch of the largest size
+    engine = _DeclaresSizes(cpu_engine)
     plane = DataPlane()
     model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=6))
 
     asyncio.run(plane.warm_up(model))
-    assert rows_run == [1, 2, 4, 6] and plane.ready()
+    # Sizes above the policy's largest batch are never formed; the largest is warmed itself.
+    assert engine.rows_run == [1, 2, 4, 6] and plane.ready()
     plane.close()
