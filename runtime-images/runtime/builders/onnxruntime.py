@@ -49,10 +49,10 @@ def providers_for(target: HardwareTarget) -> list[str]:
     )
 
 
-# cuDNN's default exhaustive algorithm search runs again for every new input shape. A dynamic
-# batcher makes many batch sizes, and on an H100 each first use of one stalled its batch for
-# tens of milliseconds (p50 60 ms at 16 clients, against 0.2 ms at 1). The heuristic pick
-# costs nothing per shape and was within noise of the searched one for the zoo models.
+# cuDNN's default exhaustive algorithm search benchmarks every Conv again for each new input
+# shape, which a dynamic batcher meets at run time; the heuristic pick costs nothing per
+# shape. (What made batches slow on an H100 was the shape changes themselves: see the
+# server's ORT engine, which keeps each session's shape constant.)
 CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
