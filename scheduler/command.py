@@ -8,6 +8,7 @@ profiles and operator configuration, then calls the pure planner and prints the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -44,6 +45,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-size", metavar="BYTES",
         help="model size (e.g. 2.5Gi) for the GPU memory check; read from file:// URIs",
+    )
+    parser.add_argument(
+        "--model-file", type=Path, metavar="PATH",
+        help="a local copy of the model (default: the spec's file:// URI): its size drives the "
+        "GPU memory check, its operators are checked against each backend installed here",
     )
     parser.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
 
@@ -125,7 +131,22 @@ def _list_all(call: Any, **kwargs: Any) -> list[dict[str, Any]]:
             return items
 
 
-def _model_size(arg: str | None, uri: str) -> int | None:
+def _model_file(arg: Path | None, uri: str) -> Path | None:
+    if arg is not None:
+        if not arg.is_file():
+            from infleet.scheduler.errors import SchedulerError
+
+            raise SchedulerError(f"--model-file: {arg} is not a file")
+        return arg
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+        if path.is_file():
+            return path
+    return None
+
+
+def _model_size(arg: str | None, path: Path | None) -> int | None:
     from infleet.scheduler.inventory import parse_quantity
 
     if arg is not None:
@@ -135,12 +156,34 @@ def _model_size(arg: str | None, uri: str) -> int | None:
             from infleet.scheduler.errors import SchedulerError
 
             raise SchedulerError(f"--model-size: {e}") from e
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        path = Path(unquote(parsed.path))
-        if path.is_file():
-            return path.stat().st_size
-    return None
+    return path.stat().st_size if path is not None else None
+
+
+def _model_facts(size_arg: str | None, path: Path | None) -> tuple[Any, list[str]]:
+    """What is known about the model, and notes on what could not be checked."""
+    from types import MappingProxyType
+
+    from infleet.scheduler.policy import ModelFacts
+
+    size = _model_size(size_arg, path)
+    notes = [] if size is not None else [
+        "model size unknown: GPU memory not checked (pass --model-size or --model-file)"
+    ]
+    if path is None:
+        notes.append("operators not checked: the model is not a local file (pass --model-file)")
+        return ModelFacts(size_bytes=size), notes
+    # The backends' own tables, loaded only here: the scheduler itself never imports them.
+    from infleet.runtime.errors import BackendUnavailable
+    from infleet.runtime.opsupport import check
+
+    try:
+        support = check(path)
+    except BackendUnavailable as e:
+        notes.append(f"operators not checked: {e}")
+        return ModelFacts(size_bytes=size), notes
+    notes += [f"{b.value} operators not checked: {why}" for b, why in support.unchecked.items()]
+    facts = ModelFacts(size_bytes=size, unsupported_ops=MappingProxyType(support.unsupported))
+    return facts, notes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,7 +194,6 @@ def run(args: argparse.Namespace) -> int:
     from infleet.scheduler.classes import derive_classes
     from infleet.scheduler.inventory import nodes_from_documents, nodes_from_objects
     from infleet.scheduler.plan import plan_deployment
-    from infleet.scheduler.policy import ModelFacts
     from infleet.scheduler.profiles import profiles_from_data, profiles_from_status
     from infleet.scheduler.report import plan_to_dict, plan_to_table
     from infleet.scheduler.settings import cluster_policy
@@ -172,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         profiles.update(profiles_from_data(docs[0] if docs else {}, spec, str(args.profiles)))
 
     policy = cluster_policy(OperatorConfig.load(args.config))
-    model = ModelFacts(size_bytes=_model_size(args.model_size, spec.model.uri))
+    model, notes = _model_facts(args.model_size, _model_file(args.model_file, spec.model.uri))
     plan = plan_deployment(
         derive_classes(nodes),
         spec,
@@ -182,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
         policy=policy,
         model=model,
     )
-    if model.size_bytes is None:
-        plan = _with_note(plan, "model size unknown: GPU memory not checked (pass --model-size)")
+    if notes:
+        plan = dataclasses.replace(plan, notes=(*plan.notes, *notes))
     if args.output == "json":
         sys.stdout.write(json.dumps(plan_to_dict(plan), indent=2) + "\n")
     elif args.output == "yaml":
@@ -191,9 +233,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(plan_to_table(plan))
     return 0 if plan.feasible else EXIT_INFEASIBLE
-
-
-def _with_note(plan: Any, note: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(plan, notes=(*plan.notes, note))

@@ -95,3 +95,6 @@ def test_missing_tensorrt_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     builder = get_builder(__import__("infleet.api", fromlist=["Backend"]).Backend.TENSORRT)
     with pytest.raises(BackendUnavailable, match="tensorrt cannot be imported"):
         builder.version()
+    # The operator check says "not checked" rather than guessing what the parser supports.
+    with pytest.raises(BackendUnavailable, match="tensorrt cannot be imported"):
+        builder.unsupported_ops(frozenset({("", "Conv")}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from types import MappingProxyType
@@ -256,3 +257,41 @@ def test_readme_shows_the_current_output(capsys: pytest.CaptureFixture[str]) -> 
     assert rc == 0
     readme = (ROOT / "README.md").read_text()
     assert out.rstrip("\n") in readme, "README's `infleet plan` example is stale: paste:\n" + out
+
+
+def test_command_excludes_a_class_whose_backend_cannot_run_an_operator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    onnx = pytest.importorskip("onnx")  # part of CI's install; never skips there
+    from onnx import TensorProto, helper
+
+    # An ONNX Runtime contrib op: ORT runs it, TVM's Relax importer has no converter for it.
+    graph = helper.make_graph(
+        [helper.make_node("FusedMatMul", ["a", "b"], ["y"], domain="com.microsoft")],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+    )
+    model = tmp_path / "contrib.onnx"
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(model))
+
+    rc, out = run_plan(capsys, "--inventory", str(EXAMPLES / "inventory-dev.yaml"),
+                       "--profiles", str(EXAMPLES / "profiles-dev.yaml"), "--demand", "1000",
+                       "--model-file", str(model), "-o", "json")
+    assert rc == 0
+    doc = json.loads(out)
+    arm = next(c for c in doc["classes"] if c["name"].startswith("arm64"))
+    assert arm["excluded"] == "TVM cannot run operators: com.microsoft:FusedMatMul"
+    assert arm["replicas"] == 0
+    x86 = [c for c in doc["classes"] if c["name"].startswith("x86")]
+    assert x86 and all(c["backend"] == "onnxruntime" and not c["excluded"] for c in x86)
+    if importlib.util.find_spec("tensorrt") is None:
+        assert any(n.startswith("tensorrt operators not checked") for n in doc["notes"])
+
+
+def test_command_refuses_a_missing_model_file(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["plan", "-f", str(EXAMPLES / "deployment.yaml"), "--inventory",
+               str(EXAMPLES / "inventory-dev.yaml"), "--model-file", "/nonexistent/m.onnx"])
+    assert rc == 1
+    assert "--model-file: /nonexistent/m.onnx is not a file" in capsys.readouterr().err

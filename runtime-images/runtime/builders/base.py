@@ -72,6 +72,12 @@ class EngineBuilder(Protocol):
         """Why this builder cannot build ``precision`` for ``target``; None when it can."""
         ...
 
+    def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
+        """The operators among ``ops`` ((domain, op_type); "" is the default ONNX domain) that
+        this backend cannot run, as ``op_type`` or ``domain:op_type``; raises
+        BackendUnavailable when the library that knows is missing."""
+        ...
+
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine: ...
 
     def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> Runner:
@@ -110,3 +116,7 @@ def pick_batch_sizes(max_batch: int, requested: Sequence[int] = ()) -> tuple[int
     """Compiled batch sizes: the requested ones, else 1 and max_batch (padding covers the rest)."""
     sizes = {s for s in requested if 1 <= s <= max_batch} or {1, max_batch}
     return tuple(sorted(sizes | {max_batch}))
+
+
+def op_label(domain: str, op_type: str) -> str:
+    return op_type if domain in ("", "ai.onnx") else f"{domain}:{op_type}"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from infleet.api import Backend, Precision
-from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
 from infleet.runtime.hardware import HardwareTarget
 from infleet.runtime.manifest import EngineManifest
@@ -81,6 +81,10 @@ def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
     return session
 
 
+def _default(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
+
+
 def int8_method(job: BuildJob) -> str:
     """static (QDQ, calibrated) for conv nets; dynamic for MatMul-only (transformer) graphs."""
     if job.int8_method != "auto":
@@ -112,6 +116,21 @@ class OnnxRuntimeBuilder:
         if target.gpu and precision == Precision.INT8:
             return "INT8 on GPUs is TensorRT's job; the CUDA provider runs FP32"
         return None
+
+    def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
+        # The CPU provider's kernels: on GPU classes the CUDA provider hands an op it lacks to
+        # the CPU, so these are the ops ORT cannot run anywhere.
+        _ort()  # BackendUnavailable when missing
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        kernels = {
+            (d.domain or "", d.op_name)
+            for d in state.get_all_opkernel_def()
+            if d.provider == "CPUExecutionProvider"
+        }
+        return tuple(
+            sorted(op_label(d, o) for d, o in ops if (_default(d), o) not in kernels)
+        )
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         ort = _ort()

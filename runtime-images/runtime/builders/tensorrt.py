@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from infleet.api import Backend, Precision
-from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
 from infleet.runtime.hardware import HardwareTarget
 from infleet.runtime.manifest import EngineManifest
@@ -201,6 +201,15 @@ class TensorRtBuilder:
 
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         return capability_problem(precision, target)
+
+    def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
+        trt = _trt()
+        logger = trt.Logger(trt.Logger.WARNING)
+        parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
+        # The parser knows the default domain (and its plugins' ops) by op type alone.
+        return tuple(
+            sorted(op_label(d, o) for d, o in ops if not parser.supports_operator(o))
+        )
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         trt = _trt()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from infleet.api import Backend, Precision
-from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, pick_batch_sizes
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label, pick_batch_sizes
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
 from infleet.runtime.hardware import Arch, HardwareTarget, host_arch
 from infleet.runtime.manifest import EngineManifest
@@ -98,6 +98,16 @@ class TvmBuilder:
 
     def version(self) -> str:
         return str(_tvm().__version__)
+
+    def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
+        _tvm()  # BackendUnavailable when missing
+        from tvm.relax.frontend.onnx import onnx_frontend
+
+        # The Relax importer's own table: an op missing there fails the import.
+        known = set(onnx_frontend._get_convert_map())
+        return tuple(
+            sorted(op_label(d, o) for d, o in ops if d not in ("", "ai.onnx") or o not in known)
+        )
 
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         if target.gpu:

@@ -1,0 +1,66 @@
+"""Which backends cannot run a model's operators, known before any engine is built.
+
+`infleet plan` asks this for a model it can read (a ``file://`` URI, or ``--model-file``), so
+a class whose backend cannot run the model is excluded with the operators named. Each backend
+answers through its builder: ONNX Runtime from its kernel registry, TVM from its Relax
+importer's table, TensorRT from its ONNX parser. A backend whose library is not installed
+here is reported as not checked, never as supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infleet.api import Backend
+from infleet.runtime.errors import BackendUnavailable, ModelError
+
+
+@dataclass(frozen=True)
+class OpSupport:
+    unsupported: dict[Backend, tuple[str, ...]] = field(default_factory=dict)
+    """Per checked backend, the model's operators it cannot run (empty: it runs them all)."""
+    unchecked: dict[Backend, str] = field(default_factory=dict)
+    """Backends that could not be asked here, and why."""
+
+
+def model_ops(path: Path) -> frozenset[tuple[str, str]]:
+    """Every (domain, op_type) in the model, subgraphs (If/Loop/Scan bodies) included."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise BackendUnavailable(
+            "onnx is not installed (pip install 'infleet[onnxruntime]')"
+        ) from e
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ModelError(f"{path}: not a readable ONNX model: {e}") from e
+    ops: set[tuple[str, str]] = set()
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            ops.add((node.domain or "", node.op_type))
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        walk(sub)
+
+    walk(model.graph)
+    return frozenset(ops)
+
+
+def check(path: Path, backends: tuple[Backend, ...] = tuple(Backend)) -> OpSupport:
+    from infleet.runtime.builders import get_builder
+
+    ops = model_ops(path)
+    result = OpSupport()
+    for backend in backends:
+        try:
+            result.unsupported[backend] = get_builder(backend).unsupported_ops(ops)
+        except BackendUnavailable as e:
+            result.unchecked[backend] = str(e)
+    return result
