@@ -33,6 +33,18 @@ class GraphBuilder:
         self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
         return out
 
+    def flatten_batch(self, x: str) -> str:
+        """``x`` reshaped to [batch, -1] through a Shape/Gather/Unsqueeze/Concat/Reshape subgraph,
+        as ``torch.onnx.export`` writes ``x.view(x.size(0), -1)`` (not one Flatten node)."""
+        batch = self.op("Gather", self.op("Shape", x), self.const(np.array(0, np.int64)), axis=0)
+        shape = self.op(
+            "Concat",
+            self.op("Unsqueeze", batch, self.const(np.array([0], np.int64))),
+            self.const(np.array([-1], np.int64)),
+            axis=0,
+        )
+        return self.op("Reshape", x, shape)
+
     def model(self, name: str, inputs: list[Any], outputs: list[Any]) -> Any:
         graph = self.helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
         model = self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", OPSET)])

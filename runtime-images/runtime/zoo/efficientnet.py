@@ -99,15 +99,7 @@ def efficientnet_lite0(out: Path) -> Path:
     if f"_blocks.{block}._depthwise_conv.weight" in w:
         raise ValueError("efficientnet-lite0: the checkpoint has more blocks than the lite0 config")
     x = conv_bn(x, "_conv_head", "_bn1", 1, 1, True)
-    x = g.op("GlobalAveragePool", x)
-    batch = g.op("Gather", g.op("Shape", x), g.const(np.array(0, np.int64)), axis=0)
-    target = g.op(
-        "Concat",
-        g.op("Unsqueeze", batch, g.const(np.array([0], np.int64))),
-        g.const(np.array([-1], np.int64)),
-        axis=0,
-    )
-    x = g.op("Reshape", x, target)
+    x = g.flatten_batch(g.op("GlobalAveragePool", x))
     g.op("Gemm", x, g.const(w["_fc.weight"]), g.const(w["_fc.bias"]), transB=1)
     g.nodes[-1].output[0] = "logits"
     model = g.model(

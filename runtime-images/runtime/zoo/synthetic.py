@@ -67,15 +67,7 @@ def small_cnn(out: Path, seed: int = 0) -> Path:
                 pads=[1, 1, 1, 1],
             ),
         )
-    x = g.op("GlobalAveragePool", x)
-    batch = g.op("Gather", g.op("Shape", x), g.const(np.array(0, np.int64)), axis=0)
-    shape = g.op(
-        "Concat",
-        g.op("Unsqueeze", batch, g.const(np.array([0], np.int64))),
-        g.const(np.array([-1], np.int64)),
-        axis=0,
-    )
-    x = g.op("Reshape", x, shape)
+    x = g.flatten_batch(g.op("GlobalAveragePool", x))
     g.op(
         "Gemm",
         x,
