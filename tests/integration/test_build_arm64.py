@@ -12,10 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from build_helpers import FAST, infleet_build, ort_reference, run_stored, stored_manifests
+from build_helpers import (
+    assert_engine_matches,
+    built,
+    engine_dir,
+    images,
+    ort_reference,
+    stored_manifests,
+)
 
-from infleet.api import AccuracyMetric
-from infleet.runtime.accuracy import deviation
 from infleet.runtime.builders.tvm import elf_machine
 from infleet.runtime.zoo import synthetic
 
@@ -45,58 +50,35 @@ def test_cross_compiled_engine_is_aarch64_and_matches_the_reference_under_qemu(
 ) -> None:
     model = synthetic.small_cnn(tmp_path / "cnn.onnx")
     store = tmp_path / "store"
-    r = infleet_build(
-        "--model",
-        f"file://{model}",
-        "--class",
-        "arm64-neoverse-n1",
-        "--backend",
-        "tvm",
-        "--store",
-        str(store),
-        "--max-batch",
-        "4",
-        *FAST,
-    )
-    assert r.rc == 0, r.stderr
+    r = built(model, store=store, cls="arm64-neoverse-n1", backend="tvm", max_batch=4)
     s = r.summary
     assert s["backend"] == "tvm" and s["key"]["hardware_fingerprint"].startswith("aarch64-")
     assert s["accuracy"][-1]["passed"] and s["accuracy"][-1]["deviation"] < 1e-4
     assert s["profile"] == [] and any("emulation" in n for n in s["notes"])
     assert "under emulation" in r.stderr
     (manifest,) = stored_manifests(store)
-    engine = store / "engines" / manifest.key.digest() / manifest.engine_file
+    engine = engine_dir(store, manifest) / manifest.engine_file
     head = engine.read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and head[4] == 2 and head[5] == 1  # 64-bit, little-endian
     assert elf_machine(engine) == 183  # EM_AARCH64
     assert "+dotprod" in manifest.options["target"] and manifest.options["cross_compiled"] == "true"
     # Fresh inputs, 5 rows over compiled sizes (1, 4): the qemu runner pads and splits.
-    feeds = {"image": np.random.default_rng(11).standard_normal((5, 3, 32, 32)).astype(np.float32)}
+    feeds = images(5, seed=11)
     (ref,) = ort_reference(model, feeds)
-    (got,) = run_stored(store, manifest, feeds)
-    assert deviation(AccuracyMetric.MAX_ABS_ERROR, ref, got) < 1e-4
+    assert_engine_matches(store, manifest, feeds, ref, 1e-4)
 
 
 def test_integer_and_half_inputs_cross_compile_and_match(tmp_path: Path) -> None:
     model = synthetic.mixed_dtypes(tmp_path / "mixed.onnx")
-    r = infleet_build(
-        "--model",
-        f"file://{model}",
-        "--class",
-        "arm64-graviton2",
-        "--backend",
-        "tvm",
-        "--store",
-        str(tmp_path / "store"),
-        "--max-batch",
-        "2",
-        "--metric",
-        "max-abs-error",
-        "--max-deviation",
-        "1e-2",
-        *FAST,
+    r = built(
+        model,
+        store=tmp_path / "store",
+        cls="arm64-graviton2",
+        backend="tvm",
+        max_batch=2,
+        metric="max-abs-error",
+        max_deviation=1e-2,
     )
-    assert r.rc == 0, r.stderr
     assert r.summary["accuracy"][-1]["passed"]
 
 
@@ -105,27 +87,11 @@ def test_real_model_minilm_runs_on_arm64_under_qemu(tmp_path: Path) -> None:
 
     model = minilm_l6(tmp_path / "minilm.onnx")
     store = tmp_path / "store"
-    r = infleet_build(
-        "--model",
-        f"file://{model}",
-        "--class",
-        "arm64-neoverse-n1",
-        "--backend",
-        "tvm",
-        "--store",
-        str(store),
-        "--max-batch",
-        "1",
-        "--dim",
-        "seq=16",
-        *FAST,
-    )
-    assert r.rc == 0, r.stderr
+    built(model, store=store, cls="arm64-neoverse-n1", backend="tvm", max_batch=1, dim="seq=16")
     (manifest,) = stored_manifests(store)
-    assert elf_machine(store / "engines" / manifest.key.digest() / manifest.engine_file) == 183
+    assert elf_machine(engine_dir(store, manifest) / manifest.engine_file) == 183
     rng = np.random.default_rng(2)
     ids = rng.integers(1000, 30522, (2, 16)).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones((2, 16), np.int64)}
     (ref,) = ort_reference(model, feeds)
-    (got,) = run_stored(store, manifest, feeds)
-    assert deviation(AccuracyMetric.MAX_ABS_ERROR, ref, got) < 1e-3
+    assert_engine_matches(store, manifest, feeds, ref, 1e-3)

@@ -10,13 +10,13 @@ logits, 0.03 on MiniLM's embeddings).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from build_helpers import FAST, infleet_build, ort_reference, run_stored, stored_manifests
+from build_helpers import assert_engine_matches, built, images, ort_reference, stored_engines
 
 from infleet.api import AccuracyMetric
-from infleet.runtime.accuracy import deviation
 from infleet.runtime.zoo import efficientnet_lite0, minilm_l6
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,103 +31,51 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _by(store: Path) -> dict[tuple[str, str], object]:
-    return {(m.key.backend.value, m.key.precision.value): m for m in stored_manifests(store)}
-
-
 def test_efficientnet_lite0_ort_int8_and_tvm_fp32(zoo: dict[str, Path], tmp_path: Path) -> None:
     store = tmp_path / "store"
-    uri = f"file://{zoo['efficientnet']}"
-    r = infleet_build(
-        "--model",
-        uri,
-        "--class",
-        "x86-test",
-        "--backend",
-        "onnxruntime",
-        "--store",
-        str(store),
-        "--precision-ladder",
-        "int8,fp32",
-        "--max-deviation",
-        "0.05",
-        "--max-batch",
-        "2",
-        *FAST,
+    model = zoo["efficientnet"]
+    r = built(
+        model,
+        store=store,
+        backend="onnxruntime",
+        ladder="int8,fp32",
+        max_deviation=0.05,
+        max_batch=2,
     )
-    assert r.rc == 0, r.stderr
     assert r.summary["precision"] == "int8", r.summary
     # TVM at batch 1 only: compiling EfficientNet takes a while on two cores.
-    r = infleet_build(
-        "--model",
-        uri,
-        "--class",
-        "x86-test",
-        "--backend",
-        "tvm",
-        "--store",
-        str(store),
-        "--max-batch",
-        "1",
-        *FAST,
-    )
-    assert r.rc == 0, r.stderr
-    engines = _by(store)
-    images = {
-        "image": np.random.default_rng(5).standard_normal((3, 3, 224, 224)).astype(np.float32)
-    }
-    (ref,) = ort_reference(zoo["efficientnet"], images)
-    (int8,) = run_stored(store, engines[("onnxruntime", "int8")], images)
-    (tvm,) = run_stored(store, engines[("tvm", "fp32")], images)
+    built(model, store=store, backend="tvm", max_batch=1)
+    engines = stored_engines(store)
+    feeds = images(3, size=224, seed=5)
+    (ref,) = ort_reference(model, feeds)
     assert ref.shape == (3, 1000)
-    assert deviation(AccuracyMetric.COSINE, ref, int8) < 0.05
-    assert deviation(AccuracyMetric.MAX_ABS_ERROR, ref, tvm) < 1e-3
+    assert_engine_matches(
+        store, engines[("onnxruntime", "int8")], feeds, ref, 0.05, AccuracyMetric.COSINE
+    )
+    assert_engine_matches(store, engines[("tvm", "fp32")], feeds, ref, 1e-3)
 
 
 def test_minilm_ort_fp32_and_int8_and_tvm_fp32(zoo: dict[str, Path], tmp_path: Path) -> None:
     store = tmp_path / "store"
-    common = [
-        "--model",
-        f"file://{zoo['minilm']}",
-        "--class",
-        "x86-test",
-        "--store",
-        str(store),
-        "--dim",
-        "seq=16",
-        "--max-batch",
-        "2",
-        *FAST,
-    ]
-    r = infleet_build(
-        *common,
-        "--backend",
-        "onnxruntime",
-        "--precision-ladder",
-        "int8,fp32",
-        "--max-deviation",
-        "0.03",
-    )
-    assert r.rc == 0, r.stderr
+    model = zoo["minilm"]
+    common: dict[str, Any] = {"store": store, "dim": "seq=16", "max_batch": 2}
+    r = built(model, **common, backend="onnxruntime", ladder="int8,fp32", max_deviation=0.03)
     assert r.summary["precision"] == "int8", r.summary
-    assert "dynamic" in _by(store)[("onnxruntime", "int8")].options["quantization"]
-    r = infleet_build(*common, "--backend", "onnxruntime", "--precision-ladder", "fp32")
-    assert r.rc == 0, r.stderr
-    r = infleet_build(*common, "--backend", "tvm")
-    assert r.rc == 0, r.stderr
-    engines = _by(store)
+    assert "dynamic" in stored_engines(store)[("onnxruntime", "int8")].options["quantization"]
+    built(model, **common, backend="onnxruntime", ladder="fp32")
+    built(model, **common, backend="tvm")
+    engines = stored_engines(store)
     rng = np.random.default_rng(9)
     ids = rng.integers(1000, 30522, (3, 16))
     ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
     mask = np.ones((3, 16), np.int64)
     mask[2, 10:] = 0  # one padded sentence: pooling must ignore the padding
     feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask}
-    (ref,) = ort_reference(zoo["minilm"], feeds)
+    (ref,) = ort_reference(model, feeds)
     assert ref.shape == (3, 384) and np.allclose(np.linalg.norm(ref, axis=1), 1.0, atol=1e-5)
     for key, metric, tol in (
         (("onnxruntime", "fp32"), AccuracyMetric.MAX_ABS_ERROR, 1e-3),
         (("tvm", "fp32"), AccuracyMetric.MAX_ABS_ERROR, 1e-3),
         (("onnxruntime", "int8"), AccuracyMetric.COSINE, 0.03),
     ):
-        (got,) = run_stored(store, engines[key], feeds)
-        assert deviation(metric, ref, got) < tol, key
+        assert_engine_matches(store, engines[key], feeds, ref, tol, metric)
