@@ -16,23 +16,7 @@ from pathlib import Path
 
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.cluster import LocalCluster
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its descendants."""
-    total_kib = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total_kib += int(next(line.split()[1] for line in status.splitlines()
-                                  if line.startswith("VmRSS:")))
-            todo += [int(c) for c in
-                     Path(f"/proc/{current}/task/{current}/children").read_text().split()]
-        except (OSError, StopIteration):
-            continue
-    return total_kib / 1024
+from infleet.devcluster.testing import rss_kib  # imports pytest: run from the dev venv
 
 
 def measure(profile_name: str, settle: float) -> None:
@@ -44,7 +28,7 @@ def measure(profile_name: str, settle: float) -> None:
         cluster.start(timeout=1200)
         up = time.monotonic() - started
         time.sleep(settle)  # memory after the first heartbeats, not at the peak of creation
-        rss = {c: rss_mib(pid) for c, pid in cluster.state.pids.items()}
+        rss = {c: rss_kib(pid) / 1024 for c, pid in cluster.state.pids.items()}
         cluster.stop()
     parts = ", ".join(f"{c} {v:.0f}" for c, v in rss.items())
     print(f"{profile_name:>6}: {profile.node_count():>5} nodes / {len(profile.classes):>2} classes "

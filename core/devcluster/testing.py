@@ -105,6 +105,34 @@ def wait_for_pod_phase(kube: Kube, namespace: str, name: str, phases: tuple[str,
     )
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone). The tests' own check, kept apart from
+    the cluster's, so a wrong liveness check in the cluster cannot pass its own tests."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in KiB (Linux /proc)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines()
+                              if line.startswith("VmRSS:")))
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, StopIteration):
+            continue
+        todo.extend(int(c) for c in children)
+    return total
+
+
 def start_cluster(workdir: Path, profile: str, timeout: float = 300) -> LocalCluster:
     """A cluster for a test session; pytest.fail (never skip) with the reason when it cannot."""
     try:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from infleet.devcluster.testing import Kube, pod_summary, wait_for_pod_phase, wait_until
+from infleet.devcluster.testing import (
+    Kube,
+    pod_summary,
+    process_alive,
+    wait_for_pod_phase,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -436,10 +440,10 @@ def test_deleting_a_running_local_pod_stops_its_process(kube: Kube, namespace: s
     )
     pod = wait_for_pod_phase(kube, namespace, "sleeper", ("Running",))
     pid = int(pod.status.container_statuses[0].container_id.removeprefix("local://"))
-    assert _process_alive(pid)
+    assert process_alive(pid)
     started = time.monotonic()
     kube.core.delete_namespaced_pod("sleeper", namespace)
-    wait_until(lambda: not _process_alive(pid), 30, f"process {pid} to stop")
+    wait_until(lambda: not process_alive(pid), 30, f"process {pid} to stop")
     assert time.monotonic() - started >= 2.5  # it got its grace period before SIGKILL
 
     def gone() -> bool:
@@ -450,15 +454,6 @@ def test_deleting_a_running_local_pod_stops_its_process(kube: Kube, namespace: s
         return False
 
     wait_until(gone, 30, "the pod object to be removed")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_pod_security_restricted_refuses_a_privileged_pod(kube: Kube, namespace: str) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
 import time
@@ -12,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from infleet.devcluster.cluster import COMPONENTS, LocalCluster
-from infleet.devcluster.testing import Kube, start_cluster, wait_for_pod_phase
+from infleet.devcluster.testing import (
+    Kube,
+    process_alive,
+    rss_kib,
+    start_cluster,
+    wait_for_pod_phase,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +29,6 @@ classes:
            computeMinor: 5}}
   - {name: x86-local, count: 1, arch: amd64, instanceType: infleet-local, executor: local}
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _port_free(port: int) -> bool:
@@ -83,28 +79,10 @@ def test_second_cluster_runs_beside_the_first_and_stop_frees_everything(
     finally:
         second.stop()
     assert set(pids) == set(COMPONENTS)
-    assert not [c for c, pid in pids.items() if _alive(pid)]
-    assert not _alive(pod_pid), "the executor left its pod's process running"
+    assert not [c for c, pid in pids.items() if process_alive(pid)]
+    assert not process_alive(pod_pid), "the executor left its pod's process running"
     assert all(_port_free(port) for port in ports.values()), ports
     assert not (second.workdir / "state.json").exists()
-
-
-def _rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in KiB."""
-    total = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(
-                next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
-            )
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (OSError, StopIteration):
-            continue
-        todo.extend(int(c) for c in children)
-    return total
 
 
 @pytest.mark.slow
@@ -125,7 +103,7 @@ def test_large_profile_comes_up_with_every_node_ready(tmp_path: Path) -> None:
         assert len(ready) == len(nodes)
         classes = {n.metadata.labels["dev.infleet.dev/fleet-class"] for n in nodes}
         assert len(classes) >= 10
-        rss = {c: _rss_kib(pid) for c, pid in cluster.state.pids.items()}
+        rss = {c: rss_kib(pid) for c, pid in cluster.state.pids.items()}
         # Numbers for the issue note (pytest -s shows them); never asserted.
         print(
             f"\nlarge profile: {len(nodes)} nodes in {len(classes)} classes Ready in "
