@@ -3,8 +3,9 @@
 Layers, from the process inwards (each imports only the ones below it):
 
     command.py    CLI entry point: ``configure``/``run``; configuration parsed in ``run()``
-    process.py    uvicorn, model loading at startup, the SIGTERM drain
-    app.py        pure-ASGI HTTP transport; the one place errors become HTTP codes
+    process.py    event loop, model loading at startup, the SIGTERM drain
+    http11.py     infleet's HTTP/1.1 server: asyncio protocol over httptools (llhttp)
+    app.py        routes, admission, infer handler; the one place errors become HTTP codes
     codec.py      v2 JSON and binary-tensor wire format <-> internal tensors
     wire.py       pydantic models of the metadata and error responses
     dataplane.py  transport-free: model registry, health, metadata, validation, infer

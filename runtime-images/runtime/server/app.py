@@ -1,9 +1,11 @@
-"""The HTTP transport: a pure ASGI application over the data plane.
+"""HTTP semantics over the data plane: routes, admission, the infer handler, status codes.
 
-No web framework and no middleware stack: the routes are few and fixed, and every
-microsecond spent here is added to every request. This module is the ONE place where errors
-become HTTP status codes (``STATUS``, looked up along the exception's MRO), so the data plane
-and the codec never mention HTTP.
+No web framework, no ASGI: the connection protocol (``http11``) hands a parsed request's
+method, path, a few headers and the body as one ``bytes`` object to this module and writes
+back the :class:`Reply`. The routes are few and fixed, and every microsecond spent here is
+added to every request. This module is the ONE place where errors become HTTP status codes
+(``STATUS``, looked up along the exception's MRO), so the data plane and the codec never
+mention HTTP.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -39,10 +40,6 @@ from infleet.runtime.server.wire import ModelReadyResponse
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 # error class -> (status, outcome label); the most specific class on the MRO wins
 STATUS: dict[type[BaseException], tuple[int, str]] = {
     PayloadTooLarge: (413, Outcome.TOO_LARGE),
@@ -57,8 +54,8 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
 
 # bodies above this are decoded in a worker thread so one huge request cannot stall the loop
 _OFFLOAD_BYTES = 1 << 20
-_JSON = b"application/json"
-_OCTET = b"application/octet-stream"
+JSON = b"application/json"
+OCTET = b"application/octet-stream"
 
 
 def status_of(error: BaseException) -> tuple[int, str]:
@@ -72,183 +69,184 @@ def status_of(error: BaseException) -> tuple[int, str]:
 class HttpLimits:
     max_body_bytes: int = 64 << 20
     max_in_flight: int = 1024
-    """Inference requests being handled at once (decode to encode); one more gets 429."""
+    """Inference requests being handled at once (headers read to response written); one
+    more gets 429."""
     max_buffered_bytes: int = 512 << 20
     """Request bodies held in memory at once, all requests together; beyond it, 429. With
     the per-request cap this bounds memory where the request count alone would not."""
+    max_url_bytes: int = 8 << 10
+    """A longer request target gets 414."""
+    max_header_bytes: int = 64 << 10
+    """All header names and values of one request together; more (or more than
+    ``max_headers`` fields) gets 431."""
+    max_headers: int = 100
+    keep_alive_s: float = 5.0
+    """An idle keep-alive connection (no request begun) is closed after this."""
+    read_timeout_s: float = 30.0
+    """A request must arrive in full (headers and body) within this of its first byte;
+    otherwise 408 and the connection is closed (slow clients cannot hold a slot forever)."""
 
 
-class _ClientGone(Exception):
-    """The client disconnected before sending its whole body."""
+class Reply(NamedTuple):
+    """A response: status, content type, extra header lines (``name: value\\r\\n`` each)
+    and the body. ``http11`` adds the length, date and connection headers."""
+
+    status: int
+    content_type: bytes
+    headers: bytes
+    body: bytes
 
 
-class ServerApp:
-    """ASGI callable. ``startup`` runs in the lifespan startup (it loads the models)."""
+class Infer(NamedTuple):
+    """The route of an inference request (POST .../infer)."""
 
-    def __init__(
-        self,
-        dataplane: DataPlane,
-        limits: HttpLimits | None = None,
-        startup: Callable[[], Awaitable[None]] | None = None,
-        shutdown: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
+    name: str
+    version: str | None
+
+
+def json_reply(status: int, document: BaseModel | dict[str, Any], headers: bytes = b"") -> Reply:
+    body = dumps(document.model_dump() if isinstance(document, BaseModel) else document)
+    return Reply(status, JSON, headers, body)
+
+
+def error_reply(status: int, message: str, headers: bytes = b"") -> Reply:
+    return Reply(status, JSON, headers, dumps({"error": message}))
+
+
+class HttpApp:
+    """Routes, admission and the infer handler; shared by every connection."""
+
+    def __init__(self, dataplane: DataPlane, limits: HttpLimits | None = None) -> None:
         self.dataplane = dataplane
         self.limits = limits or HttpLimits()
-        self._startup = startup
-        self._shutdown = shutdown
         self._m = dataplane.metrics
         self._m.in_flight.set_function(lambda: dataplane.in_flight)
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._buffered = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self._startup is not None:
-                    await self._startup()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self._shutdown is not None:
-                    await self._shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        self.buffered = 0
+        """Bytes of request bodies reserved by the requests being read or handled."""
 
     # --- routing --------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method: str = scope["method"]
-        parts = scope["path"].strip("/").split("/")
+    def route(self, method: str, path: str) -> Reply | Infer:
+        """The reply of a route answered at once, or the target of an inference request."""
+        parts = path.strip("/").split("/")
         if parts[0] == "v2":
             if len(parts) >= 3 and parts[1] == "models":
-                await self._model_route(method, parts[2:], scope, receive, send)
-                return
+                return self._model_route(method, parts[2:], path)
             if method == "GET" and len(parts) == 1:
-                await self._json(send, 200, self.dataplane.server_metadata())
-                return
+                return json_reply(200, self.dataplane.server_metadata())
             if method == "GET" and len(parts) == 3 and parts[1] == "health":
                 if parts[2] == "live":
-                    await self._json(send, 200, {"live": self.dataplane.live()})
-                    return
+                    return json_reply(200, {"live": self.dataplane.live()})
                 if parts[2] == "ready":
                     ready = self.dataplane.ready()
-                    await self._json(send, 200 if ready else 503, {"ready": ready})
-                    return
+                    return json_reply(200 if ready else 503, {"ready": ready})
         elif parts == ["metrics"] and method == "GET":
-            await _respond(send, 200, self._m.exposition(), self._m.content_type.encode())
-            return
-        await self._json(send, 404, {"error": f"no route {method} {scope['path']}"})
+            return Reply(200, self._m.content_type.encode(), b"", self._m.exposition())
+        return error_reply(404, f"no route {method} {path}")
 
-    async def _model_route(
-        self, method: str, rest: list[str], scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    def _model_route(self, method: str, rest: list[str], path: str) -> Reply | Infer:
         name, version = rest[0], None
         rest = rest[1:]
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
         action = rest[0] if len(rest) == 1 else "" if not rest else None
+        if action == "infer":
+            if method != "POST":
+                return error_reply(405, "use POST for infer", b"allow: POST\r\n")
+            return Infer(name, version)
+        if method != "GET" or action not in ("", "ready"):
+            return error_reply(404, f"no route {method} {path}")
         try:
-            if action == "infer":
-                if method != "POST":
-                    await self._json(send, 405, {"error": "use POST for infer"})
-                    return
-                await self._infer(name, version, scope, receive, send)
-                return
-            if method != "GET" or action not in ("", "ready"):
-                await self._json(send, 404, {"error": f"no route {method} {scope['path']}"})
-                return
             if action == "ready":
                 ready = self.dataplane.model_ready(name, version)
-                body = ModelReadyResponse(name=name, ready=ready)
-                await self._json(send, 200 if ready else 503, body)
-            else:
-                await self._json(send, 200, self.dataplane.model_metadata(name, version))
+                return json_reply(200 if ready else 503, ModelReadyResponse(name=name, ready=ready))
+            return json_reply(200, self.dataplane.model_metadata(name, version))
         except ServeError as e:
-            status, _ = status_of(e)
-            await self._json(send, status, {"error": str(e)})
+            return error_reply(status_of(e)[0], str(e))
 
     # --- infer ----------------------------------------------------------------------
 
-    async def _infer(
-        self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        # The hot path: every line here is paid per request, so headers are scanned once for
-        # the three that matter, metric children are cached, and a request id is generated
-        # only when the client sent none and one is needed (an error to log).
-        started = time.perf_counter()
-        content_length = header_length = client_id = None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                content_length = value
-            elif key == b"inference-header-content-length":
-                header_length = value
-            elif key == b"x-request-id":
-                client_id = value.decode("latin-1")
+    def admit(self, declared: int | None) -> int:
+        """Let an inference request in once its headers are read, before any body byte.
+
+        Counts it in flight and reserves its declared body size from the shared budget;
+        returns the bytes reserved. Raises (and holds nothing) when it must be refused:
+        draining (503), too many in flight or too many bytes buffered (429), a declared
+        body above the cap (413). A request let in before a drain began is served to the
+        end even if its body is still arriving when SIGTERM comes.
+        """
         dataplane = self.dataplane
-        outcome = Outcome.SUCCESS
-        admitted = False
-        held = [0]  # body bytes this request reserved from the shared budget
-        try:
-            dataplane.admit()
-            # counted only once admitted: refused requests must not hold a drain open
-            dataplane.in_flight += 1
-            admitted = True
-            if dataplane.in_flight > self.limits.max_in_flight:
-                raise Overloaded(
-                    f"{self.limits.max_in_flight} inference requests are in flight; retry later"
+        dataplane.admit()
+        limits = self.limits
+        if dataplane.in_flight >= limits.max_in_flight:
+            raise Overloaded(
+                f"{limits.max_in_flight} inference requests are in flight; retry later"
+            )
+        held = 0
+        if declared is not None:
+            if declared > limits.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"the body has {declared} bytes; the limit is {limits.max_body_bytes}"
                 )
-            body = await self._read_body(content_length, receive, held)
+            self.reserve(0, declared)
+            held = declared
+        dataplane.in_flight += 1
+        return held
+
+    def reserve(self, held: int, size: int) -> None:
+        """Grow a request's reservation from ``held`` to ``size`` bytes, or raise 429."""
+        if size > self.limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the body is above the limit of {self.limits.max_body_bytes} bytes"
+            )
+        extra = size - held
+        if self.buffered + extra > self.limits.max_buffered_bytes:
+            raise Overloaded(f"{self.buffered} bytes of request bodies are buffered; retry later")
+        self.buffered += extra
+
+    def release(self, held: int, admitted: bool) -> None:
+        self.buffered -= held
+        if admitted:
+            self.dataplane.in_flight -= 1
+
+    async def infer(
+        self, target: Infer, body: bytes, header_length: bytes | None, client_id: bytes | None
+    ) -> tuple[Reply, str]:
+        """Decode, run and encode one admitted inference request: (reply, outcome)."""
+        try:
             length = _header_length(header_length)
             if len(body) > _OFFLOAD_BYTES:
                 request = await asyncio.to_thread(decode_infer_request, body, length)
             else:
                 request = decode_infer_request(body, length)
-            response = await dataplane.infer(name, version, request)
+            response = await self.dataplane.infer(target.name, target.version, request)
             payload, json_length = encode_infer_response(response, request)
-            extra = [(b"x-request-id", client_id.encode("latin-1"))] if client_id else []
-            if json_length is not None:
-                extra.append((b"inference-header-content-length", str(json_length).encode()))
-                content_type = _OCTET
-            else:
-                content_type = _JSON
-            await _respond(send, 200, payload, content_type, extra, close=dataplane.draining)
-        except _ClientGone:
-            outcome = Outcome.CLIENT_ERROR
         except Exception as e:
-            status, outcome = status_of(e)
-            request_id = client_id or uuid.uuid4().hex
-            if status >= 500 and not isinstance(e, Unavailable):
-                log.error("request %s to model %r failed", request_id, name, exc_info=e)
-                message = f"internal error (request id {request_id}); see the server log"
-                if isinstance(e, ServeError):
-                    message = f"{e} (request id {request_id})"
-            else:
-                message = str(e)
-            extra = [(b"x-request-id", request_id.encode("latin-1"))]
-            if isinstance(e, Unavailable):
-                extra.append((b"retry-after", str(e.retry_after_s).encode()))
-            await _respond(
-                send,
-                status,
-                dumps({"error": message}),
-                _JSON,
-                extra,
-                close=dataplane.draining or status == 413,
-            )
-        finally:
-            if admitted:
-                dataplane.in_flight -= 1
-            self._buffered -= held[0]
-            self._record(name, outcome, time.perf_counter() - started)
+            return self.failure(target.name, e, client_id)
+        extra = b"x-request-id: %s\r\n" % client_id if client_id else b""
+        if json_length is not None:
+            extra += b"inference-header-content-length: %d\r\n" % json_length
+            return Reply(200, OCTET, extra, payload), Outcome.SUCCESS
+        return Reply(200, JSON, extra, payload), Outcome.SUCCESS
 
-    def _record(self, name: str, outcome: str, seconds: float) -> None:
+    def failure(self, name: str, error: Exception, client_id: bytes | None) -> tuple[Reply, str]:
+        """The reply to a failed inference request; faults are logged with the request id."""
+        status, outcome = status_of(error)
+        request_id = client_id.decode("latin-1") if client_id else uuid.uuid4().hex
+        if status >= 500 and not isinstance(error, Unavailable):
+            log.error("request %s to model %r failed", request_id, name, exc_info=error)
+            message = f"internal error (request id {request_id}); see the server log"
+            if isinstance(error, ServeError):
+                message = f"{error} (request id {request_id})"
+        else:
+            message = str(error)
+        extra = b"x-request-id: %s\r\n" % request_id.encode("latin-1")
+        if isinstance(error, Unavailable):
+            extra += b"retry-after: %d\r\n" % error.retry_after_s
+        return error_reply(status, message, extra), outcome
+
+    def record(self, name: str, outcome: str, started: float) -> None:
         key = (name, outcome)
         children = self._children.get(key)
         if children is None:
@@ -261,43 +259,7 @@ class ServerApp:
             if label != "_unknown":
                 self._children[key] = children
         children[0].inc()
-        children[1].observe(seconds)
-
-    def _reserve(self, held: list[int], size: int) -> None:
-        if size > held[0]:
-            extra = size - held[0]
-            if self._buffered + extra > self.limits.max_buffered_bytes:
-                raise Overloaded(
-                    f"{self._buffered} bytes of request bodies are buffered; retry later"
-                )
-            self._buffered += extra
-            held[0] = size
-
-    async def _read_body(self, declared: bytes | None, receive: Receive, held: list[int]) -> bytes:
-        limit = self.limits.max_body_bytes
-        if declared is not None and declared.isdigit():
-            if int(declared) > limit:
-                raise PayloadTooLarge(f"the body has {int(declared)} bytes; the limit is {limit}")
-            self._reserve(held, int(declared))  # refuse before reading a byte
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the body is above the limit of {limit} bytes")
-            self._reserve(held, size)  # chunked bodies: reserve as they grow
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @staticmethod
-    async def _json(send: Send, status: int, document: BaseModel | dict[str, Any]) -> None:
-        body = dumps(document.model_dump() if isinstance(document, BaseModel) else document)
-        await _respond(send, status, body, _JSON)
+        children[1].observe(time.perf_counter() - started)
 
 
 def _header_length(raw: bytes | None) -> int | None:
@@ -307,21 +269,3 @@ def _header_length(raw: bytes | None) -> int | None:
         text = raw.decode("latin-1")
         raise InvalidInput(f"Inference-Header-Content-Length must be an integer, not {text!r}")
     return int(raw)
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes,
-    extra: list[tuple[bytes, bytes]] | None = None,
-    *,
-    close: bool = False,
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
-    if close:  # draining or an unread body: do not keep this connection
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -70,6 +70,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1024,
         help="inference requests handled at once; more get 429 (default: 1024)",
     )
+    net.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=5.0,
+        help="close a keep-alive connection idle for this long (default: 5)",
+    )
+    net.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=30.0,
+        help="a request must arrive in full within this of its first byte, else 408 (default: 30)",
+    )
     b = parser.add_argument_group("batching")
     b.add_argument(
         "--max-batch-size",
@@ -130,6 +142,8 @@ class ServeConfig:
     batch_size_given: bool
     engine: EngineOptions
     drain_timeout_s: float
+    keep_alive_s: float = 5.0
+    read_timeout_s: float = 30.0
 
 
 def parse_config(args: argparse.Namespace) -> ServeConfig:
@@ -154,6 +168,8 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError(str(e)) from None
     if args.max_in_flight < 1 or args.max_body_mb <= 0 or not 0 <= args.port < 65536:
         raise ConfigError("--max-in-flight, --max-body-mb and --port must be positive")
+    if args.keep_alive_s <= 0 or args.read_timeout_s <= 0:
+        raise ConfigError("--keep-alive-s and --read-timeout-s must be positive")
     if args.max_buffer_mb < args.max_body_mb:
         raise ConfigError("--max-buffer-mb must be at least --max-body-mb")
     return ServeConfig(
@@ -169,6 +185,8 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         batch_size_given=args.max_batch_size is not None,
         engine=EngineOptions(threads=args.threads, device=args.device, spin=args.spin),
         drain_timeout_s=args.drain_timeout_s,
+        keep_alive_s=args.keep_alive_s,
+        read_timeout_s=args.read_timeout_s,
     )
 
 

@@ -1,7 +1,5 @@
-"""The server process: uvicorn, model loading at startup, and the SIGTERM drain.
-
-Imported only by ``infleet serve`` (it pulls uvicorn in at module level).
-"""
+"""The server process: the event loop (uvloop when installed), infleet's HTTP server,
+model loading at startup, and the SIGTERM drain."""
 
 from __future__ import annotations
 
@@ -13,67 +11,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
-import uvicorn
-
 from infleet.runtime.manifest import EngineManifest
-from infleet.runtime.server.app import HttpLimits, ServerApp
+from infleet.runtime.server.app import HttpApp, HttpLimits
 from infleet.runtime.server.batcher import BatchPolicy
 from infleet.runtime.server.command import ServeConfig
 from infleet.runtime.server.dataplane import DataPlane
 from infleet.runtime.server.engines import load_engine
 from infleet.runtime.server.errors import ServeError
+from infleet.runtime.server.http11 import HttpServer
 
 log = logging.getLogger("infleet.serve")
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's Server with a graceful drain on SIGTERM/SIGINT instead of a prompt stop.
-
-    uvicorn's own handler stops accepting at once and, after shutting down, re-raises the
-    signal, so the process dies by SIGTERM (status 143). Here the first signal turns
-    readiness false and refuses new inference requests with 503 while the requests in
-    flight finish; then uvicorn shuts down normally and the process exits 0. A second
-    Ctrl-C exits at once.
-    """
-
-    def __init__(self, config: uvicorn.Config, dataplane: DataPlane, drain_timeout_s: float):
-        super().__init__(config)
-        self.dataplane = dataplane
-        self.drain_timeout_s = drain_timeout_s
-        self.loading: asyncio.Task[None] | None = None
-        self._draining: asyncio.Task[None] | None = None
-        self._drain_started = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_started:
-            if sig == signal.SIGINT:
-                self.force_exit = self.should_exit = True
-            return
-        self._drain_started = True
-        log.info("signal %d: draining (not ready; new requests get 503)", sig)
-        self.dataplane.begin_drain()
-        if self._loop is None:
-            self.should_exit = True
-        else:
-            self._loop.call_soon_threadsafe(self._start_drain)
-
-    def _start_drain(self) -> None:
-        self._draining = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        if await self.dataplane.wait_drained(self.drain_timeout_s):
-            log.info("drained; exiting")
-        else:
-            log.warning("drain timeout: %d requests still in flight", self.dataplane.in_flight)
-        self.should_exit = True
 
 
 async def load_model(
@@ -104,9 +53,37 @@ async def load_model(
     )
 
 
-def serve(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> int:
+def serve(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> NoReturn:
+    """Serve until SIGTERM/SIGINT has drained the requests in flight, then exit the process."""
+    try:
+        import uvloop
+    except ImportError:  # optional: the stock loop works, slower
+        code = asyncio.run(_main(config, manifests))
+    else:
+        code = uvloop.run(_main(config, manifests))
+    exit_now(code)
+
+
+async def _main(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> int:
+    loop = asyncio.get_running_loop()
     dataplane = DataPlane()
+    limits = HttpLimits(
+        max_body_bytes=config.max_body_bytes,
+        max_in_flight=config.max_in_flight,
+        max_buffered_bytes=config.max_buffered_bytes,
+        keep_alive_s=config.keep_alive_s,
+        read_timeout_s=config.read_timeout_s,
+    )
+    server = HttpServer(HttpApp(dataplane, limits))
+    try:
+        await server.start(config.host, config.port)
+    except OSError as e:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, e.strerror or e)
+        return 1
+    log.info("listening on http://%s:%d", config.host, server.port)
+    stop = asyncio.Event()
     failures: list[BaseException] = []
+    signals: list[int] = []
 
     async def load_all() -> None:
         try:
@@ -116,40 +93,36 @@ def serve(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> 
         except Exception as e:  # reported, then the server stops and exits 1
             log.error("loading failed: %s", e, exc_info=not isinstance(e, ServeError))
             failures.append(e)
-            server.should_exit = True
+            stop.set()
 
-    async def startup() -> None:
-        server.loading = asyncio.get_running_loop().create_task(load_all())
+    async def drain() -> None:
+        if await dataplane.wait_drained(config.drain_timeout_s):
+            log.info("drained; exiting")
+        else:
+            log.warning("drain timeout: %d requests still in flight", dataplane.in_flight)
+        stop.set()
 
-    async def shutdown() -> None:
-        if server.loading is not None and not server.loading.done():
-            server.loading.cancel()
-        dataplane.close()
+    def on_signal(sig: int) -> None:
+        # The first signal drains: readiness false, new inference requests 503 (and every
+        # answer closes its connection), in-flight requests finish. A second Ctrl-C exits.
+        signals.append(sig)
+        if len(signals) == 1:
+            log.info("signal %d: draining (not ready; new requests get 503)", sig)
+            dataplane.begin_drain()
+            tasks.append(loop.create_task(drain()))
+        elif sig == signal.SIGINT:
+            log.warning("second interrupt: exiting without waiting")
+            stop.set()
 
-    app = ServerApp(
-        dataplane,
-        HttpLimits(
-            max_body_bytes=config.max_body_bytes,
-            max_in_flight=config.max_in_flight,
-            max_buffered_bytes=config.max_buffered_bytes,
-        ),
-        startup=startup,
-        shutdown=shutdown,
-    )
-    uv_config = uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        lifespan="on",
-        access_log=False,
-        log_config=None,  # keep the CLI's logging setup
-        proxy_headers=False,  # client addresses are not used; skip the per-request middleware
-        server_header=False,
-        timeout_graceful_shutdown=int(config.drain_timeout_s) + 1,
-    )
-    server = DrainingServer(uv_config, dataplane, config.drain_timeout_s)
-    server.run()
-    exit_now(1 if failures else 0)
+    tasks = [loop.create_task(load_all())]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await server.close(timeout_s=2.0)
+    await asyncio.to_thread(dataplane.close)
+    return 1 if failures else 0
 
 
 def exit_now(code: int) -> NoReturn:
