@@ -38,8 +38,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, args: list[str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -51,8 +51,7 @@ class ServerProcess:
                 "serve",
                 "--host",
                 "127.0.0.1",
-                "--port",
-                str(self.port),
+                *([] if "--port" in args else ["--port", str(self.port)]),
                 *args,
             ],
             stdout=self._log,

@@ -10,7 +10,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from serve_harness import ServerProcess, json_input
+from serve_harness import ServerProcess, free_port, json_input
 
 from infleet.runtime.server import samples
 
@@ -146,3 +146,31 @@ def test_bad_arguments_fail_before_binding_with_one_line(tmp_path) -> None:
         )
         assert out.returncode == 1, out.stderr
         assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_workers_share_the_port_and_drain_together(slow_dir, tmp_path) -> None:
+    port = free_port()
+    server = ServerProcess(
+        ["--engine-dir", str(slow_dir), "--workers", "2", "--port", str(port)],
+        tmp_path / "serve.log",
+        port=port,
+    )
+    try:
+        server.wait_ready()
+        deadline = time.monotonic() + 60
+        while server.log().count("ready: slow") < 2:  # both workers loaded
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+
+        async def main() -> list[tuple[httpx.Response, float]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+                return await asyncio.gather(*(_post(c, float(i)) for i in range(8)))
+
+        results = asyncio.run(main())
+        assert [r.status_code for r, _ in results] == [200] * 8
+        assert "2 workers (" in server.log()
+        server.sigterm()
+        assert server.proc.wait(30) == 0, server.log()
+        assert server.log().count("drained") == 2
+    finally:
+        server.stop()

@@ -82,6 +82,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="a request must arrive in full within this of its first byte, else 408 (default: 30)",
     )
+    net.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the port (SO_REUSEPORT), each with its own engine; "
+        "--threads defaults to cores / workers (default: 1)",
+    )
     b = parser.add_argument_group("batching")
     b.add_argument(
         "--max-batch-size",
@@ -144,6 +151,7 @@ class ServeConfig:
     drain_timeout_s: float
     keep_alive_s: float = 5.0
     read_timeout_s: float = 30.0
+    workers: int = 1
 
 
 def parse_config(args: argparse.Namespace) -> ServeConfig:
@@ -168,6 +176,8 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError(str(e)) from None
     if args.max_in_flight < 1 or args.max_body_mb <= 0 or not 0 <= args.port < 65536:
         raise ConfigError("--max-in-flight, --max-body-mb and --port must be positive")
+    if args.workers < 1 or (args.workers > 1 and args.port == 0):
+        raise ConfigError("--workers must be at least 1, and needs a fixed --port above 1")
     if args.keep_alive_s <= 0 or args.read_timeout_s <= 0:
         raise ConfigError("--keep-alive-s and --read-timeout-s must be positive")
     if args.max_buffer_mb < args.max_body_mb:
@@ -187,6 +197,7 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         drain_timeout_s=args.drain_timeout_s,
         keep_alive_s=args.keep_alive_s,
         read_timeout_s=args.read_timeout_s,
+        workers=args.workers,
     )
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -55,6 +56,12 @@ async def load_model(
 
 def serve(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> NoReturn:
     """Serve until SIGTERM/SIGINT has drained the requests in flight, then exit the process."""
+    if config.workers > 1:
+        exit_now(_supervise(config, manifests))
+    _serve_here(config, manifests)
+
+
+def _serve_here(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> NoReturn:
     try:
         import uvloop
     except ImportError:  # optional: the stock loop works, slower
@@ -76,7 +83,7 @@ async def _main(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]
     )
     server = HttpServer(HttpApp(dataplane, limits))
     try:
-        await server.start(config.host, config.port)
+        await server.start(config.host, config.port, reuse_port=config.workers > 1)
     except OSError as e:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, e.strerror or e)
         return 1
@@ -123,6 +130,51 @@ async def _main(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]
     await server.close(timeout_s=2.0)
     await asyncio.to_thread(dataplane.close)
     return 1 if failures else 0
+
+
+def _supervise(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> int:
+    """``--workers N``: N forked server processes, each with its own engine and event loop,
+    on one port (SO_REUSEPORT: the kernel spreads connections). Nothing is loaded before the
+    fork. SIGTERM/SIGINT are passed on (each worker drains); the exit status is the first
+    non-zero one. A worker that exits on its own stops the others."""
+    threads = config.engine.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    worker = replace(config, engine=replace(config.engine, threads=threads))
+    children: list[int] = []
+    stopping = False
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker sets its own handlers on its loop
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _serve_here(worker, manifests)
+        children.append(pid)
+        if stopping:
+            forward(signal.SIGTERM, None)
+            break
+    log.info("%d workers (%d engine threads each): %s", len(children), threads, children)
+    code = 0
+    while children:
+        pid, status = os.wait()
+        if pid not in children:
+            continue
+        children.remove(pid)
+        exit_code = os.waitstatus_to_exitcode(status)
+        if exit_code != 0:
+            log.error("worker %d exited with %d", pid, exit_code)
+            code = code or (exit_code if exit_code > 0 else 1)
+        if not stopping:  # one worker gone on its own: stop the rest
+            forward(signal.SIGTERM, None)
+    return code
 
 
 def exit_now(code: int) -> NoReturn:
