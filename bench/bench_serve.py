@@ -325,7 +325,9 @@ def main() -> int:
                 *("--max-batch-size", str(args.max_batch_size)),
                 *("--max-queue-delay-ms", str(args.max_queue_delay_ms)),
                 *("--max-queue-size", "4096", "--max-in-flight", "8192"),
-                *("--threads", str(threads), *shlex.split(extra)),
+                # the server's own default: the CPUs it may use, shared among its workers
+                *(("--threads", str(args.threads)) if args.threads else ()),
+                *shlex.split(extra),
             ]
             name = f"infleet serve {extra}".strip() if extra else "infleet serve"
             results += run_server_levels(

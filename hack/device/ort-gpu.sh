@@ -7,7 +7,10 @@
 # There: each call but the last copies its piece into /tmp/stage (`cp .device/pK/* /tmp/stage/`);
 # the last one runs
 #     hack/device/ort-gpu.sh run [OUTDIR]    -> joins, verifies sha256, installs under /tmp,
-#                                                runs bench/gpu_onnxruntime.py (+ bench_serve)
+#                                                runs bench/gpu_onnxruntime.py (GPU_BENCH=0
+#                                                skips it), bench_serve on the GPU (SERVE_BENCH=0
+#                                                skips it) and, with CPU_BENCH=1, bench_serve on
+#                                                2 pinned cores with the machine's CPU ORT
 # CI has no GPU and never runs this.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +28,8 @@ pack() {
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .device/payload/whl \
         pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
-        uvicorn==0.54.0 httptools==0.9.0 orjson==3.13.0 typing_extensions==4.16.0
+        uvloop==0.23.0 httptools==0.9.0 orjson==3.13.0 typing_extensions==4.16.0 \
+        prometheus_client==0.26.0
     $py -c "
 from pathlib import Path
 from infleet.runtime.zoo import efficientnet_lite0, minilm_l6
@@ -68,11 +72,23 @@ run() {
     export PYTHONPATH=/tmp/ortgpu:/tmp/site:/tmp/infleet PATH=/tmp/infleet/bin:$PATH
     export PYTHONUNBUFFERED=1
     set -o pipefail
-    python3 bench/gpu_onnxruntime.py --models /tmp/payload/models --json "$out/gpu.json" \
-        2>&1 | tee "$out/gpu.log" || echo "gpu_onnxruntime.py failed: $?"
-    if [ "${SERVE_BENCH:-1}" = 1 ]; then
-        timeout 150 python3 bench/bench_serve.py --skip kserve --levels 1,16,64 --seconds 2 \
-            --warmup 0.5 --json "$out/serve.json" 2>&1 | tee "$out/serve.log" || true
+    if [ "${GPU_BENCH:-1}" = 1 ]; then
+        python3 bench/gpu_onnxruntime.py --models /tmp/payload/models --json "$out/gpu.json" \
+            2>&1 | tee "$out/gpu.log" || echo "gpu_onnxruntime.py failed: $?"
+    fi
+    if [ "${SERVE_BENCH:-1}" = 1 ]; then  # the sample CNN served from the GPU
+        timeout 240 python3 bench/bench_serve.py --model small --skip kserve --seconds 3 \
+            --serve-args "" --serve-args "--workers 2" --json "$out/serve-gpu.json" 2>&1 |
+            tee "$out/serve-gpu.log" || true
+    fi
+    if [ "${CPU_BENCH:-0}" = 1 ]; then  # CPU only (the machine's own onnxruntime), pinned
+        for model in medium small; do
+            PYTHONPATH=/tmp/site:/tmp/infleet timeout 280 python3 bench/bench_serve.py \
+                --model "$model" --skip kserve --seconds 3 --server-cpus 0-1 --client-cpus 2-3 \
+                --threads 2 --serve-args "" --serve-args "--workers 2 --threads 1" \
+                --json "$out/serve-cpu-$model.json" \
+                2>&1 | tee "$out/serve-cpu-$model.log" || true
+        done
     fi
 }
 
