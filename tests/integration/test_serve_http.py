@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
 
 import httpx
 import numpy as np
@@ -20,6 +18,7 @@ from serve_harness import (
     binary_body,
     decode_response,
     json_input,
+    promtool_check,
 )
 
 from infleet.runtime.server import samples
@@ -353,12 +352,7 @@ def test_metrics_are_exposed_and_pass_promtool(client) -> None:
         if s.labels.get("model") == "identity_int8" and s.name.endswith("_total")
     }
     assert {"success", "client_error"} <= outcomes
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: install the Debian package 'prometheus'"
-    lint = subprocess.run(
-        [promtool, "check", "metrics"], input=response.content, capture_output=True
-    )
-    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+    promtool_check(response.content)  # --workers N: tests/integration/test_serve_workers.py
 
 
 # --- abuse -------------------------------------------------------------------------------

@@ -120,7 +120,9 @@ class HttpApp:
         self.dataplane = dataplane
         self.limits = limits or HttpLimits()
         self._m = dataplane.metrics
-        self._m.in_flight.set_function(lambda: dataplane.in_flight)
+        # moved with dataplane.in_flight in admit/release (a callback read at scrape time
+        # cannot work with --workers N: each worker's value must be in its metrics file)
+        self._in_flight = self._m.in_flight
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.buffered = 0
         """Bytes of request bodies reserved by the requests being read or handled."""
@@ -192,6 +194,7 @@ class HttpApp:
             self.reserve(0, declared)
             held = declared
         dataplane.in_flight += 1
+        self._in_flight.inc()
         return held
 
     def reserve(self, held: int, size: int) -> None:
@@ -209,6 +212,7 @@ class HttpApp:
         self.buffered -= held
         if admitted:
             self.dataplane.in_flight -= 1
+            self._in_flight.dec()
 
     async def infer(
         self, target: Infer, body: bytes, header_length: bytes | None, client_id: bytes | None

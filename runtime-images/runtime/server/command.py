@@ -89,6 +89,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="server processes on the port (SO_REUSEPORT), each with its own engine; "
         "--threads defaults to cores / workers (default: 1)",
     )
+    net.add_argument(
+        "--metrics-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --workers above 1: where the workers keep their metric files, summed by "
+        "every /metrics; must be empty or absent, emptied at exit (default: a fresh "
+        "directory under $TMPDIR, removed at exit)",
+    )
     b = parser.add_argument_group("batching")
     b.add_argument(
         "--max-batch-size",
@@ -152,6 +161,7 @@ class ServeConfig:
     keep_alive_s: float = 5.0
     read_timeout_s: float = 30.0
     workers: int = 1
+    metrics_dir: Path | None = None
 
 
 def parse_config(args: argparse.Namespace) -> ServeConfig:
@@ -178,6 +188,14 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("--max-in-flight, --max-body-mb and --port must be positive")
     if args.workers < 1 or (args.workers > 1 and args.port == 0):
         raise ConfigError("--workers must be at least 1, and needs a fixed --port above 1")
+    if args.metrics_dir is not None:
+        from infleet.runtime.server.workers import check_metrics_dir
+
+        if args.workers < 2:
+            raise ConfigError("--metrics-dir only works with --workers above 1")
+        problem = check_metrics_dir(args.metrics_dir)
+        if problem:
+            raise ConfigError(f"--metrics-dir: {problem}")
     if args.keep_alive_s <= 0 or args.read_timeout_s <= 0:
         raise ConfigError("--keep-alive-s and --read-timeout-s must be positive")
     if args.max_buffer_mb < args.max_body_mb:
@@ -198,6 +216,7 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         keep_alive_s=args.keep_alive_s,
         read_timeout_s=args.read_timeout_s,
         workers=args.workers,
+        metrics_dir=args.metrics_dir,
     )
 
 
@@ -216,8 +235,13 @@ def read_manifest(path: Path) -> EngineManifest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infleet.runtime.server.process import serve
+    from infleet.runtime.server.workers import use_metrics_dir
 
     config = parse_config(args)
     manifests = [(path, read_manifest(path)) for path in config.manifests]  # fail before binding
-    return serve(config, manifests)
+    # Before the import below, which is the first of prometheus_client: the library picks
+    # per-process or file-backed (--workers N) values once, at import, from the environment.
+    metrics_dir = use_metrics_dir(config.workers, config.metrics_dir)
+    from infleet.runtime.server.process import serve
+
+    return serve(config, manifests, metrics_dir)

@@ -33,6 +33,7 @@ from infleet.runtime.server.wire import (
     ModelMetadataResponse,
     ServerMetadataResponse,
 )
+from infleet.runtime.server.workers import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class ServedModel:
     engine: EngineRuntime
     batcher: Batcher
     ready: bool = False
+    index: int = 0
+    """Its place in the registration order (the manifests' order, the same in every worker)."""
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
 
@@ -65,8 +68,11 @@ def is_batchable(engine: EngineRuntime) -> bool:
 
 
 class DataPlane:
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, peers: WorkerSlot | None = None) -> None:
+        """``peers``: this process is one worker of ``--workers N``; readiness is then the
+        pod's (every worker's), read from the shared board. None for a lone server."""
         self.metrics = metrics or Metrics()
+        self.peers = peers
         self._models: dict[str, ServedModel] = {}
         self._draining = False
         self.in_flight = 0
@@ -96,7 +102,7 @@ class DataPlane:
             observer=self.metrics.observer(name),
             name=name,
         )
-        model = ServedModel(name, version, manifest, engine, batcher)
+        model = ServedModel(name, version, manifest, engine, batcher, index=len(self._models))
         self._models[name] = model
         return model
 
@@ -128,7 +134,10 @@ class DataPlane:
             }
             await model.batcher.submit(feed)
         model.ready = True
-        self.metrics.ready.set(1 if self.ready() else 0)
+        if self.peers is not None and not self._draining:
+            self.peers.set_model(model.index, True)
+        # this worker's own readiness: with --workers N the gauge's merge is the minimum
+        self.metrics.ready.set(1 if self._ready_here() else 0)
 
     # --- health and metadata --------------------------------------------------------
 
@@ -136,6 +145,10 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
+        """Ready for inference: every model warm and not draining, in every worker."""
+        return self._ready_here() and (self.peers is None or self.peers.all_ready())
+
+    def _ready_here(self) -> bool:
         return (
             not self._draining
             and bool(self._models)
@@ -143,7 +156,12 @@ class DataPlane:
         )
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        return self.get_model(name, version).ready and not self._draining
+        model = self.get_model(name, version)
+        return (
+            model.ready
+            and not self._draining
+            and (self.peers is None or self.peers.model_ready(model.index))
+        )
 
     def server_metadata(self) -> ServerMetadataResponse:
         return ServerMetadataResponse(name="infleet", version=__version__, extensions=EXTENSIONS)
@@ -196,6 +214,8 @@ class DataPlane:
     def begin_drain(self) -> None:
         """Readiness turns false and new inference requests are refused from now on."""
         self._draining = True
+        if self.peers is not None:
+            self.peers.clear()
         self.metrics.ready.set(0)
 
     async def wait_drained(self, timeout_s: float) -> bool:

@@ -22,6 +22,8 @@ from infleet.runtime.server.dataplane import DataPlane
 from infleet.runtime.server.engines import load_engine
 from infleet.runtime.server.errors import ServeError
 from infleet.runtime.server.http11 import HttpServer
+from infleet.runtime.server.metrics import Metrics, multiprocess_values
+from infleet.runtime.server.workers import MetricsDir, ReadyBoard, WorkerSlot, slow_load_fault
 
 log = logging.getLogger("infleet.serve")
 
@@ -54,26 +56,48 @@ async def load_model(
     )
 
 
-def serve(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> NoReturn:
-    """Serve until SIGTERM/SIGINT has drained the requests in flight, then exit the process."""
+def serve(
+    config: ServeConfig,
+    manifests: list[tuple[Path, EngineManifest]],
+    metrics_dir: MetricsDir | None = None,
+) -> NoReturn:
+    """Serve until SIGTERM/SIGINT has drained the requests in flight, then exit the process.
+
+    ``metrics_dir``: with ``--workers N``, the directory :func:`use_metrics_dir
+    <infleet.runtime.server.workers.use_metrics_dir>` set up before prometheus_client was
+    imported; it is removed at exit."""
     if config.workers > 1:
-        exit_now(_supervise(config, manifests))
+        if metrics_dir is None:
+            raise ValueError("--workers above 1 needs the metrics directory of use_metrics_dir")
+        try:
+            code = _supervise(config, manifests, metrics_dir)
+        finally:
+            metrics_dir.remove()
+        exit_now(code)
     _serve_here(config, manifests)
 
 
-def _serve_here(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> NoReturn:
+def _serve_here(
+    config: ServeConfig,
+    manifests: list[tuple[Path, EngineManifest]],
+    peers: WorkerSlot | None = None,
+) -> NoReturn:
     try:
         import uvloop
     except ImportError:  # optional: the stock loop works, slower
-        code = asyncio.run(_main(config, manifests))
+        code = asyncio.run(_main(config, manifests, peers))
     else:
-        code = uvloop.run(_main(config, manifests))
+        code = uvloop.run(_main(config, manifests, peers))
     exit_now(code)
 
 
-async def _main(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> int:
+async def _main(
+    config: ServeConfig,
+    manifests: list[tuple[Path, EngineManifest]],
+    peers: WorkerSlot | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
-    dataplane = DataPlane()
+    dataplane = DataPlane(Metrics(multiprocess=peers is not None), peers)
     limits = HttpLimits(
         max_body_bytes=config.max_body_bytes,
         max_in_flight=config.max_in_flight,
@@ -94,6 +118,9 @@ async def _main(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]
 
     async def load_all() -> None:
         try:
+            if peers is not None and (delay := slow_load_fault(peers.worker)):
+                log.warning("TEST-ONLY FAULT: worker %d waits %.1f s to load", peers.worker, delay)
+                await asyncio.sleep(delay)
             for path, manifest in manifests:
                 await load_model(dataplane, config, path, manifest)
             log.info("ready: %s", ", ".join(m.name for m in dataplane.models()))
@@ -132,14 +159,26 @@ async def _main(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]
     return 1 if failures else 0
 
 
-def _supervise(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]) -> int:
+def _supervise(
+    config: ServeConfig, manifests: list[tuple[Path, EngineManifest]], metrics_dir: MetricsDir
+) -> int:
     """``--workers N``: N forked server processes, each with its own engine and event loop,
     on one port (SO_REUSEPORT: the kernel spreads connections). Nothing is loaded before the
     fork. SIGTERM/SIGINT are passed on (each worker drains); the exit status is the first
-    non-zero one. A worker that exits on its own stops the others."""
+    non-zero one. A worker that exits on its own stops the others.
+
+    The workers share their metrics (files in ``metrics_dir``) and their readiness (a
+    :class:`ReadyBoard` made here, before the fork): see :mod:`infleet.runtime.server.workers`.
+    """
+    from prometheus_client.multiprocess import mark_process_dead
+
+    if not multiprocess_values():
+        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
     threads = config.engine.threads or max(1, (os.cpu_count() or 1) // config.workers)
     worker = replace(config, engine=replace(config.engine, threads=threads))
+    board = ReadyBoard(config.workers, len(manifests))
     children: list[int] = []
+    index: dict[int, int] = {}
     stopping = False
 
     def forward(sig: int, _frame: object) -> None:
@@ -151,13 +190,19 @@ def _supervise(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for _ in range(config.workers):
+    for i in range(config.workers):
         pid = os.fork()
         if pid == 0:  # the worker sets its own handlers on its loop
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _serve_here(worker, manifests)
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _serve_here(worker, manifests, board.slot(i))
+            except BaseException:
+                log.exception("worker %d failed", i)
+            finally:  # never return into the supervisor's code (and its clean-up)
+                exit_now(1)
         children.append(pid)
+        index[pid] = i
         if stopping:
             forward(signal.SIGTERM, None)
             break
@@ -168,6 +213,9 @@ def _supervise(config: ServeConfig, manifests: list[tuple[Path, EngineManifest]]
         if pid not in children:
             continue
         children.remove(pid)
+        board.clear(index[pid])
+        # its live gauges leave the merge
+        mark_process_dead(pid, str(metrics_dir.path))  # type: ignore[no-untyped-call]
         exit_code = os.waitstatus_to_exitcode(status)
         if exit_code != 0:
             log.error("worker %d exited with %d", pid, exit_code)
