@@ -62,6 +62,31 @@ def test_ready_only_after_warm_up_and_false_while_draining(tmp_path) -> None:
     plane.close()
 
 
+def test_models_still_loading_are_503_and_keep_the_server_not_ready(tmp_path) -> None:
+    manifest = load(samples.identity_engine(tmp_path, "INT32"))
+    engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
+    plane = DataPlane(expected=["a", "b"])
+    x = Tensor("x", "INT32", np.zeros((1, 3), dtype=np.int32))
+
+    async def main() -> None:
+        for name in ("a", "b"):
+            with pytest.raises(NotReady, match=f"model '{name}' is loading"):
+                plane.model_ready(name)
+            with pytest.raises(NotReady, match="is loading"):
+                await plane.infer(name, None, InferRequest((x,)))
+        with pytest.raises(ModelNotFound):
+            plane.model_ready("c")
+        assert plane.has_model("b") and not plane.has_model("c")
+        await plane.warm_up(plane.add_model("a", "1", manifest, engine, BatchPolicy()))
+        assert plane.model_ready("a")
+        assert not plane.ready()  # "b" is not loaded yet
+        with pytest.raises(NotReady):
+            plane.model_ready("b")
+
+    asyncio.run(main())
+    plane.close()
+
+
 def test_manifest_batch_size_caps_the_policy(tmp_path) -> None:
     manifest = load(samples.identity_engine(tmp_path, "FP32", max_batch_size=2))
     engine = load_engine(manifest, tmp_path, EngineOptions())

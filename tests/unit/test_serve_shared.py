@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from infleet.runtime.hardware import cpu_limit_threads
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.server import samples
 from infleet.runtime.server.batcher import BatchPolicy
@@ -115,6 +116,17 @@ def test_metrics_dir_needs_workers_and_an_empty_directory(tmp_path) -> None:
         parse_config(_args("--workers", "2", "--port", "1", "--metrics-dir", str(tmp_path)))
     assert check_metrics_dir(tmp_path / "old.db") is not None
     assert check_metrics_dir(fresh) is None
+
+
+def test_engine_threads_default_to_the_containers_cpus_shared_among_workers() -> None:
+    cpus = cpu_limit_threads()  # the cgroup CPU limit or the CPU set, not the node's cores
+    assert parse_config(_args()).engine.threads == cpus
+    assert parse_config(_args("--workers", "2", "--port", "1")).engine.threads == max(1, cpus // 2)
+    assert parse_config(_args("--workers", "64", "--port", "1")).engine.threads == 1
+    given = parse_config(_args("--workers", "2", "--port", "1", "--threads", "3"))
+    assert given.engine.threads == 3
+    with pytest.raises(ConfigError, match="--threads must not be negative"):
+        parse_config(_args("--threads", "-1"))
 
 
 def test_use_metrics_dir_sets_the_variable_only_for_several_workers(tmp_path, monkeypatch) -> None:

@@ -86,8 +86,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=1,
-        help="server processes on the port (SO_REUSEPORT), each with its own engine; "
-        "--threads defaults to cores / workers (default: 1)",
+        help="server processes on the port (SO_REUSEPORT), each with its own engine and "
+        "its share of the CPUs (default: 1)",
     )
     net.add_argument(
         "--metrics-dir",
@@ -124,7 +124,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="batches run at once per model (default: 1; raise for GPUs)",
     )
     e = parser.add_argument_group("engine")
-    e.add_argument("--threads", type=int, default=0, help="intra-op threads (default: backend's)")
+    e.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads per worker (default: the CPUs this container may use, from its "
+        "cgroup CPU limit or CPU set, divided among the workers)",
+    )
     e.add_argument(
         "--spin",
         action="store_true",
@@ -165,6 +171,7 @@ class ServeConfig:
 
 
 def parse_config(args: argparse.Namespace) -> ServeConfig:
+    from infleet.runtime.hardware import cpu_limit_threads
     from infleet.runtime.manifest import MANIFEST_FILE
     from infleet.runtime.server.batcher import BatchPolicy
     from infleet.runtime.server.engines import EngineOptions
@@ -186,6 +193,8 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError(str(e)) from None
     if args.max_in_flight < 1 or args.max_body_mb <= 0 or not 0 <= args.port < 65536:
         raise ConfigError("--max-in-flight, --max-body-mb and --port must be positive")
+    if args.threads < 0:
+        raise ConfigError("--threads must not be negative (0: the CPUs this container may use)")
     if args.workers < 1 or (args.workers > 1 and args.port == 0):
         raise ConfigError("--workers must be at least 1, and needs a fixed --port above 1")
     if args.metrics_dir is not None:
@@ -211,7 +220,11 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         max_buffered_bytes=int(args.max_buffer_mb * (1 << 20)),
         policy=policy,
         batch_size_given=args.max_batch_size is not None,
-        engine=EngineOptions(threads=args.threads, device=args.device, spin=args.spin),
+        engine=EngineOptions(
+            threads=args.threads or max(1, cpu_limit_threads() // args.workers),
+            device=args.device,
+            spin=args.spin,
+        ),
         drain_timeout_s=args.drain_timeout_s,
         keep_alive_s=args.keep_alive_s,
         read_timeout_s=args.read_timeout_s,

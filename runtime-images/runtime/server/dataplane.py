@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,11 +68,20 @@ def is_batchable(engine: EngineRuntime) -> bool:
 
 
 class DataPlane:
-    def __init__(self, metrics: Metrics | None = None, peers: WorkerSlot | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        peers: WorkerSlot | None = None,
+        expected: Iterable[str] = (),
+    ) -> None:
         """``peers``: this process is one worker of ``--workers N``; readiness is then the
-        pod's (every worker's), read from the shared board. None for a lone server."""
+        pod's (every worker's), read from the shared board. None for a lone server.
+        ``expected``: the names of the models this server is loading. Until one is
+        registered its routes answer "loading" (503) rather than "not served here" (404),
+        and the server is not ready while any of them is missing."""
         self.metrics = metrics or Metrics()
         self.peers = peers
+        self._expected = frozenset(expected)
         self._models: dict[str, ServedModel] = {}
         self._draining = False
         self.in_flight = 0
@@ -107,7 +116,8 @@ class DataPlane:
         return model
 
     def has_model(self, name: str) -> bool:
-        return name in self._models
+        """Served here or being loaded."""
+        return name in self._models or name in self._expected
 
     def models(self) -> list[ServedModel]:
         return list(self._models.values())
@@ -115,6 +125,8 @@ class DataPlane:
     def get_model(self, name: str, version: str | None = None) -> ServedModel:
         model = self._models.get(name)
         if model is None:
+            if name in self._expected:
+                raise NotReady(f"model {name!r} is loading; retry when /v2/health/ready says so")
             raise ModelNotFound(f"model {name!r} is not served here")
         if version is not None and version != model.version:
             raise ModelNotFound(
@@ -152,6 +164,7 @@ class DataPlane:
         return (
             not self._draining
             and bool(self._models)
+            and self._expected <= self._models.keys()
             and all(m.ready for m in self._models.values())
         )
 

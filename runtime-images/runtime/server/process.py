@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -28,10 +27,14 @@ from infleet.runtime.server.workers import MetricsDir, ReadyBoard, WorkerSlot, s
 log = logging.getLogger("infleet.serve")
 
 
+def served_name(config: ServeConfig, manifest: EngineManifest) -> str:
+    return config.model_name or manifest.model_name
+
+
 async def load_model(
     dataplane: DataPlane, config: ServeConfig, path: Path, manifest: EngineManifest
 ) -> None:
-    name = config.model_name or manifest.model_name
+    name = served_name(config, manifest)
     started = time.perf_counter()
     engine = await asyncio.to_thread(load_engine, manifest, path.parent, config.engine)
     policy = config.policy
@@ -97,7 +100,8 @@ async def _main(
     peers: WorkerSlot | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    dataplane = DataPlane(Metrics(multiprocess=peers is not None), peers)
+    names = [served_name(config, manifest) for _, manifest in manifests]
+    dataplane = DataPlane(Metrics(multiprocess=peers is not None), peers, expected=names)
     limits = HttpLimits(
         max_body_bytes=config.max_body_bytes,
         max_in_flight=config.max_in_flight,
@@ -174,8 +178,7 @@ def _supervise(
 
     if not multiprocess_values():
         raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
-    threads = config.engine.threads or max(1, (os.cpu_count() or 1) // config.workers)
-    worker = replace(config, engine=replace(config.engine, threads=threads))
+    threads = config.engine.threads
     board = ReadyBoard(config.workers, len(manifests))
     children: list[int] = []
     index: dict[int, int] = {}
@@ -196,7 +199,7 @@ def _supervise(
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _serve_here(worker, manifests, board.slot(i))
+                _serve_here(config, manifests, board.slot(i))
             except BaseException:
                 log.exception("worker %d failed", i)
             finally:  # never return into the supervisor's code (and its clean-up)
