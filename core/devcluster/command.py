@@ -71,6 +71,8 @@ def _tools(check: bool) -> int:
     found = tools.locate() if check else tools.build()
     print(f"control-plane binaries ({', '.join(f'{k} {v}' for k, v in tools.versions().items())})"
           f" in {found.bin_dir} [{time.monotonic() - started:.1f}s]")
+    s3 = tools.s3_server(build=not check)
+    print(f"test S3 server: {s3}")
     return 0
 
 

@@ -163,42 +163,17 @@ def build(log: bool = True) -> Tools:
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.partial-", dir=final.parent))
     go = _go()
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false -mod=readonly")
     kube_version = versions()["kubernetes"]
     timings: dict[str, float] = {}
     try:
         for module in MODULES:
-            # Build from a copy: the package folder may be read-only (site-packages).
-            src = staging / "src" / module.name
-            src.mkdir(parents=True)
-            for name in ("go.mod", "go.sum"):
-                shutil.copyfile(GOTOOLS / module.name / name, src / name)
             ldflags = BASE_LDFLAGS
             if module.name == "kube":
                 ldflags = _kube_ldflags(kube_version)
             elif module.name == "helm":  # otherwise `helm version` says v3.22, no patch
                 helm = versions()["helm"]
                 ldflags += f" -X helm.sh/helm/v3/internal/version.version={helm}"
-            started = time.monotonic()
-            if log:
-                print(f"[infleet dev tools] building {module.name}: "
-                      f"{', '.join(b for b, _ in module.binaries)}", flush=True)
-            # One `go build` per module for all its commands: they share compiled packages.
-            if len(module.binaries) == 1:
-                (name, pkg), = module.binaries
-                out = str(staging / name)
-                pkgs = [pkg]
-            else:
-                out = str(staging) + os.sep
-                pkgs = [pkg for _, pkg in module.binaries]
-            proc = subprocess.run(
-                [go, "build", *BUILD_FLAGS, "-ldflags", ldflags, "-o", out, *pkgs],
-                cwd=src, env=env, capture_output=True, text=True, check=False,
-            )
-            if proc.returncode != 0:
-                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-                raise ToolsBuildError(f"go build of {module.name} failed:\n{tail}")
-            timings[module.name] = round(time.monotonic() - started, 1)
+            timings[module.name] = _build_module(go, module, staging, ldflags, log)
         shutil.rmtree(staging / "src")
         (staging / "manifest.json").write_text(
             json.dumps({"versions": versions(), "build_seconds": timings}, indent=2) + "\n"
@@ -211,3 +186,80 @@ def build(log: bool = True) -> Tools:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return locate()
+
+
+def _build_module(go: str, module: GoModule, out_dir: Path, ldflags: str, log: bool) -> float:
+    """``go build`` one consumer module's commands into ``out_dir``; returns the seconds."""
+    # Build from a copy: the package folder may be read-only (site-packages).
+    src = out_dir / "src" / module.name
+    src.mkdir(parents=True)
+    for name in ("go.mod", "go.sum"):
+        shutil.copyfile(GOTOOLS / module.name / name, src / name)
+    started = time.monotonic()
+    if log:
+        print(
+            f"[infleet dev tools] building {module.name}: "
+            f"{', '.join(b for b, _ in module.binaries)}",
+            flush=True,
+        )
+    # One `go build` per module for all its commands: they share compiled packages.
+    if len(module.binaries) == 1:
+        ((name, pkg),) = module.binaries
+        out = str(out_dir / name)
+        pkgs = [pkg]
+    else:
+        out = str(out_dir) + os.sep
+        pkgs = [pkg for _, pkg in module.binaries]
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false -mod=readonly")
+    proc = subprocess.run(
+        [go, "build", *BUILD_FLAGS, "-ldflags", ldflags, "-o", out, *pkgs],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise ToolsBuildError(f"go build of {module.name} failed:\n{tail}")
+    return round(time.monotonic() - started, 1)
+
+
+# --- a test-only S3-compatible server -------------------------------------------------------
+
+S3_SERVER = GoModule("s3", (("versitygw", "github.com/versity/versitygw/cmd/versitygw"),))
+"""versitygw, a real S3 gateway over a folder, for the tests of the s3:// model fetch. Kept
+out of MODULES and of their hash, so adding or bumping it never rebuilds the cluster."""
+
+
+def s3_server_path() -> Path:
+    digest = hashlib.sha256(f"recipe={RECIPE} arch={platform.machine()}\n".encode())
+    for name in ("go.mod", "go.sum"):
+        digest.update((GOTOOLS / S3_SERVER.name / name).read_bytes())
+    return cache_root() / "bin" / f"s3-{digest.hexdigest()[:16]}" / "versitygw"
+
+
+def s3_server(build: bool = False, log: bool = True) -> Path:
+    """The cached versitygw binary; built first when ``build`` (about a minute on 2 cores)."""
+    path = s3_server_path()
+    if path.is_file():
+        return path
+    if not build:
+        version = pinned_version(S3_SERVER.name, "github.com/versity/versitygw")
+        raise ToolsMissingError(
+            f"the test S3 server (versitygw {version}) is not built (expected {path}); "
+            "build it with `infleet dev tools`"
+        )
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{path.parent.name}.partial-", dir=path.parent.parent))
+    try:
+        _build_module(_go(), S3_SERVER, staging, BASE_LDFLAGS, log)
+        shutil.rmtree(staging / "src")
+        if path.parent.exists():  # another process finished first; keep theirs
+            shutil.rmtree(staging)
+        else:
+            staging.rename(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path

@@ -14,7 +14,7 @@
             └── StoreError            the engine store could not be read or written
         (the server modules add their branches here)
 
-Third-party exceptions (httpx, onnx, onnxruntime, tvm, tensorrt, boto3) are wrapped with
+Third-party exceptions (httpx, onnx, onnxruntime, tvm, tensorrt) are wrapped with
 ``from e`` at the adapter that calls them, so the CLI can print one clear line.
 """
 

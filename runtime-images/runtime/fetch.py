@@ -173,17 +173,44 @@ def _copy(uri: str, chunks: Iterator[bytes], out: IO[bytes], cap: int) -> tuple[
 
 
 def _http_chunks(uri: str, options: FetchOptions) -> Iterator[bytes]:
+    return _stream(uri, uri, {}, options, follow_redirects=True)
+
+
+def _s3_chunks(uri: str, options: FetchOptions) -> Iterator[bytes]:
+    from infleet.runtime import s3
+
+    config = s3.S3Config.from_env(os.environ)
+    url = s3.object_url(uri, config)
+    # signed per attempt: a signature is only valid for a few minutes
+    return _stream(uri, url, s3.signed_headers("GET", url, config), options, s3_errors=True)
+
+
+def _stream(
+    uri: str,
+    url: str,
+    headers: dict[str, str],
+    options: FetchOptions,
+    *,
+    follow_redirects: bool = False,
+    s3_errors: bool = False,
+) -> Iterator[bytes]:
     import httpx
 
     try:
         with (
-            httpx.Client(timeout=options.timeout_s, follow_redirects=True) as client,
-            client.stream("GET", uri) as response,
+            httpx.Client(timeout=options.timeout_s, follow_redirects=follow_redirects) as client,
+            client.stream("GET", url, headers=headers) as response,
         ):
-            if response.status_code >= 500:
-                raise _Retryable(f"HTTP {response.status_code}")
-            if response.status_code >= 400:
-                raise SourceUnreachable(f"{uri}: HTTP {response.status_code}")
+            status = response.status_code
+            if status >= 400:
+                detail = f"HTTP {status}"
+                if s3_errors:
+                    from infleet.runtime.s3 import error_code
+
+                    detail = f"S3 error {error_code(response.read())} (HTTP {status})"
+                if status >= 500:
+                    raise _Retryable(detail)
+                raise SourceUnreachable(f"{uri}: {detail}")
             length = response.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > options.max_bytes:
                 raise SourceTooLarge(
@@ -191,31 +218,4 @@ def _http_chunks(uri: str, options: FetchOptions) -> Iterator[bytes]:
                 )
             yield from response.iter_bytes(_CHUNK)
     except httpx.TransportError as e:  # connect refused, DNS, timeouts, broken streams
-        raise _Retryable(f"{type(e).__name__}: {e}") from e
-
-
-def _s3_chunks(uri: str, options: FetchOptions) -> Iterator[bytes]:
-    parts = urlsplit(uri)
-    bucket, key = parts.netloc, unquote(parts.path).lstrip("/")
-    if not bucket or not key:
-        raise FetchError(f"{uri}: expected s3://BUCKET/KEY")
-    try:
-        import boto3
-        import botocore.config
-        import botocore.exceptions
-    except ImportError as e:
-        raise FetchError(f"{uri}: s3:// needs boto3 (pip install 'infleet[s3]')") from e
-    # Credentials and AWS_ENDPOINT_URL (MinIO, Ceph) come from the standard environment.
-    config = botocore.config.Config(
-        connect_timeout=options.timeout_s,
-        read_timeout=options.timeout_s,
-        retries={"max_attempts": 1},  # our loop retries; boto3's own would multiply attempts
-    )
-    try:
-        body = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)["Body"]
-        yield from body.iter_chunks(_CHUNK)
-    except botocore.exceptions.ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "?")
-        raise SourceUnreachable(f"{uri}: S3 error {code}") from e
-    except (botocore.exceptions.BotoCoreError, OSError) as e:
         raise _Retryable(f"{type(e).__name__}: {e}") from e

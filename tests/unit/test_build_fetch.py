@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,10 +147,3 @@ def test_unknown_scheme(tmp_path: Path) -> None:
 def test_s3_uri_needs_bucket_and_key(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="s3://BUCKET/KEY"):
         fetch("s3://bucket-only", tmp_path)
-
-
-def test_s3_without_boto3_says_which_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Injected fault: boto3 made unimportable, whether or not this machine has it.
-    monkeypatch.setitem(sys.modules, "boto3", None)
-    with pytest.raises(FetchError, match=r"infleet\[s3\]"):
-        fetch("s3://bucket/model.onnx", tmp_path)
