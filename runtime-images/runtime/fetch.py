@@ -202,7 +202,7 @@ def _stream(
             client.stream("GET", url, headers=headers) as response,
         ):
             status = response.status_code
-            if status >= 400:
+            if not 200 <= status < 300:  # S3 answers a wrong region with 301, unfollowed
                 detail = f"HTTP {status}"
                 if s3_errors:
                     from infleet.runtime.s3 import error_code

@@ -32,6 +32,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/flaky.onnx" and self.hits[self.path] == 1:
             self.send_response(503)
             self.end_headers()
+        elif self.path == "/bucket/moved.onnx":  # injected fault: S3's wrong-region answer
+            body = b"<Error><Code>PermanentRedirect</Code></Error>"
+            self.send_response(301)
+            self.send_header("Location", "https://elsewhere.example/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/flaky.onnx":
             self.send_response(200)
             self.end_headers()
@@ -147,3 +154,14 @@ def test_unknown_scheme(tmp_path: Path) -> None:
 def test_s3_uri_needs_bucket_and_key(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="s3://BUCKET/KEY"):
         fetch("s3://bucket-only", tmp_path)
+
+
+def test_s3_redirect_is_an_error_naming_the_s3_code(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SourceUnreachable, match=r"PermanentRedirect \(HTTP 301\)"):
+        fetch("s3://bucket/moved.onnx", tmp_path / "dl", options=FAST)
+    assert not list((tmp_path / "dl").iterdir())
