@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import pytest
 from build_helpers import built, stored_manifests
 
 from infleet.devcluster import tools
+from infleet.devcluster.cluster import free_port
+from infleet.devcluster.testing import wait_until
 from infleet.runtime.errors import ChecksumMismatch, SourceTooLarge, SourceUnreachable
 from infleet.runtime.fetch import FetchOptions, fetch
 from infleet.runtime.zoo import synthetic
@@ -25,18 +26,12 @@ ACCESS, SECRET = "infleet-test", "infleet-test-secret"
 FAST = FetchOptions(timeout_s=5.0, retries=1, backoff_s=0.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(endpoint, the folder behind it: sub-folders are buckets, files below are objects)."""
     binary = tools.s3_server()  # built by hack/bootstrap.sh; a missing one fails, never skips
     root = tmp_path_factory.mktemp("s3root")
-    port = _free_port()
+    port = free_port()
     log = root.parent / "versitygw.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -45,16 +40,14 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+    def listening() -> bool:
+        assert proc.poll() is None, f"versitygw exited {proc.returncode}"
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"versitygw not listening:\n{log.read_text()}"
-                time.sleep(0.1)
+        wait_until(listening, 30, "versitygw to listen", log.read_text, interval=0.1)
         yield f"http://127.0.0.1:{port}", root
     finally:
         proc.terminate()
