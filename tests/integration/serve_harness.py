@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+
+from infleet.devcluster.cluster import free_port
 
 DATATYPES = [
     "BOOL",
@@ -32,21 +33,14 @@ DATATYPES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProcess:
     def __init__(
         self,
         args: list[str],
         log_path: Path,
-        port: int | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.port = port or free_port()
+        self.port = free_port()  # always a fixed port: --workers N needs one
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -58,7 +52,8 @@ class ServerProcess:
                 "serve",
                 "--host",
                 "127.0.0.1",
-                *([] if "--port" in args else ["--port", str(self.port)]),
+                "--port",
+                str(self.port),
                 *args,
             ],
             stdout=self._log,

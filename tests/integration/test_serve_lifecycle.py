@@ -10,7 +10,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from serve_harness import ServerProcess, free_port, json_input
+from serve_harness import ServerProcess, json_input
 
 from infleet.runtime.server import samples
 
@@ -149,11 +149,8 @@ def test_bad_arguments_fail_before_binding_with_one_line(tmp_path) -> None:
 
 
 def test_workers_share_the_port_and_drain_together(slow_dir, tmp_path) -> None:
-    port = free_port()
     server = ServerProcess(
-        ["--engine-dir", str(slow_dir), "--workers", "2", "--port", str(port)],
-        tmp_path / "serve.log",
-        port=port,
+        ["--engine-dir", str(slow_dir), "--workers", "2"], tmp_path / "serve.log"
     )
     try:
         server.wait_ready()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
-from serve_harness import ServerProcess, free_port, json_input, promtool_check
+from serve_harness import ServerProcess, json_input, promtool_check
 
 from infleet.runtime.server import samples
 from infleet.runtime.server.workers import SLOW_LOAD_FAULT_ENV
@@ -28,13 +28,7 @@ def engine_dir(tmp_path_factory) -> Path:
 
 
 def _workers(*args: str, tmp_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    port = free_port()
-    return ServerProcess(
-        ["--workers", "2", "--port", str(port), *args],
-        tmp_path / "serve.log",
-        port=port,
-        env=env,
-    )
+    return ServerProcess(["--workers", "2", *args], tmp_path / "serve.log", env=env)
 
 
 def _fresh_get(url: str) -> httpx.Response:
