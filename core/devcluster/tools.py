@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,13 +160,11 @@ def build(log: bool = True) -> Tools:
         return locate()
     except ToolsMissingError:
         pass
-    final = bin_dir()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.partial-", dir=final.parent))
     go = _go()
     kube_version = versions()["kubernetes"]
-    timings: dict[str, float] = {}
-    try:
+
+    def fill(staging: Path) -> None:
+        timings: dict[str, float] = {}
         for module in MODULES:
             ldflags = BASE_LDFLAGS
             if module.name == "kube":
@@ -174,10 +173,22 @@ def build(log: bool = True) -> Tools:
                 helm = versions()["helm"]
                 ldflags += f" -X helm.sh/helm/v3/internal/version.version={helm}"
             timings[module.name] = _build_module(go, module, staging, ldflags, log)
-        shutil.rmtree(staging / "src")
         (staging / "manifest.json").write_text(
             json.dumps({"versions": versions(), "build_seconds": timings}, indent=2) + "\n"
         )
+
+    _build_into(bin_dir(), fill)
+    return locate()
+
+
+def _build_into(final: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a staging folder beside ``final`` and rename it into place, so a half-built
+    folder is never seen under its final name; the Go sources copied in are dropped."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.partial-", dir=final.parent))
+    try:
+        fill(staging)
+        shutil.rmtree(staging / "src")
         if final.exists():  # another process finished first; keep theirs
             shutil.rmtree(staging)
         else:
@@ -185,7 +196,6 @@ def build(log: bool = True) -> Tools:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return locate()
 
 
 def _build_module(go: str, module: GoModule, out_dir: Path, ldflags: str, log: bool) -> float:
@@ -250,16 +260,10 @@ def s3_server(build: bool = False, log: bool = True) -> Path:
             f"the test S3 server (versitygw {version}) is not built (expected {path}); "
             "build it with `infleet dev tools`"
         )
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{path.parent.name}.partial-", dir=path.parent.parent))
-    try:
-        _build_module(_go(), S3_SERVER, staging, BASE_LDFLAGS, log)
-        shutil.rmtree(staging / "src")
-        if path.parent.exists():  # another process finished first; keep theirs
-            shutil.rmtree(staging)
-        else:
-            staging.rename(path.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    go = _go()
+
+    def fill(staging: Path) -> None:
+        _build_module(go, S3_SERVER, staging, BASE_LDFLAGS, log)
+
+    _build_into(path.parent, fill)
     return path
