@@ -6,8 +6,8 @@ ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 FROM ${TENSORRT_IMAGE}
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
-COPY core core
-COPY crds crds
+COPY src src
+COPY devcluster devcluster
 COPY scheduler scheduler
 COPY operator operator
 COPY runtime-images/runtime runtime-images/runtime

@@ -4,8 +4,8 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
-COPY core core
-COPY crds crds
+COPY src src
+COPY devcluster devcluster
 COPY scheduler scheduler
 COPY operator operator
 COPY runtime-images/runtime runtime-images/runtime

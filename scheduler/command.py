@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from infleet.api import parse_spec
-    from infleet.operator.config import OperatorConfig
+    from infleet.api.config import load_operator_config
     from infleet.scheduler.classes import derive_classes
     from infleet.scheduler.inventory import nodes_from_documents, nodes_from_objects
     from infleet.scheduler.plan import plan_deployment
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         docs = _load_documents(args.profiles)
         profiles.update(profiles_from_data(docs[0] if docs else {}, spec, str(args.profiles)))
 
-    policy = cluster_policy(OperatorConfig.load(args.config))
+    policy = cluster_policy(load_operator_config(args.config))
     model, notes = _model_facts(args.model_size, _model_file(args.model_file, spec.model.uri))
     plan = plan_deployment(
         derive_classes(nodes),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from infleet.operator.config import OperatorConfig, ReplicaResources
+from infleet.api.config import OperatorConfig, ReplicaResources
 from infleet.scheduler.inventory import Resources
 from infleet.scheduler.policy import ClassDefaults, ClusterPolicy
 

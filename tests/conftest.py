@@ -1,5 +1,5 @@
 """Shared pytest setup. The local control plane's fixtures (``dev_cluster``, ``kube``,
-``namespace``) and wait helpers live in infleet.devcluster.testing; they start nothing until a
+``namespace``) and wait helpers live in support.cluster; they start nothing until a
 test asks for them."""
 
-pytest_plugins = ["infleet.devcluster.testing"]
+pytest_plugins = ["support.cluster"]

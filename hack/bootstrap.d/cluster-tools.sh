@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (once) the local control plane's Go binaries (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kwok, kwokctl, helm) and the test S3 server (versitygw) into
-# the user cache, keyed by the pinned versions in core/devcluster/gotools/*/go.mod. Seconds when already built; about 15-20 minutes
+# the user cache, keyed by the pinned versions in devcluster/gotools/*/go.mod. Seconds when already built; about 15-20 minutes
 # cold on 2 cores. Everything comes from the Go module proxy, the Go toolchain included when the
 # machine has none recent enough.
 set -euo pipefail

@@ -168,7 +168,7 @@ def _cached_summary(store: EngineStore, digest: str) -> BuildSummary | None:
         summary = BuildSummary.model_validate(record)
     except ValueError:
         return None
-    if store.get(summary.key) is None:  # the engine was removed: build again
+    if summary.key is None or store.get(summary.key) is None:  # removed: build again
         return None
     return summary.model_copy(update={"cache_hit": True, "build_seconds": 0.0})
 

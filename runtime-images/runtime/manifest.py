@@ -7,61 +7,31 @@ MANIFEST_VERSION on any incompatible change.
 
 from __future__ import annotations
 
-import hashlib
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infleet.api import Backend, LatencyPoint, Precision, RungResult
+from infleet.api import LatencyPoint, RungResult
+from infleet.api.engine import BuildSummary, Datatype, EngineKey, TensorSpec
+
+# The wire contract (engine key, tensor specs, build summary) lives with the API models;
+# named here too because every runtime module reads manifests and keys together.
+__all__ = [
+    "MANIFEST_FILE",
+    "MANIFEST_VERSION",
+    "BuildSummary",
+    "Datatype",
+    "EngineKey",
+    "EngineManifest",
+    "TensorSpec",
+]
 
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
-# Open Inference Protocol (KServe v2) tensor datatypes.
-Datatype = Literal[
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
-
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TensorSpec(_Frozen):
-    """One model input or output as the server exposes it."""
-
-    name: str
-    datatype: Datatype
-    shape: list[int]
-    """Row-major shape; -1 marks a dynamic dimension (the batch dimension first)."""
-
-
-class EngineKey(_Frozen):
-    """Everything an engine depends on; equal keys mean an interchangeable engine."""
-
-    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    backend: Backend
-    backend_version: str
-    precision: Precision
-    hardware_fingerprint: str
-    builder_version: str
-
-    def digest(self) -> str:
-        """Content address of the engine: the store's directory name."""
-        canonical = self.model_dump_json()  # field order is fixed by the model
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 class EngineManifest(_Frozen):
@@ -89,41 +59,3 @@ class EngineManifest(_Frozen):
     """Why this engine was kept over the alternatives that were measured."""
     created_at: str
     build_seconds: float
-
-
-class BuildSummary(_Frozen):
-    """What `infleet build` reports: written to stdout and the pod's termination message.
-
-    The operator copies it into ``status.classes[].engine``; `to_message` keeps it within the
-    4 KiB Kubernetes allows for a termination message.
-    """
-
-    engine_key: str
-    """``EngineKey.digest()`` of the engine kept: its directory in the store."""
-    key: EngineKey
-    backend: Backend
-    precision: Precision
-    cache_hit: bool
-    """True when the engine (or this whole build request) was already in the store."""
-    model_sha256: str
-    node_class: str
-    accuracy: list[RungResult] = []
-    profile: list[LatencyPoint] = []
-    notes: list[str] = []
-    build_seconds: float = 0.0
-
-    def to_message(self, limit: int = 4096) -> str:
-        """Compact JSON of at most ``limit`` bytes: notes, then profile points, are trimmed."""
-        summary = self
-        text = summary.model_dump_json(exclude_none=True)
-        while len(text.encode()) > limit and summary.notes:
-            summary = summary.model_copy(update={"notes": summary.notes[:-1]})
-            text = summary.model_dump_json(exclude_none=True)
-        while len(text.encode()) > limit and len(summary.profile) > 1:
-            profile = summary.profile
-            summary = summary.model_copy(update={"profile": [profile[0], *profile[2:]]})
-            text = summary.model_dump_json(exclude_none=True)
-        while len(text.encode()) > limit and summary.accuracy:
-            summary = summary.model_copy(update={"accuracy": summary.accuracy[1:]})
-            text = summary.model_dump_json(exclude_none=True)
-        return text

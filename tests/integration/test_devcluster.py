@@ -9,8 +9,7 @@ import time
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-
-from infleet.devcluster.testing import (
+from support.cluster import (
     Kube,
     pod_summary,
     process_alive,

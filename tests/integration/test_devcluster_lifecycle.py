@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from infleet.devcluster.cluster import COMPONENTS, LocalCluster
-from infleet.devcluster.testing import (
+from support.cluster import (
     Kube,
     process_alive,
     rss_kib,
     start_cluster,
     wait_for_pod_phase,
 )
+
+from infleet.devcluster.cluster import COMPONENTS, LocalCluster
 
 pytestmark = pytest.mark.integration
 

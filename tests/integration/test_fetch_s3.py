@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from build_helpers import built, stored_manifests
+from support.cluster import wait_until
 
 from infleet.devcluster import tools
 from infleet.devcluster.cluster import free_port
-from infleet.devcluster.testing import wait_until
 from infleet.runtime.errors import ChecksumMismatch, SourceTooLarge, SourceUnreachable
 from infleet.runtime.fetch import FetchOptions, fetch
 from infleet.runtime.zoo import synthetic

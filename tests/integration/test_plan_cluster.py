@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from support.cluster import Kube, wait_for_pod_phase
 
 from infleet.cli import main
-from infleet.devcluster.testing import Kube, wait_for_pod_phase
 
 pytestmark = pytest.mark.integration
 

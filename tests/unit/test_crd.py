@@ -162,6 +162,16 @@ VARIANTS = {
     "override on a lookalike": _variant(
         classes={"allow": ["b-80"], "overrides": [{"class": "b-80gb", "precision": "fp16"}]}
     ),
+    "input shapes": _variant(model={"uri": "s3://m/x.onnx", "inputs": [
+        {"name": "x", "shape": [-1, 3, 48, 192]}, {"name": "mask", "shape": [1, 128]}]}),
+    "input shape with a zero": _variant(model={"uri": "s3://m/x.onnx", "inputs": [
+        {"name": "x", "shape": [-1, 0, 48]}]}),
+    "input shape batch not first": _variant(model={"uri": "s3://m/x.onnx", "inputs": [
+        {"name": "x", "shape": [3, -1]}]}),
+    "input shape two batches": _variant(model={"uri": "s3://m/x.onnx", "inputs": [
+        {"name": "x", "shape": [-1, -1]}]}),
+    "input given twice": _variant(model={"uri": "s3://m/x.onnx", "inputs": [
+        {"name": "x", "shape": [-1, 3]}, {"name": "x", "shape": [-1, 4]}]}),
     "override inside allow": _variant(
         classes={"allow": ["a", "b"], "overrides": [{"class": "a", "precision": "fp16"}]}
     ),

@@ -26,7 +26,27 @@ def test_operator_folder_is_never_a_top_level_package() -> None:
 
 
 def test_no_repo_folder_shadows_the_import_root() -> None:
+    # The root package lives in src/infleet/: a top-level infleet/ would be imported instead
+    # of the mapped package whenever Python runs from the repository root.
     assert not (ROOT / "infleet").exists(), "a top-level infleet/ folder shadows the package"
+
+
+def test_import_names_match_folder_names() -> None:
+    """A reader finds a module's folder from its import name: the last part of each mapped
+    folder is the last part of its import name (the product card's runtime-images/ holds
+    infleet.runtime in runtime-images/runtime/)."""
+    for name, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
+        assert Path(folder).name == name.rsplit(".", 1)[-1], f"{folder} holds {name}"
+    for package in PYPROJECT["tool"]["setuptools"]["packages"]:
+        parts = package.split(".")
+        mapped = max(
+            (n for n in PYPROJECT["tool"]["setuptools"]["package-dir"] if
+             package == n or package.startswith(n + ".")),
+            key=len,
+        )
+        folder = ROOT / PYPROJECT["tool"]["setuptools"]["package-dir"][mapped]
+        folder = folder.joinpath(*parts[len(mapped.split(".")):])
+        assert folder.is_dir(), f"{package} has no folder {folder.relative_to(ROOT)}"
 
 
 def _nested(folder: Path, other: Path, path: Path) -> bool:

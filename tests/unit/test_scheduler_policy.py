@@ -186,7 +186,7 @@ def test_estimated_cost_follows_the_gpu_model() -> None:
 
 
 def test_operator_config_sets_replica_size_and_cost() -> None:
-    from infleet.operator.config import OperatorConfig
+    from infleet.api.config import OperatorConfig
     from infleet.scheduler.settings import cluster_policy
 
     config = OperatorConfig.model_validate({

@@ -1,8 +1,9 @@
 """The InferenceDeployment API (group ``infleet.dev``, version ``v1alpha1``).
 
-The pydantic models here are the single source of truth: the CRD beside them
-(``inferencedeployments.infleet.dev.yaml``) is rendered from them by ``infleet crds``,
-and every component validates the objects it reads through them.
+The pydantic models here are the single source of truth: the CRD in the repository's
+``crds/`` folder is rendered from them by ``infleet crds``, and every component validates
+the objects it reads through them. ``config`` holds the operator configuration's wire model,
+``engine`` the contract between ``infleet build``, ``infleet serve`` and the operator.
 """
 
 from infleet.api.errors import SpecError
@@ -21,6 +22,7 @@ from infleet.api.spec import (
     ClassOverride,
     ClassSelection,
     InferenceDeploymentSpec,
+    InputShape,
     ModelSource,
     Precision,
     Scaling,
@@ -59,6 +61,7 @@ __all__ = [
     "EngineStatus",
     "InferenceDeploymentSpec",
     "InferenceDeploymentStatus",
+    "InputShape",
     "LatencyPoint",
     "ModelSource",
     "ObservedLoad",

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from infleet.api.render import CRD_FILE, render_crd
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.cluster import LocalCluster
-from infleet.devcluster.command import crd_path
 from infleet.devcluster.errors import ClusterStartError, ToolsMissingError
 
 T = TypeVar("T")
@@ -173,11 +173,11 @@ def kube(dev_cluster: LocalCluster | None) -> Iterator[Kube]:
 def crd(kube: Kube) -> Path:
     """The committed InferenceDeployment CRD, applied once (its own fixture, so a CRD the API
     server refuses fails the tests that need it, not every test on the cluster)."""
-    path = crd_path()
+    path = CRD_FILE
     if kube.cluster is None:  # an existing cluster (`infleet dev up` applied it)
         return path
     try:
-        kube.cluster.apply_crd(path)
+        kube.cluster.apply_crd(render_crd())
     except ClusterStartError as e:
         pytest.fail(str(e), pytrace=False)
     return path

@@ -164,35 +164,31 @@ class LocalCluster:
         self.state.pids.clear()
         (self.workdir / "state.json").unlink(missing_ok=True)
 
-    def apply_crd(self, path: Path) -> None:
-        from kubernetes import client, utils
+    def apply_crd(self, crd: dict[str, Any]) -> None:
+        """Create a CustomResourceDefinition and wait until the API serves it."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
 
-        api = self.api_client()
-        try:
-            utils.create_from_yaml(api, str(path))  # type: ignore[no-untyped-call]
-        except utils.FailToCreateError as e:
-            reasons = []
-            for failure in e.api_exceptions:
-                try:
-                    reasons.append(json.loads(failure.body)["message"])
-                except (TypeError, ValueError, KeyError):
-                    reasons.append(str(failure))
-            raise ClusterStartError(
-                f"the API server refused {path.name}: {'; '.join(reasons)}"
-            ) from e
-        finally:
-            api.close()
-        # Wait until the API serves it (the CRD's Established condition).
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        name = crd["metadata"]["name"]
         ext: Any = client.ApiextensionsV1Api(self.api_client())
-        wait_for(
-            lambda: any(
-                c.type == "Established" and c.status == "True"
-                for c in (ext.read_custom_resource_definition(name).status.conditions or [])
-            ),
-            30, f"CRD {name} to become Established",
-        )
-        ext.api_client.close()
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as e:
+            try:
+                reason = json.loads(e.body or "")["message"]
+            except (TypeError, ValueError, KeyError):
+                reason = str(e)
+            raise ClusterStartError(f"the API server refused the CRD {name}: {reason}") from e
+        try:
+            wait_for(
+                lambda: any(
+                    c.type == "Established" and c.status == "True"
+                    for c in (ext.read_custom_resource_definition(name).status.conditions or [])
+                ),
+                30, f"CRD {name} to become Established",
+            )
+        finally:
+            ext.api_client.close()
 
     def api_client(self) -> Any:
         return kube_client(self.kubeconfig)

@@ -45,12 +45,6 @@ def _workdir(name: str) -> Path:
     return cache_root() / "clusters" / name
 
 
-def crd_path() -> Path:
-    import infleet.api
-
-    return Path(infleet.api.__file__).resolve().parent / "inferencedeployments.infleet.dev.yaml"
-
-
 def run(args: argparse.Namespace) -> int:
     action: str = args.dev_command
     if action == "tools":
@@ -77,6 +71,7 @@ def _tools(check: bool) -> int:
 
 
 def _up(name: str, profile_name: str, timeout: float) -> int:
+    from infleet.api.render import render_crd
     from infleet.devcluster import fleet, tools
     from infleet.devcluster.cluster import LocalCluster, load_state
     from infleet.devcluster.errors import ClusterStartError, ClusterStateError
@@ -97,7 +92,7 @@ def _up(name: str, profile_name: str, timeout: float) -> int:
     cluster = LocalCluster(workdir, tools.locate(), profile, name=f"infleet-{name}").start(timeout)
     crd_error = None
     try:
-        cluster.apply_crd(crd_path())
+        cluster.apply_crd(render_crd())
     except ClusterStartError as e:
         # Keep the cluster: whoever is fixing the CRD re-applies it with kubectl.
         crd_error = e

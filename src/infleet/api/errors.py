@@ -1,7 +1,8 @@
 """Errors of the API package.
 
     InfleetError                 (infleet.errors) root of every infleet error
-    └── SpecError                an InferenceDeployment spec that does not validate
+    ├── SpecError                an InferenceDeployment spec that does not validate
+    └── OperatorConfigError      an operator configuration that does not validate
 """
 
 from __future__ import annotations
@@ -15,3 +16,7 @@ class SpecError(InfleetError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid InferenceDeployment: " + "; ".join(problems))
+
+
+class OperatorConfigError(InfleetError):
+    """The operator configuration does not validate or cannot be read."""

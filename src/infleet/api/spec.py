@@ -60,6 +60,33 @@ DEFAULT_FP16_DEVIATION: dict[AccuracyMetric, float] = {
 }
 
 
+class InputShape(ApiModel):
+    """The full shape of one model input, for dimensions the ONNX file leaves dynamic."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    """The input's name in the ONNX graph."""
+    shape: Annotated[list[Annotated[int, Field(ge=-1, le=1_000_000)]], Field(min_length=1,
+                                                                            max_length=16)]
+    """Every dimension's size, -1 for the batch dimension (first, and only there): e.g.
+    `[-1, 3, 48, 192]` for an image input whose height and width the model leaves open."""
+
+    cel_rules = (
+        CelRule(
+            rule="!self.shape.exists(d, d == 0)",
+            message="model.inputs[].shape: a dimension must be at least 1 (or -1 for batch)",
+            holds=lambda s: 0 not in s.shape,
+            field_path=".shape",
+        ),
+        CelRule(
+            rule="self.shape.filter(d, d == -1).size() == 0 || "
+            "(self.shape[0] == -1 && self.shape.filter(d, d == -1).size() == 1)",
+            message="model.inputs[].shape: -1 marks the batch dimension, which is the first",
+            holds=lambda s: s.shape.count(-1) == 0 or (s.shape[0] == -1 and s.shape.count(-1) == 1),
+            field_path=".shape",
+        ),
+    )
+
+
 class ModelSource(ApiModel):
     """The ONNX model to serve."""
 
@@ -69,6 +96,19 @@ class ModelSource(ApiModel):
     """Expected SHA-256 of the file, 64 lower-case hex characters; a mismatch fails the build."""
     name: Annotated[str | None, Field(pattern=DNS_LABEL, max_length=63)] = None
     """Name the model is served under; defaults to metadata.name."""
+    inputs: Annotated[list[InputShape], Field(max_length=64)] = []
+    """Shapes of inputs with dynamic dimensions other than batch (checked by the build against
+    the model: a dynamic dimension left without a size fails the class, naming it)."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.inputs) || "
+            "self.inputs.all(i, self.inputs.exists_one(j, j.name == i.name))",
+            message="model.inputs: each input may be given only once",
+            holds=lambda m: len({i.name for i in m.inputs}) == len(m.inputs),
+            field_path=".inputs",
+        ),
+    )
 
 
 class Slo(ApiModel):

@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     text = render_yaml()
     target: Path = args.output or CRD_FILE
+    if args.output is None and not CRD_FILE.parent.is_dir():
+        print("no crds/ folder here (not a source checkout): give -o FILE or -o -", file=sys.stderr)
+        return 1
     if args.check:
         if not target.exists() or target.read_text() != text:
             print(f"{target} is stale: run `infleet crds`", file=sys.stderr)

@@ -1,0 +1,121 @@
+"""The engine contract between ``infleet build``, ``infleet serve`` and the operator.
+
+``infleet build`` writes a :class:`BuildSummary` (or, when it fails, a :class:`BuildFailure`)
+to stdout and to the build pod's termination message; the operator reads it back from the
+pod's status without extra RBAC and copies it into ``status.classes[].engine``. The engine key
+names an engine in the store. Snake_case on the wire: these are files and messages written
+by infleet's own tools, not Kubernetes objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from infleet.api.spec import Backend, Precision
+from infleet.api.status import LatencyPoint, RungResult
+
+# Open Inference Protocol (KServe v2) tensor datatypes.
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+TERMINATION_MESSAGE_LIMIT = 4096
+"""Bytes Kubernetes keeps of a container's termination message."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorSpec(_Frozen):
+    """One model input or output as the server exposes it."""
+
+    name: str
+    datatype: Datatype
+    shape: list[int]
+    """Row-major shape; -1 marks a dynamic dimension (the batch dimension first)."""
+
+
+class EngineKey(_Frozen):
+    """Everything an engine depends on; equal keys mean an interchangeable engine."""
+
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    backend: Backend
+    backend_version: str
+    precision: Precision
+    hardware_fingerprint: str
+    builder_version: str
+
+    def digest(self) -> str:
+        """Content address of the engine: the store's directory name."""
+        canonical = self.model_dump_json()  # field order is fixed by the model
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+class BuildSummary(_Frozen):
+    """What `infleet build` reports: written to stdout and the pod's termination message.
+
+    The operator copies it into ``status.classes[].engine``; `to_message` keeps it within the
+    4 KiB Kubernetes allows for a termination message.
+    """
+
+    engine_key: str
+    """``EngineKey.digest()`` of the engine kept: its directory in the store."""
+    key: EngineKey | None = None
+    """None only for a simulated build (the dev fleet's kwok classes build nothing)."""
+    backend: Backend
+    precision: Precision
+    cache_hit: bool = False
+    """True when the engine (or this whole build request) was already in the store."""
+    model_sha256: str = ""
+    node_class: str
+    accuracy: list[RungResult] = []
+    profile: list[LatencyPoint] = []
+    notes: list[str] = []
+    build_seconds: float = 0.0
+    simulated: bool = False
+    """True when no engine was built: a simulated class of the dev fleet ended the build Job
+    with this summary, and its profile is the fleet profile's nominal one."""
+
+    def to_message(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON of at most ``limit`` bytes: notes, then profile points, are trimmed."""
+        summary = self
+        text = summary.model_dump_json(exclude_none=True)
+        while len(text.encode()) > limit and summary.notes:
+            summary = summary.model_copy(update={"notes": summary.notes[:-1]})
+            text = summary.model_dump_json(exclude_none=True)
+        while len(text.encode()) > limit and len(summary.profile) > 1:
+            profile = summary.profile
+            summary = summary.model_copy(update={"profile": [profile[0], *profile[2:]]})
+            text = summary.model_dump_json(exclude_none=True)
+        while len(text.encode()) > limit and summary.accuracy:
+            summary = summary.model_copy(update={"accuracy": summary.accuracy[1:]})
+            text = summary.model_dump_json(exclude_none=True)
+        return text
+
+
+class BuildFailure(_Frozen):
+    """What a failed `infleet build` writes to its termination message."""
+
+    error: str
+    """One line (or a few) for people."""
+    reason: str = ""
+    """The error class, for machines (``ChecksumMismatch``, ``SourceUnreachable``...)."""
+    retryable: bool = False
+    """Whether trying the same build again may succeed (an unreachable source may come back;
+    a checksum mismatch will not)."""
