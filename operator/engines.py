@@ -63,15 +63,21 @@ def build_key(
 ) -> str:
     """The build key (32 hex digits) of one class's engine for ``spec``."""
     model = spec.model
+    # The budget decides which rung is kept only when the ladder has rungs below FP32; an
+    # FP32-only engine was gated once, and its recorded deviation is checked against the
+    # budget in force (planner), so loosening or tightening a budget rebuilds only the
+    # classes whose outcome it can change.
+    reduced = any(p is not Precision.FP32 for p in ladder)
     fields: dict[str, Any] = {
         "model": f"sha256:{model.sha256}" if model.sha256 else f"uri:{model.uri}",
         "inputs": {i.name: list(i.shape) for i in spec.model.inputs},
         "backend": backend.value,
         "ladder": [p.value for p in ladder],
         "metric": spec.accuracy.metric.value,
-        "budget": spec.accuracy.max_deviation,
+        "budget": spec.accuracy.max_deviation if reduced else None,
         "calibration": (
-            spec.accuracy.calibration.model_dump(mode="json") if spec.accuracy.calibration else None
+            spec.accuracy.calibration.model_dump(mode="json")
+            if spec.accuracy.calibration and reduced else None
         ),
         "maxBatch": spec.batching.max_batch_size,
         "hardware": hardware_fingerprint,

@@ -18,6 +18,7 @@ from infleet.scheduler.hardware import (
     GPU_MEMORY_LABEL,
     GPU_PRODUCT_LABEL,
     INSTANCE_TYPE_LABEL,
+    SIMULATED_LABEL,
     HardwareKey,
     hardware_key,
     key_label_signature,
@@ -90,8 +91,10 @@ def _blocking(taints: Iterable[Taint]) -> frozenset[Taint]:
     )
 
 
-def _selector_keys(key: HardwareKey) -> list[str]:
+def _selector_keys(key: HardwareKey, simulated_fleet: bool) -> list[str]:
     keys = [ARCH_LABEL, INSTANCE_TYPE_LABEL]
+    if simulated_fleet:  # only an inventory with simulated nodes needs telling them apart
+        keys.append(SIMULATED_LABEL)
     if key.is_gpu:
         keys += [GPU_PRODUCT_LABEL, GPU_MEMORY_LABEL]
     else:
@@ -125,9 +128,11 @@ def _affinity(
     groups: Mapping[tuple[object, ...], tuple[HardwareKey, list[NodeInfo]]],
 ) -> NodeAffinity:
     reqs: list[Requirement] = []
-    for label in _selector_keys(key):
+    simulated_fleet = any(k.simulated for k, _ in groups.values())
+    for label in _selector_keys(key, simulated_fleet):
         req = _requirement(
-            label, [n.labels.get(label) for n in members], label.startswith(CPUID_PREFIX)
+            label, [n.labels.get(label) for n in members],
+            label.startswith(CPUID_PREFIX) or label == SIMULATED_LABEL,
         )
         if req is not None:
             reqs.append(req)

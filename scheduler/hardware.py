@@ -39,6 +39,10 @@ GPU_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
 GPU_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 CPUID_PREFIX = "feature.node.kubernetes.io/cpu-cpuid."
+# Set by infleet's dev fleet on its kwok nodes: hardware that exists on paper only. An engine
+# "built" there is no engine, so simulated nodes never share a class (or an engine) with real
+# nodes of the same labels.
+SIMULATED_LABEL = "dev.infleet.dev/simulated"
 
 # Flags that matter, most significant first (the order of name suffixes).
 X86_FEATURES = ("AMXINT8", "AVX512VNNI", "AVXVNNI", "AVX512F", "AVX2")
@@ -182,6 +186,8 @@ class HardwareKey:
     """The tier's implied flags the node has, in X86_FEATURES/ARM_FEATURES order; flags
     beyond the tier do not change the engine and are ignored."""
     instance_type: str = ""
+    simulated: bool = False
+    """A node of the dev fleet that kwok simulates (``SIMULATED_LABEL``)."""
 
     @property
     def is_gpu(self) -> bool:
@@ -189,7 +195,7 @@ class HardwareKey:
 
     def engine_fields(self) -> dict[str, object]:
         """What an engine depends on: the key without the instance type."""
-        return {
+        fields: dict[str, object] = {
             "accelerator": self.accelerator.value,
             "arch": self.arch,
             "gpu_model": self.gpu_model,
@@ -199,6 +205,9 @@ class HardwareKey:
             "cpu_tier": self.cpu_tier,
             "cpu_features": list(self.cpu_features),
         }
+        if self.simulated:  # only then, so real classes keep their fingerprints
+            fields["simulated"] = True
+        return fields
 
     def fingerprint(self) -> str:
         """Hardware fingerprint for the engine key: equal for classes that can share an
@@ -266,6 +275,7 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
     labels = node.labels
     arch = normalize_arch(labels.get(ARCH_LABEL))
     instance = _dns(labels.get(INSTANCE_TYPE_LABEL, ""))
+    simulated = labels.get(SIMULATED_LABEL, "").lower() == "true"
     if is_gpu_node(node):
         product = labels.get(GPU_PRODUCT_LABEL)
         gpu = normalize_gpu_product(product) if product else GpuModel("gpu", None, None)
@@ -287,6 +297,7 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
             compute=compute,
             mig=_dns(gpu.mig or ""),
             instance_type=instance,
+            simulated=simulated,
         )
     order = relevant_features(arch)
     present = frozenset(
@@ -299,6 +310,7 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
         cpu_tier=tier,
         cpu_features=tuple(f for f in order if f in present and f in implied),
         instance_type=instance,
+        simulated=simulated,
     )
 
 
@@ -315,6 +327,7 @@ def key_label_signature(node: NodeInfo) -> tuple[object, ...]:
         labels.get(GPU_MAJOR_LABEL),
         labels.get(GPU_MINOR_LABEL),
         labels.get(GPU_PRESENT_LABEL),
+        labels.get(SIMULATED_LABEL),
         node.allocatable.gpus > 0,
         tuple(labels.get(CPUID_PREFIX + f) for f in X86_FEATURES + ARM_FEATURES),
     )

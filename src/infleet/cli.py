@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("infleet.scheduler.command", "show classes, backends and replicas infleet would plan"),
     "serve": ("infleet.runtime.server.command", "serve engines over the KServe v2 protocol"),
     "build": ("infleet.runtime.command", "build, verify and profile an engine for a node class"),
+    "run": ("infleet.operator.command", "run the operator (kopf) against a cluster"),
     "dev": ("infleet.devcluster.command", "local cluster + simulated fleet: tools|up|status|down"),
 }
 

@@ -16,6 +16,7 @@ from infleet.api.spec import (
     API_VERSION,
     GROUP,
     KIND,
+    NAME_RULE,
     PLURAL,
     SHORT_NAME,
     SINGULAR,
@@ -99,6 +100,14 @@ def schema_of(model: type[Any], *, defaults: bool = True) -> dict[str, Any]:
     return result if defaults else _without_defaults(result)
 
 
+def _status_schema() -> dict[str, Any]:
+    schema = schema_of(InferenceDeploymentStatus, defaults=False)
+    # kopf keeps handler progress under status.kopf when it is told to (infleet keeps it in
+    # annotations); a structural schema would prune it silently, so it is declared.
+    schema["properties"]["kopf"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return schema
+
+
 def render_crd() -> dict[str, Any]:
     """The CustomResourceDefinition object for InferenceDeployment."""
     return {
@@ -127,12 +136,13 @@ def render_crd() -> dict[str, Any]:
                             "description": f"{KIND} ({API_VERSION}): "
                             + (InferenceDeploymentSpec.__doc__ or "").strip(),
                             "required": ["spec"],
+                            "x-kubernetes-validations": [NAME_RULE.as_schema()],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": schema_of(InferenceDeploymentSpec),
-                                "status": schema_of(InferenceDeploymentStatus, defaults=False),
+                                "status": _status_schema(),
                             },
                         }
                     },

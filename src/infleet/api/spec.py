@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
@@ -261,6 +262,18 @@ class Scaling(ApiModel):
             field_path=".maxReplicas",
         ),
     )
+
+
+NAME_MAX = 45
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+NAME_RULE = CelRule(
+    rule=f"self.metadata.name.size() <= {NAME_MAX} && "
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+    message=f"metadata.name must be a DNS-1035 label of at most {NAME_MAX} characters (it "
+    "names the Services, Deployments and the served model of the deployment)",
+    holds=lambda name: len(name) <= NAME_MAX and DNS_1035.match(name) is not None,
+)
+"""Checked on the whole object (the API server) and on the name alone (the operator)."""
 
 
 def _default_object() -> dict[str, object]:

@@ -85,7 +85,12 @@ class EngineStatus(StatusModel):
     """The engine built for one class."""
 
     key: str = ""
-    """Content address of the engine in the store."""
+    """Content address of the engine in the store (known once the build kept a rung)."""
+    build_key: str = ""
+    """The build request (model, backend, ladder, budget, hardware, image): names the build
+    Job and the engine record; deployments with equal build keys share one engine."""
+    simulated: bool = False
+    """No engine was built: a simulated class of the dev fleet answered for it."""
     state: EngineState = EngineState.PENDING
     """Pending, Building, Ready or Failed."""
     backend: Backend | None = None
@@ -114,6 +119,13 @@ class ClassStatus(StatusModel):
 
     name: str
     """Node class name."""
+    excluded: bool = False
+    """The class cannot serve this model (the reason says why)."""
+    simulated: bool = False
+    """A simulated class (the dev fleet's kwok nodes): no process serves there, so it takes
+    no traffic."""
+    verified: bool = False
+    """A test inference through this class's serving pods succeeded on the current engine."""
     nodes: int = 0
     """Ready, schedulable nodes in the class."""
     backend: Backend | None = None

@@ -1,0 +1,389 @@
+"""The objects one InferenceDeployment owns, as plain manifests. Pure.
+
+Every pod passes Pod Security ``restricted``: non-root, no privilege escalation, every
+capability dropped, seccomp RuntimeDefault, a read-only root filesystem with emptyDirs where
+the process writes, no service-account token (the pods never talk to the API server). Commands
+are argv lists; user strings (the model URI, input names) are single arguments, never parts of
+a shell line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from infleet.api import API_VERSION, KIND, Backend, InferenceDeploymentSpec
+from infleet.api.config import OperatorConfig, ReplicaResources
+from infleet.operator import naming
+from infleet.operator.observed import ENGINE_KEY_ANNOTATION
+from infleet.scheduler.classes import NodeClass
+from infleet.scheduler.inventory import GPU_RESOURCE
+from infleet.scheduler.policy import ClassDecision
+
+Manifest = dict[str, Any]
+
+STORE_MOUNT = "/var/lib/infleet/store"
+PVC_ROOT = "/mnt/pvc"
+TERMINATION_LOG = "/dev/termination-log"
+HTTP_PORT = 8080
+RUNTIME_UID = 65532
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The InferenceDeployment being reconciled."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def served_name(owner: Owner, spec: InferenceDeploymentSpec) -> str:
+    return spec.model.name or owner.name
+
+
+def _meta(owner: Owner | None, namespace: str, name: str, labels: Mapping[str, str]) -> Manifest:
+    meta: Manifest = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if owner is not None:
+        meta["ownerReferences"] = [owner.reference()]
+    return meta
+
+
+def _pod_security() -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        "fsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _resources(requests: ReplicaResources, gpus: int) -> Manifest:
+    # Limits equal requests: Guaranteed QoS, so a latency SLO is not at the mercy of noisy
+    # neighbours, and the CPU count the server sizes its threads from is the real one.
+    amounts: dict[str, str] = {"cpu": requests.cpu, "memory": requests.memory}
+    if gpus:
+        amounts[GPU_RESOURCE] = str(gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _quantity(millis: int) -> str:
+    return f"{millis // 1000}" if millis % 1000 == 0 else f"{millis}m"
+
+
+def _memory(nbytes: int) -> str:
+    mib = math.ceil(nbytes / 2**20)
+    return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
+
+
+def _scheduling(cls: NodeClass) -> Manifest:
+    out: Manifest = {"affinity": {"nodeAffinity": cls.affinity.to_k8s()}}
+    if cls.tolerations:
+        out["tolerations"] = [t.as_toleration() for t in cls.tolerations]
+    return out
+
+
+def _pvc_claim(uri: str) -> str | None:
+    if not uri.startswith("pvc://"):
+        return None
+    return urlparse(uri).netloc or None
+
+
+def _engine_env() -> list[Manifest]:
+    return [
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108 - an emptyDir (read-only root)
+        {"name": "TMPDIR", "value": "/tmp"},  # noqa: S108
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+# --- build Job ---------------------------------------------------------------------------
+
+
+def build_args(
+    spec: InferenceDeploymentSpec,
+    cls: NodeClass,
+    decision: ClassDecision,
+    config: OperatorConfig,
+    model_name: str,
+) -> list[str]:
+    """`infleet build`'s argv for one class (a list: nothing here passes through a shell)."""
+    assert decision.backend is not None
+    model = spec.model
+    args = ["build", "--model", model.uri]
+    if model.sha256:
+        args += ["--sha256", model.sha256]
+    args += [
+        "--class", cls.name,
+        "--backend", decision.backend.value,
+        "--precision-ladder", ",".join(p.value for p in decision.ladder),
+        "--metric", spec.accuracy.metric.value,
+        "--max-batch", str(spec.batching.max_batch_size),
+        "--name", model_name,
+        "--hardware", json.dumps(cls.key.engine_fields(), sort_keys=True, separators=(",", ":")),
+        "--store", STORE_MOUNT,
+        "--pvc-root", PVC_ROOT,
+        "--termination-log", TERMINATION_LOG,
+        "--tuning-trials", str(config.build.tuning_trials),
+        "--tuning-seconds", f"{config.build.tuning_seconds:g}",
+    ]
+    if spec.accuracy.max_deviation is not None:
+        args += ["--max-deviation", f"{spec.accuracy.max_deviation:g}"]
+    for shape in model.inputs:
+        args += ["--input", f"{shape.name}={','.join(str(d) for d in shape.shape)}"]
+    calibration = spec.accuracy.calibration
+    if calibration is not None and calibration.uri:
+        args += ["--calibration", calibration.uri,
+                 "--calibration-samples", str(calibration.samples)]
+    return args
+
+
+def build_job(
+    owner: Owner,
+    key: str,
+    spec: InferenceDeploymentSpec,
+    cls: NodeClass,
+    decision: ClassDecision,
+    config: OperatorConfig,
+) -> Manifest:
+    """One build Job, named by its build key and pinned to exactly ``cls``'s nodes."""
+    assert decision.backend is not None
+    labels = naming.labels(None, naming.COMPONENT_BUILD, cls.name)
+    labels[naming.BUILD_KEY_LABEL] = key
+    annotations = {
+        naming.BACKEND_ANNOTATION: decision.backend.value,
+        naming.LADDER_ANNOTATION: ",".join(p.value for p in decision.ladder),
+    }
+    mounts: list[Manifest] = [
+        {"name": "store", "mountPath": STORE_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+    ]
+    volumes: list[Manifest] = [
+        {"name": "store", "persistentVolumeClaim": {"claimName": config.store_claim}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
+    ]
+    claims = []
+    for uri in (spec.model.uri, (spec.accuracy.calibration.uri if spec.accuracy.calibration
+                                  else None)):
+        claim = _pvc_claim(uri or "")
+        if claim and claim not in claims and claim != config.store_claim:
+            claims.append(claim)
+    for i, claim in enumerate(claims):
+        mounts.append({"name": f"data-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+        volumes.append({"name": f"data-{i}",
+                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    if config.store_claim in (_pvc_claim(spec.model.uri),):
+        mounts.append({"name": "store", "mountPath": f"{PVC_ROOT}/{config.store_claim}",
+                       "readOnly": True})
+    gpus = 1 if cls.key.is_gpu else 0
+    container = {
+        "name": "build",
+        "image": config.images.for_backend(decision.backend),
+        "imagePullPolicy": config.images.pull_policy,
+        "command": ["infleet"],
+        "args": build_args(spec, cls, decision, config, served_name(owner, spec)),
+        "env": _engine_env(),
+        "resources": _resources(config.build.resources, gpus),
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        # The build writes its summary there; a crash before it could leaves the log tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(),
+        **_scheduling(cls),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(owner, owner.namespace, naming.build_job_name(key), labels),
+        "spec": {
+            "backoffLimit": config.build.backoff_limit,
+            "activeDeadlineSeconds": config.build.active_deadline_seconds,
+            # The operator records the outcome and deletes the Job; this only cleans up after
+            # an operator that was gone for a day.
+            "ttlSecondsAfterFinished": 86_400,
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+# --- serving -------------------------------------------------------------------------------
+
+
+def serving_workers(decision: ClassDecision) -> int:
+    """Server processes per pod: one per whole CPU on CPU classes (each with its own engine
+    and event loop), two on GPU classes (the HTTP path, not the GPU, limits one process)."""
+    if decision.replica.gpus:
+        return 2
+    return max(1, min(8, decision.replica.cpu_millis // 1000))
+
+
+def serving_deployment(
+    owner: Owner,
+    spec: InferenceDeploymentSpec,
+    cls: NodeClass,
+    decision: ClassDecision,
+    config: OperatorConfig,
+    engine_key: str,
+    backend: Backend,
+    replicas: int,
+) -> Manifest:
+    name = naming.serving_name(owner.name, cls.name)
+    labels = naming.labels(owner.name, naming.COMPONENT_SERVING, cls.name)
+    replica = decision.replica
+    requests = ReplicaResources(cpu=_quantity(replica.cpu_millis),
+                                memory=_memory(replica.memory_bytes))
+    args = [
+        "serve",
+        "--engine-dir", f"{STORE_MOUNT}/engines/{engine_key}",
+        "--model-name", served_name(owner, spec),
+        # The pod's own address: a pod binds it (the local executor gives each pod its own
+        # loopback address; on a real node it is the pod network's).
+        "--host", "$(POD_IP)",
+        "--port", str(HTTP_PORT),
+        "--workers", str(serving_workers(decision)),
+        "--max-batch-size", str(spec.batching.max_batch_size),
+        "--max-queue-delay-ms", f"{spec.batching.max_queue_delay_ms:g}",
+    ]
+    if replica.gpus:
+        args += ["--device", "gpu", "--batch-concurrency", "2"]
+    probe_get = {"port": "http", "scheme": "HTTP"}
+    container = {
+        "name": "server",
+        "image": config.images.for_backend(backend),
+        "imagePullPolicy": config.images.pull_policy,
+        "command": ["infleet"],
+        "args": args,
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            *_engine_env(),
+        ],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        # Ready only once the engine is loaded and warmed (the server's own rule).
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", **probe_get},
+            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3,
+        },
+        # Liveness answers while a large engine loads, so no startup probe is needed.
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", **probe_get},
+            "initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "resources": _resources(requests, replica.gpus),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "store", "mountPath": STORE_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+        ],
+    }
+    pod_spec: Manifest = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 40,  # the server drains for up to 30 s
+        "securityContext": _pod_security(),
+        **_scheduling(cls),
+        "containers": [container],
+        "volumes": [
+            {"name": "store",
+             "persistentVolumeClaim": {"claimName": config.store_claim, "readOnly": True}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(owner, owner.namespace, name, labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": naming.selector(owner.name, cls.name)},
+            # New capacity first: a pod goes only after its replacement is Ready.
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": dict(labels),
+                             "annotations": {ENGINE_KEY_ANNOTATION: engine_key}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(owner: Owner, name: str, node_class: str | None) -> Manifest:
+    """A class's Service, or (``node_class`` None) the one selecting every class's pods."""
+    component = naming.COMPONENT_SERVING if node_class else naming.COMPONENT_ENDPOINT
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, owner.namespace, name,
+                          naming.labels(owner.name, component, node_class)),
+        "spec": {
+            "selector": naming.selector(owner.name, node_class),
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http",
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def route_host(owner: Owner, config: OperatorConfig) -> str:
+    return f"{owner.name}.{owner.namespace}.{config.gateway.domain}"
+
+
+def http_route(
+    owner: Owner, config: OperatorConfig, backends: Sequence[tuple[str, int]]
+) -> Manifest:
+    """The deployment's one endpoint: weighted backendRefs, one per class Service."""
+    gateway = config.gateway
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": _meta(owner, owner.namespace, owner.name,
+                          naming.labels(owner.name, naming.COMPONENT_ENDPOINT)),
+        "spec": {
+            "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                            "name": gateway.name, "namespace": gateway.namespace}],
+            "hostnames": [route_host(owner, config)],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [
+                    {"group": "", "kind": "Service", "name": name, "port": HTTP_PORT,
+                     "weight": weight}
+                    for name, weight in backends
+                ],
+            }],
+        },
+    }
