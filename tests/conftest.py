@@ -2,4 +2,4 @@
 ``namespace``) and wait helpers live in support.cluster; they start nothing until a
 test asks for them."""
 
-pytest_plugins = ["support.cluster"]
+pytest_plugins = ["support.cluster", "support.operator"]

@@ -1,0 +1,195 @@
+"""The operator end to end on the local cluster: `infleet run` in a process of its own, the
+real API server, the local executor running build Jobs and serving pods for real.
+
+Most tests here pin the deployment to the real-executor class (``classes.allow``), so what
+they check is a real build and a real server; the whole-fleet test adds the simulated classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from serve_harness import binary_body, decode_response, json_input
+from support.cluster import Kube, wait_until
+from support.operator import (
+    Operator,
+    apply_deployment,
+    claim,
+    condition,
+    deployment,
+    describe,
+    events_of,
+    local_class,
+    put_model,
+    running_operator,
+    status_of,
+    wait_available,
+    writes_over_idle_reconciles,
+)
+
+from infleet.api import GROUP, PLURAL, VERSION
+from infleet.runtime.server.samples import small_cnn
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(kube: Kube, crd: Path, namespace: str) -> dict[str, Path]:
+    return {"engines": claim(kube, namespace, "infleet-engines"),
+            "models": claim(kube, namespace, "infleet-models")}
+
+
+@pytest.fixture
+def operator(kube: Kube, namespace: str, store: dict[str, Path], tmp_path: Path,
+             op_config: Path) -> Any:
+    with running_operator(kube, tmp_path / "operator", "-n", namespace, config=op_config) as op:
+        yield op
+
+
+def cnn_spec(sha: str, only: str | None, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"uri": "pvc://infleet-models/cnn.onnx", "sha256": sha, "name": "cnn"},
+        "slo": {"latencyP99Ms": 200},
+        "batching": {"maxBatchSize": 4, "maxQueueDelayMs": 2},
+        "scaling": {"minReplicas": 1, "maxReplicas": 4},
+    }
+    if only:
+        spec["classes"] = {"allow": [only]}
+    spec.update(extra)
+    return spec
+
+
+def reference_logits(model: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    out: np.ndarray = session.run(None, {"input": x})[0]
+    return out
+
+
+def serving_pod_ip(kube: Kube, namespace: str, name: str) -> str:
+    pods = kube.core.list_namespaced_pod(
+        namespace, label_selector=f"infleet.dev/deployment={name}").items
+    ready = [p for p in pods if p.status.pod_ip and any(
+        c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    assert ready, "no Ready serving pod"
+    ip: str = ready[0].status.pod_ip
+    return ip
+
+
+def test_a_deployment_is_built_served_verified_and_answers(
+    kube: Kube, namespace: str, store: dict[str, Path], operator: Operator
+) -> None:
+    sha = put_model(store["models"], "cnn.onnx", small_cnn)
+    local = local_class(kube)
+    apply_deployment(kube, deployment("cnn", namespace, cnn_spec(sha, local)))
+    status = wait_available(kube, namespace, "cnn")
+
+    assert status["phase"] == "Ready", describe(kube, namespace, "cnn")
+    assert status["observedGeneration"] == 1
+    cls = next(c for c in status["classes"] if c["name"] == local)
+    engine = cls["engine"]
+    assert engine["state"] == "Ready" and not engine.get("simulated")
+    assert engine["backend"] == "onnxruntime" and engine["accuracy"][0]["passed"]
+    assert [p["batchSize"] for p in engine["profile"]] == [1, 2, 4]
+    # the engine really is in the store, under the key the status names
+    manifest = store["engines"] / "engines" / engine["key"] / "manifest.json"
+    assert manifest.is_file()
+    assert cls["verified"] and cls["readyReplicas"] >= 1 and cls["weight"] == 100
+    reasons = {r for _, r, _ in events_of(kube, namespace, "cnn")}
+    assert {"ClassPlaced", "BuildStarted", "BuildFinished", "Verified", "Available"} <= reasons
+
+    # A real OIP request, JSON and binary, answered with the model's own outputs.
+    x = np.random.default_rng(7).standard_normal((2, 3, 48, 192)).astype(np.float32)
+    want = reference_logits(store["models"] / "cnn.onnx", x)
+    url = f"http://{serving_pod_ip(kube, namespace, 'cnn')}:8080/v2/models/cnn/infer"
+    answer = httpx.post(url, json={"inputs": [json_input("input", x, "FP32")]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(decode_response(answer)["logits"], want, rtol=1e-4, atol=1e-5)
+    body, headers = binary_body([("input", x, "FP32")])
+    answer = httpx.post(url, content=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(decode_response(answer)["logits"], want, rtol=1e-4, atol=1e-5)
+
+    # Converged: reconciles go on (the drift timer), writes do not.
+    assert writes_over_idle_reconciles(operator, count=3) == 0
+
+
+def test_a_second_deployment_of_the_model_reuses_the_engine(
+    kube: Kube, namespace: str, store: dict[str, Path], operator: Operator
+) -> None:
+    sha = put_model(store["models"], "cnn.onnx", small_cnn)
+    local = local_class(kube)
+    apply_deployment(kube, deployment("first", namespace, cnn_spec(sha, local)))
+    first = wait_available(kube, namespace, "first")
+    started = operator.metrics().get('infleet_operator_builds_total{event="started"}')
+    assert started == 1
+    apply_deployment(kube, deployment("second", namespace, cnn_spec(sha, local)))
+    second = wait_available(kube, namespace, "second")
+    assert operator.metrics().get('infleet_operator_builds_total{event="started"}') == 1
+    key = next(c["engine"]["key"] for c in first["classes"] if c["name"] == local)
+    assert next(c["engine"]["key"] for c in second["classes"] if c["name"] == local) == key
+    assert "BuildStarted" not in {r for _, r, _ in events_of(kube, namespace, "second")}
+
+
+def test_bad_models_fail_their_class_clearly_and_the_operator_goes_on(
+    kube: Kube, namespace: str, store: dict[str, Path], operator: Operator
+) -> None:
+    from infleet.runtime.zoo.synthetic import unsupported_op
+
+    sha = put_model(store["models"], "cnn.onnx", small_cnn)
+    bad_sha = put_model(store["models"], "bad.onnx", unsupported_op)
+    local = local_class(kube)
+    cases = {
+        "checksum": (cnn_spec("0" * 64, local), "sha256 mismatch"),
+        "unreachable": ({**cnn_spec(sha, local), "model": {
+            "uri": "http://127.0.0.1:9/missing.onnx"}}, "127.0.0.1:9"),
+        "unsupported": ({**cnn_spec(bad_sha, local), "model": {
+            "uri": "pvc://infleet-models/bad.onnx", "sha256": bad_sha}}, "unsupported"),
+    }
+    for name, (spec, _) in cases.items():
+        apply_deployment(kube, deployment(name, namespace, spec))
+    apply_deployment(kube, deployment("good", namespace, cnn_spec(sha, local)))
+    for name, (_, words) in cases.items():
+        status = wait_until(
+            lambda n=name: (s := status_of(kube, namespace, n)) and
+            condition(s, "EnginesReady").get("reason") == "BuildFailed" and s,
+            240, f"{name} to fail its build", lambda n=name: describe(kube, namespace, n))
+        assert status["phase"] == "Failed"
+        cls = next(c for c in status["classes"] if c["name"] == local)
+        assert cls["engine"]["state"] == "Failed"
+        assert words in cls["engine"]["message"], cls["engine"]["message"]
+        warnings = [(r, m) for t, r, m in events_of(kube, namespace, name) if t == "Warning"]
+        assert any(r == "BuildFailed" and words in m for r, m in warnings), warnings
+    wait_available(kube, namespace, "good")
+
+
+def test_deleting_the_deployment_removes_its_children_and_keeps_the_engine(
+    kube: Kube, namespace: str, store: dict[str, Path], operator: Operator
+) -> None:
+    sha = put_model(store["models"], "cnn.onnx", small_cnn)
+    apply_deployment(kube, deployment("cnn", namespace, cnn_spec(sha, local_class(kube))))
+    status = wait_available(kube, namespace, "cnn")
+    key = next(c["engine"]["key"] for c in status["classes"] if c["engine"].get("key"))
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "cnn")
+
+    def children() -> list[str]:
+        selector = "infleet.dev/deployment=cnn"
+        found = [d.metadata.name for d in
+                 kube.apps.list_namespaced_deployment(namespace, label_selector=selector).items]
+        found += [s.metadata.name for s in
+                  kube.core.list_namespaced_service(namespace, label_selector=selector).items]
+        found += [p.metadata.name for p in
+                  kube.core.list_namespaced_pod(namespace, label_selector=selector).items]
+        return found
+
+    wait_until(lambda: not children(), 120, "the garbage collector to remove the children",
+               lambda: str(children()))
+    assert (store["engines"] / "engines" / key / "manifest.json").is_file()
+    records = kube.core.list_namespaced_config_map(
+        namespace, label_selector="infleet.dev/engine-record=true").items
+    assert records, "the engine record must outlive the deployment"
