@@ -4,7 +4,7 @@
     └── DevClusterError                 anything the local cluster could not do
         ├── ToolsMissingError           the Go binaries are not built (says how to build them)
         ├── ToolsBuildError             `go build` failed (carries the tail of its output)
-        ├── ProfileError                a fleet profile file is invalid or unknown
+        ├── FleetProfileError           a fleet profile file is invalid or unknown
         ├── ClusterStartError           a component exited or never became healthy (logs attached)
         └── ClusterStateError           `infleet dev` found no cluster, or one already running
 """
@@ -26,7 +26,7 @@ class ToolsBuildError(DevClusterError):
     """Building the Go binaries failed."""
 
 
-class ProfileError(DevClusterError):
+class FleetProfileError(DevClusterError):
     """A fleet profile is unknown or invalid."""
 
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infleet.devcluster.errors import ProfileError
+from infleet.devcluster.errors import FleetProfileError
+from infleet.scheduler.hardware import CPUINFO_TO_NFD
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
@@ -27,15 +28,6 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Not part of any class derivation: lets the harness find the nodes of a profile class.
 FLEET_CLASS_LABEL = "dev.infleet.dev/fleet-class"
-# /proc/cpuinfo flag -> Node Feature Discovery cpuid name, for the flags infleet looks at.
-CPUINFO_TO_NFD = {
-    "avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "avx512f": "AVX512F", "avx512bw": "AVX512BW",
-    "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16", "avx_vnni": "AVXVNNI",
-    "amx_int8": "AMXINT8", "amx_bf16": "AMXBF16", "amx_tile": "AMXTILE",
-    "avx512_fp16": "AVX512FP16",
-    "asimd": "ASIMD", "asimddp": "ASIMDDP", "asimdhp": "ASIMDHP", "sve": "SVE", "sve2": "SVE2",
-    "i8mm": "I8MM", "bf16": "BF16",
-}
 
 
 class Executor(StrEnum):
@@ -121,13 +113,13 @@ def load_profile(name_or_path: str) -> Profile:
     if not path.suffix:
         path = PROFILES / f"{name_or_path}.yaml"
         if not path.exists():
-            raise ProfileError(
+            raise FleetProfileError(
                 f"unknown fleet profile {name_or_path!r}; known: {', '.join(available_profiles())}"
             )
     try:
         return Profile.model_validate(yaml.safe_load(path.read_text()))
     except (OSError, yaml.YAMLError, ValidationError) as e:
-        raise ProfileError(f"fleet profile {path.name} is invalid: {e}") from e
+        raise FleetProfileError(f"fleet profile {path.name} is invalid: {e}") from e
 
 
 def node_name(cls: NodeClassSpec, index: int) -> str:

@@ -27,14 +27,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from infleet import __version__
 from infleet.api import Backend, EngineState, InferenceDeploymentSpec, Precision
-from infleet.api.engine import BuildFailure, BuildSummary
+from infleet.api.engine import BUILDER_VERSION, BuildFailure, BuildSummary
 from infleet.operator import naming
-
-BUILDER_VERSION = f"infleet-{__version__}/1"
-"""Must equal ``infleet.runtime.build.BUILDER_VERSION`` (a test checks): the same images build
-the same engines."""
 
 # Retryable failures (an unreachable URI, a node that went away) are retried after a backoff
 # that doubles per attempt; permanent ones (a checksum mismatch, an unsupported model) wait

@@ -2,11 +2,12 @@
 
     InfleetError                 (infleet.errors) root of every infleet error
     └── OperatorError            anything the operator could not do
-        └── ApiError             the API server refused a request or could not be reached
+        └── ApiError             the API server refused a request
+            └── ApiUnavailable   ...or could not be reached, timed out, was busy (retryable)
 
-``retryable`` tells the handlers what kopf should do: a retryable failure (a timeout, a 5xx,
-a conflict) becomes ``kopf.TemporaryError`` and is retried with a backoff; anything else is
-reported in the status and an Event, and waits for a change instead of looping.
+``retryable`` tells the reconcile loop how to go on: either way it retries with a growing
+backoff and logs, but a refusal (403, 422) is logged as an error someone must fix (RBAC, a
+webhook), a transient failure (timeouts, 5xx, 409, 429) as a warning.
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ class OperatorError(InfleetError):
 
 
 class ApiError(OperatorError):
-    """A Kubernetes API request failed; ``status`` is its HTTP status (0: no answer)."""
+    """A Kubernetes API request was refused; ``status`` is its HTTP status."""
 
-    def __init__(self, message: str, *, status: int, retryable: bool) -> None:
+    def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
-        self.retryable = retryable
+
+
+class ApiUnavailable(ApiError):
+    """No answer, or a transient one (5xx, 408, 409, 429): trying again may succeed."""
+
+    retryable = True

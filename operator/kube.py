@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from infleet.operator import metrics, naming
-from infleet.operator.errors import ApiError
+from infleet.operator.errors import ApiError, ApiUnavailable
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 APPLY = "application/apply-patch+yaml"
@@ -142,16 +142,15 @@ class KubeClient:
                 headers=self._headers(content_type or ("application/json" if content else None)),
             )
         except httpx.HTTPError as e:
-            raise ApiError(f"{what}: cannot reach the API server: {e}", status=0,
-                           retryable=True) from e
+            raise ApiUnavailable(f"{what}: cannot reach the API server: {e}", status=0) from e
         if response.status_code >= 400:
             try:
                 message = response.json().get("message", response.text)
             except ValueError:
                 message = response.text
-            raise ApiError(f"{what}: {response.status_code} {message}"[:2000],
-                           status=response.status_code,
-                           retryable=response.status_code in RETRYABLE_STATUS)
+            error = ApiUnavailable if response.status_code in RETRYABLE_STATUS else ApiError
+            raise error(f"{what}: {response.status_code} {message}"[:2000],
+                        status=response.status_code)
         return response
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@
     └── SchedulerError           anything the scheduler refuses
         ├── InventoryError       a node inventory (file or objects) that cannot be read
         ├── ProfileError         a latency/capacity profile file that cannot be read
-        └── ClusterReadError     reading Nodes/Pods from the API server failed (plan command)
+        ├── ClusterReadError     reading Nodes/Pods from the API server failed (retryable)
+        └── HardwareError        hardware facts given to a build that describe no class key
 
 An infeasible placement is not an error: the planner returns it as a result with its
 explanation, so the operator can put it in status and ``infleet plan`` can print it.
@@ -29,3 +30,9 @@ class ProfileError(SchedulerError):
 
 class ClusterReadError(SchedulerError):
     """Nodes or Pods could not be read from the cluster."""
+
+    retryable = True
+
+
+class HardwareError(SchedulerError):
+    """Hardware facts (a class's engine fields, given to a build) that describe no key."""

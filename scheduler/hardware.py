@@ -22,13 +22,15 @@ Reduction rules, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from infleet.scheduler.errors import HardwareError
 from infleet.scheduler.inventory import NodeInfo
 
 ARCH_LABEL = "kubernetes.io/arch"
@@ -63,6 +65,29 @@ ARM_TIERS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("sve", "SVE", frozenset({"SVE", "I8MM", "ASIMDDP", "ASIMDHP"})),
     ("asimddp", "ASIMDDP", frozenset({"ASIMDDP", "ASIMDHP"})),
 )
+
+# /proc/cpuinfo flag -> Node Feature Discovery cpuid name, for the flags infleet looks at. The one
+# table for every place that reads a machine instead of its labels: the dev cluster's local node
+# (it labels itself as NFD would) and `infleet build` on a host without --hardware.
+CPUINFO_TO_NFD = {
+    "avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "avx512f": "AVX512F", "avx512bw": "AVX512BW",
+    "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16", "avx_vnni": "AVXVNNI",
+    "amx_int8": "AMXINT8", "amx_bf16": "AMXBF16", "amx_tile": "AMXTILE",
+    "avx512_fp16": "AVX512FP16",
+    "asimd": "ASIMD", "asimddp": "ASIMDDP", "asimdhp": "ASIMDHP", "sve": "SVE", "sve2": "SVE2",
+    "i8mm": "I8MM", "bf16": "BF16",
+}  # fmt: skip
+_NFD_NAMES = frozenset(CPUINFO_TO_NFD.values())
+
+
+def nfd_flag(flag: str) -> str | None:
+    """The NFD name of a CPU flag spelt as /proc/cpuinfo (``avx512_vnni``) or as NFD
+    (``AVX512VNNI``, any case); None for a flag the table does not know."""
+    text = flag.strip()
+    if text in CPUINFO_TO_NFD:
+        return CPUINFO_TO_NFD[text]
+    return text.upper() if text.upper() in _NFD_NAMES else None
+
 
 # Compute capability by normalised model, for nodes whose GFD omits the compute labels.
 KNOWN_COMPUTE: dict[str, tuple[int, int]] = {
@@ -209,6 +234,82 @@ class HardwareKey:
             fields["simulated"] = True
         return fields
 
+    @classmethod
+    def from_engine_fields(cls, fields: Mapping[str, object]) -> HardwareKey:
+        """The key back from :meth:`engine_fields` (JSON-decoded), as a build Job receives it;
+        raises HardwareError naming the field that does not describe a key the scheduler can
+        derive. The instance type is not part of the fields: the key has none."""
+        key = cls._from_fields(fields)
+        simulated = fields.get("simulated", False)
+        if not isinstance(simulated, bool):
+            raise HardwareError("hardware: simulated must be true or false")
+        return dataclasses.replace(key, simulated=True) if simulated else key
+
+    @classmethod
+    def _from_fields(cls, fields: Mapping[str, object]) -> HardwareKey:
+        unknown = sorted(set(fields) - set(_FIELD_NAMES))
+        if unknown:
+            raise HardwareError(
+                f"hardware: unknown field(s) {', '.join(unknown)}; known: {', '.join(_FIELD_NAMES)}"
+            )
+        try:
+            accelerator = Accelerator(_field(fields, "accelerator", str))
+        except ValueError as e:
+            raise HardwareError(
+                f"hardware: accelerator must be one of {[a.value for a in Accelerator]}"
+            ) from e
+        arch = normalize_arch(_field(fields, "arch", str))
+        compute_raw = fields.get("compute")
+        compute: tuple[int, int] | None = None
+        if compute_raw is not None:
+            if (
+                not isinstance(compute_raw, list | tuple)
+                or len(compute_raw) != 2
+                or not all(isinstance(c, int) and not isinstance(c, bool) for c in compute_raw)
+            ):
+                raise HardwareError("hardware: compute must be [major, minor] or null")
+            compute = (compute_raw[0], compute_raw[1])
+        memory = fields.get("gpu_memory_gb", 0)
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 0:
+            raise HardwareError("hardware: gpu_memory_gb must be a whole number >= 0")
+        raw_features = fields.get("cpu_features", [])
+        if not isinstance(raw_features, list | tuple) or not all(
+            isinstance(f, str) for f in raw_features
+        ):
+            raise HardwareError("hardware: cpu_features must be a list of NFD flag names")
+        gpu_model = _field(fields, "gpu_model", str, "")
+        mig = _field(fields, "mig", str, "")
+        tier = _field(fields, "cpu_tier", str, "")
+        if accelerator is Accelerator.NVIDIA:
+            if tier or raw_features:
+                raise HardwareError("hardware: a GPU key has no cpu_tier or cpu_features")
+            if not gpu_model:
+                raise HardwareError("hardware: a GPU key needs gpu_model")
+            return cls(Accelerator.NVIDIA, arch, gpu_model, memory, compute, mig)
+        if gpu_model or memory or compute is not None or mig:
+            raise HardwareError(
+                "hardware: a CPU key has no gpu_model, gpu_memory_gb, compute or mig"
+            )
+        implied = _tier_implies(arch, tier)
+        if implied is None:
+            known = [t for t, _, _ in _tiers(arch)]
+            raise HardwareError(
+                f"hardware: cpu_tier {tier!r} is not a tier of {arch} (known: {known or 'none'})"
+            )
+        beyond = sorted(set(raw_features) - implied)
+        if beyond:
+            raise HardwareError(
+                f"hardware: cpu_features {beyond} are not flags of the {tier or 'base'} tier "
+                f"of {arch} ({sorted(implied) or 'none'})"
+            )
+        key = cpu_key(arch, raw_features)
+        if key.cpu_tier != tier:
+            raise HardwareError(
+                f"hardware: cpu_features {sorted(raw_features)} put an {arch} node in tier "
+                f"{key.cpu_tier or 'none'}, not {tier!r}"
+            )
+        return key
+
     def fingerprint(self) -> str:
         """Hardware fingerprint for the engine key: equal for classes that can share an
         engine (classes that differ only in instance type share one)."""
@@ -248,9 +349,49 @@ class HardwareKey:
         return []
 
 
+_FIELD_NAMES = (
+    "accelerator",
+    "arch",
+    "gpu_model",
+    "gpu_memory_gb",
+    "compute",
+    "mig",
+    "cpu_tier",
+    "cpu_features",
+    "simulated",
+)
+
+
+def _field(
+    fields: Mapping[str, object], name: str, kind: type[str], default: str | None = None
+) -> str:
+    value = fields.get(name, default)
+    if not isinstance(value, kind):
+        raise HardwareError(
+            f"hardware: {name} must be a string" + ("" if default is not None else " (required)")
+        )
+    return value
+
+
+def _tiers(arch: str) -> tuple[tuple[str, str, frozenset[str]], ...]:
+    return X86_TIERS if arch == "amd64" else ARM_TIERS if arch == "arm64" else ()
+
+
+def _tier_implies(arch: str, tier: str) -> frozenset[str] | None:
+    """The flags ``tier`` implies on ``arch`` (empty for no tier), None for an unknown tier."""
+    if not tier:
+        return frozenset()
+    return next((implied for t, _, implied in _tiers(arch) if t == tier), None)
+
+
+def tier_implies(key: HardwareKey) -> frozenset[str]:
+    """The flags the key's CPU tier implies on shipping CPUs (empty for GPU keys and no tier)."""
+    return _tier_implies(key.arch, key.cpu_tier) or frozenset()
+
+
 def _cpu_tier(arch: str, present: frozenset[str]) -> tuple[str, frozenset[str]]:
     """The best tier whose headline flag the node has, and the flags that tier implies."""
-    tiers = X86_TIERS if arch == "amd64" else ARM_TIERS if arch == "arm64" else ()
+    tiers = _tiers(arch)
     for tier, headline, implied in tiers:
         if headline in present:
             return tier, implied
@@ -277,40 +418,62 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
     instance = _dns(labels.get(INSTANCE_TYPE_LABEL, ""))
     simulated = labels.get(SIMULATED_LABEL, "").lower() == "true"
     if is_gpu_node(node):
-        product = labels.get(GPU_PRODUCT_LABEL)
-        gpu = normalize_gpu_product(product) if product else GpuModel("gpu", None, None)
-        memory_mib = _int_label(labels, GPU_MEMORY_LABEL)
-        if gpu.mig:
-            memory_gb = 0  # the MIG profile names the slice's memory
-        elif memory_mib:
-            memory_gb = marketed_gb(memory_mib)
-        else:
-            memory_gb = gpu.memory_gb or 0
         major = _int_label(labels, GPU_MAJOR_LABEL)
         minor = _int_label(labels, GPU_MINOR_LABEL)
-        compute = (major, minor or 0) if major is not None else KNOWN_COMPUTE.get(gpu.model)
-        return HardwareKey(
-            accelerator=Accelerator.NVIDIA,
-            arch=arch,
-            gpu_model=gpu.model,
-            gpu_memory_gb=memory_gb,
-            compute=compute,
-            mig=_dns(gpu.mig or ""),
-            instance_type=instance,
-            simulated=simulated,
+        key = gpu_key(
+            arch,
+            labels.get(GPU_PRODUCT_LABEL),
+            _int_label(labels, GPU_MEMORY_LABEL),
+            (major, minor or 0) if major is not None else None,
+            instance,
         )
-    order = relevant_features(arch)
-    present = frozenset(
-        f for f in order if labels.get(CPUID_PREFIX + f, "").lower() == "true"
+    else:
+        present = [
+            f for f in relevant_features(arch) if labels.get(CPUID_PREFIX + f, "").lower() == "true"
+        ]
+        key = cpu_key(arch, present, instance)
+    return dataclasses.replace(key, simulated=True) if simulated else key
+
+
+def gpu_key(
+    arch: str,
+    product: str | None,
+    memory_mib: int | None,
+    compute: tuple[int, int] | None,
+    instance_type: str = "",
+) -> HardwareKey:
+    """The key of an NVIDIA node from what GPU Feature Discovery reports (product string,
+    memory in MiB, compute capability), or what a build host reads from its driver."""
+    gpu = normalize_gpu_product(product) if product else GpuModel("gpu", None, None)
+    if gpu.mig:
+        memory_gb = 0  # the MIG profile names the slice's memory
+    elif memory_mib:
+        memory_gb = marketed_gb(memory_mib)
+    else:
+        memory_gb = gpu.memory_gb or 0
+    return HardwareKey(
+        accelerator=Accelerator.NVIDIA,
+        arch=arch,
+        gpu_model=gpu.model,
+        gpu_memory_gb=memory_gb,
+        compute=compute if compute is not None else KNOWN_COMPUTE.get(gpu.model),
+        mig=_dns(gpu.mig or ""),
+        instance_type=instance_type,
     )
+
+
+def cpu_key(arch: str, flags: Iterable[str], instance_type: str = "") -> HardwareKey:
+    """The key of a CPU node with these NFD flags (others are ignored): its tier and the tier's
+    flags it has."""
+    order = relevant_features(arch)
+    present = frozenset(f for f in order if f in set(flags))
     tier, implied = _cpu_tier(arch, present)
     return HardwareKey(
         accelerator=Accelerator.CPU,
         arch=arch,
         cpu_tier=tier,
         cpu_features=tuple(f for f in order if f in present and f in implied),
-        instance_type=instance,
-        simulated=simulated,
+        instance_type=instance_type,
     )
 
 

@@ -6,8 +6,11 @@ the FP32 ONNX Runtime reference, and the first rung within the budget is profile
 Among backends that produced a passing engine, the fastest (geometric-mean throughput over the
 profiled batch sizes) is kept, and the notes say what was measured and why it won.
 
-A whole build request is keyed too (model, class, backends, ladder, budget, options): a second
-identical request finds its record and the stored engine, and returns without building.
+The target comes from the scheduler's hardware key of the class (``BuildRequest.hardware``),
+and the engine key's hardware fingerprint is that key's: classes that differ only in instance
+type share engines. A whole build request is keyed too (model, hardware, backends and their
+library versions, ladder, budget, shapes, options; never the class name): a second identical
+request finds its record and the stored engine, and returns without building.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from infleet import __version__
 from infleet.api import AccuracyMetric, Backend, LatencyPoint, Precision, RungResult
+from infleet.api.engine import BUILDER_VERSION
 from infleet.runtime import fetch as fetching
+from infleet.runtime import shapes
 from infleet.runtime.accuracy import Budget, verdict, worst_deviation
 from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder
 from infleet.runtime.builders.base import Runner, run_any_batch
@@ -38,16 +42,15 @@ from infleet.runtime.errors import (
     ModelError,
     UnsupportedModel,
 )
-from infleet.runtime.hardware import Arch, HardwareTarget, cpu_limit_threads, target_for_class
+from infleet.runtime.hardware import cpu_limit_threads, target_for
 from infleet.runtime.manifest import BuildSummary, EngineKey, EngineManifest
 from infleet.runtime.onnxmodel import ModelInfo, model_info, synthetic_inputs
+from infleet.runtime.opsupport import model_ops
 from infleet.runtime.profile import measure, speed_score
 from infleet.runtime.store import EngineStore
+from infleet.scheduler.hardware import HardwareKey
 
 log = logging.getLogger(__name__)
-
-BUILDER_VERSION = f"infleet-{__version__}/1"
-"""Enters every engine key: bump the suffix when a builder change makes old engines stale."""
 
 Progress = Callable[[str], None]
 
@@ -55,17 +58,24 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class BuildRequest:
     model_uri: str
-    node_class: str
+    hardware: HardwareKey
+    """The scheduler's key of the class built for: the target and the engine key's hardware
+    fingerprint come from it (``infleet build --hardware``, or the host's key)."""
     store: Path
     backends: tuple[Backend, ...]
     """The scheduler's backend first; the rest are alternatives measured against it."""
+    node_class: str = ""
+    """The class's name, recorded in the summary and the manifest; it keys nothing."""
     ladder: tuple[Precision, ...] = (Precision.FP32,)
     model_sha256: str | None = None
     model_name: str = "model"
     metric: AccuracyMetric = AccuracyMetric.COSINE
     max_deviation: float | None = None
     max_batch: int = 8
+    inputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """Whole shapes of inputs, -1 for the batch (``--input``, ``spec.model.inputs``)."""
     dims: Mapping[str, int] = field(default_factory=dict)
+    """Sizes of open dimensions by name, in every input (``--dim``)."""
     calibration_uri: str | None = None
     calibration_sha256: str | None = None
     calibration_samples: int = 64
@@ -74,24 +84,30 @@ class BuildRequest:
     tuning_seconds: float = 0.0
     batch_sizes: tuple[int, ...] = ()
     int8_method: str = "auto"
-    arch: Arch | None = None
-    features: frozenset[str] | None = None
-    compute_capability: tuple[int, int] | None = None
     threads: int | None = None
     profile_seconds: float = 0.5
     fetch_options: fetching.FetchOptions = field(default_factory=fetching.FetchOptions)
 
-    def digest(self, model_sha256: str, target: HardwareTarget, calibration_sha: str | None) -> str:
+    def digest(
+        self,
+        model_sha256: str,
+        info: ModelInfo,
+        versions: Mapping[Backend, str],
+        calibration_sha: str | None,
+    ) -> str:
+        """The request's key in the store's requests/: everything its outcome depends on, and
+        not the class name (classes that differ only in instance type share engines).
+        ``info`` is the model with its shapes resolved, ``versions`` each backend's library
+        version (a new library builds anew)."""
         fields = {
             "model": model_sha256,
-            "target": target.fingerprint(),
-            "class": self.node_class,
-            "backends": [b.value for b in self.backends],
+            "hardware": self.hardware.fingerprint(),
+            "backends": [[b.value, versions[b]] for b in self.backends],
             "ladder": [p.value for p in self.ladder],
             "metric": self.metric.value,
             "budget": self.max_deviation,
             "max_batch": self.max_batch,
-            "dims": dict(sorted(self.dims.items())),
+            "shapes": shapes.input_shapes(info),
             "calibration": calibration_sha,
             "samples": [self.calibration_samples, self.validation_samples],
             "tuning": [self.tuning_trials, self.tuning_seconds],
@@ -107,6 +123,8 @@ class _Candidate:
     backend: Backend
     manifest: EngineManifest | None = None
     rungs: list[RungResult] = field(default_factory=list)
+    failures: list[BuildError] = field(default_factory=list)
+    """The errors of rungs (or of the whole backend) that could not be built."""
     notes: list[str] = field(default_factory=list)
     cache_hit: bool = False
     emulated: bool = False
@@ -115,32 +133,32 @@ class _Candidate:
 def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> BuildSummary:
     started = time.monotonic()
     store = EngineStore(request.store)
+    target = target_for(request.hardware)
+    progress(f"target: {target.describe()} (hardware {request.hardware.fingerprint()})")
     progress(f"fetching {request.model_uri}")
     fetched = fetching.fetch(
         request.model_uri, request.store / "models", request.model_sha256, request.fetch_options
     )
     progress(f"model sha256 {fetched.sha256} ({fetched.size} bytes)")
-    info = model_info(fetched.path)
-    if not info.inputs:
+    declared = model_info(fetched.path)
+    if not declared.inputs:
         raise ModelError(f"{request.model_uri}: the model has no inputs")
-    target = target_for_class(
-        request.node_class, request.arch, request.features, request.compute_capability
-    )
+    info = shapes.resolve(declared, request.inputs, request.dims)
     threads = request.threads or cpu_limit_threads()
+    builders, versions = _builders(request.backends)
     calibration, calibration_sha, calibration_note = _calibration(request, info, store)
-    req_digest = request.digest(fetched.sha256, target, calibration_sha)
+    req_digest = request.digest(fetched.sha256, info, versions, calibration_sha)
     with store.lock(f"request-{req_digest}"):
         cached = _cached_summary(store, req_digest)
         if cached is not None:
             progress(f"cache hit: engine {cached.engine_key} exists for this request")
-            return cached
+            return cached.model_copy(update={"node_class": request.node_class})
         with tempfile.TemporaryDirectory(dir=store.root / "staging", prefix="work-") as work:
             job = BuildJob(
                 model_path=fetched.path,
                 info=info,
                 target=target,
                 max_batch=_max_batch(request, info),
-                dims=dict(request.dims),
                 calibration=calibration,
                 threads=threads,
                 work_dir=Path(work),
@@ -149,10 +167,29 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
                 batch_sizes=request.batch_sizes,
                 int8_method=request.int8_method,
             )
-            summary = _build(request, job, store, fetched.sha256, progress, started)
+            summary = _build(request, job, store, builders, fetched.sha256, progress, started)
         summary = summary.model_copy(update={"notes": [calibration_note, *summary.notes]})
         store.put_request(req_digest, json.loads(summary.model_dump_json()))
     return summary
+
+
+def _builders(
+    backends: tuple[Backend, ...],
+) -> tuple[dict[Backend, EngineBuilder | BackendUnavailable], dict[Backend, str]]:
+    """Each backend's builder (or why it is missing) and library version. The scheduler's
+    backend must be there; a missing alternative is reported in the notes."""
+    builders: dict[Backend, EngineBuilder | BackendUnavailable] = {}
+    versions: dict[Backend, str] = {}
+    for i, backend in enumerate(backends):
+        try:
+            builder = get_builder(backend)
+            versions[backend] = builder.version()
+            builders[backend] = builder
+        except BackendUnavailable as e:
+            if i == 0:
+                raise
+            builders[backend], versions[backend] = e, "unavailable"
+    return builders, versions
 
 
 def _max_batch(request: BuildRequest, info: ModelInfo) -> int:
@@ -177,7 +214,7 @@ def _calibration(
     request: BuildRequest, info: ModelInfo, store: EngineStore
 ) -> tuple[dict[str, np.ndarray], str | None, str]:
     if request.calibration_uri is None:
-        data = synthetic_inputs(info, request.calibration_samples, request.dims, seed=0)
+        data = synthetic_inputs(info, request.calibration_samples, seed=0)
         return (
             data,
             None,
@@ -200,10 +237,11 @@ def _calibration(
         raise ModelError(f"{request.calibration_uri}: not a readable .npz file: {e}") from e
     for t in info.inputs:
         a = data[t.name]
-        if a.dtype != t.dtype or a.ndim != len(t.dims):
+        fixed = all(d in (n, -1) for n, d in zip(a.shape[1:], t.spec().shape[1:], strict=False))
+        if a.dtype != t.dtype or a.ndim != len(t.dims) or not fixed:
             raise ModelError(
                 f"{request.calibration_uri}: {t.name} is {a.dtype}{list(a.shape)}, "
-                f"the model wants {t.dtype} with {len(t.dims)} dimensions"
+                f"the engine takes {t.dtype}{t.spec().shape} (-1: any number of samples)"
             )
     data = {k: v[: request.calibration_samples] for k, v in data.items()}
     rows = len(next(iter(data.values())))
@@ -219,61 +257,58 @@ def _validation(
 ) -> dict[str, np.ndarray]:
     if request.calibration_uri is not None:
         return {k: v[: request.validation_samples] for k, v in calibration.items()}
-    return synthetic_inputs(info, request.validation_samples, request.dims, seed=1)
+    return synthetic_inputs(info, request.validation_samples, seed=1)
 
 
 def _build(
     request: BuildRequest,
     job: BuildJob,
     store: EngineStore,
+    builders: Mapping[Backend, EngineBuilder | BackendUnavailable],
     model_sha: str,
     progress: Progress,
     started: float,
 ) -> BuildSummary:
-    from infleet.runtime.builders.onnxruntime import reference_runner
+    from infleet.runtime.builders.onnxruntime import OnnxRuntimeBuilder, reference_runner
 
+    # Operators first, from each backend's own table: a model a backend cannot run fails
+    # there with the operators named, before any reference or engine is built.
+    ops = model_ops(job.model_path)
+    candidates: list[_Candidate] = []
+    ready: list[EngineBuilder] = []
+    for backend, builder in builders.items():
+        if isinstance(builder, BackendUnavailable):
+            candidates.append(
+                _Candidate(backend, notes=[f"alternative {backend} not measured: {builder}"])
+            )
+        elif missing := builder.unsupported_ops(ops):
+            error = UnsupportedModel(f"{backend} cannot run the operators {', '.join(missing)}")
+            progress(f"{backend}: {error}")
+            candidates.append(_Candidate(backend, failures=[error]))
+        else:
+            ready.append(builder)
+    if not ready:
+        raise _no_engine(candidates)
+    if missing := OnnxRuntimeBuilder().unsupported_ops(ops):
+        raise UnsupportedModel(
+            f"the FP32 reference (onnxruntime) cannot run the operators {', '.join(missing)}, "
+            "so no engine can be checked against it"
+        )
     validation = _validation(request, job.info, job.calibration)
     progress("running the FP32 ONNX Runtime reference")
     reference = run_any_batch(
         reference_runner(job.model_path, job.threads), validation, job.max_batch
     )
     budget = Budget(request.metric, request.max_deviation)
-    candidates: list[_Candidate] = []
-    for i, backend in enumerate(request.backends):
-        try:
-            builder = get_builder(backend)
-            version = builder.version()
-        except BackendUnavailable as e:
-            if i == 0:
-                raise
-            candidates.append(
-                _Candidate(backend, notes=[f"alternative {backend} not measured: {e}"])
+    for builder in ready:
+        candidates.append(
+            _walk_ladder(
+                request, job, store, builder, model_sha, budget, validation, reference, progress
             )
-            continue
-        cand = _walk_ladder(
-            request,
-            job,
-            store,
-            builder,
-            version,
-            model_sha,
-            budget,
-            validation,
-            reference,
-            progress,
         )
-        candidates.append(cand)
     passing = [c for c in candidates if c.manifest is not None]
     if not passing:
-        tried = "; ".join(
-            f"{c.backend} {r.precision}: {r.message}" for c in candidates for r in c.rungs
-        )
-        errors = [r.message for c in candidates for r in c.rungs]
-        if errors and all(m.startswith("unsupported model") for m in errors):
-            raise UnsupportedModel(f"no backend can build this model: {tried}")
-        raise AccuracyGateFailed(
-            f"no precision rung passed the accuracy gate: {tried or 'nothing to try'}"
-        )
+        raise _no_engine(candidates)
     winner, choice_notes = choose(passing)
     assert winner.manifest is not None
     notes = [*choice_notes, *(n for c in candidates for n in c.notes)]
@@ -298,6 +333,25 @@ def _build(
         notes=notes,
         build_seconds=round(time.monotonic() - started, 2),
     )
+
+
+def _no_engine(candidates: list[_Candidate]) -> BuildError:
+    """Why no backend produced an engine, as the error class that says it: the model's
+    operators or dtypes (every failure UnsupportedModel), the accuracy budget (a rung was
+    measured and broke it), else a build failure."""
+    failures = [f for c in candidates for f in c.failures]
+    tried = (
+        "; ".join(
+            [f"{c.backend}: {f}" for c in candidates for f in c.failures if not c.rungs]
+            + [f"{c.backend} {r.precision}: {r.message}" for c in candidates for r in c.rungs]
+        )
+        or "nothing to try"
+    )
+    if failures and all(isinstance(f, UnsupportedModel) for f in failures):
+        return UnsupportedModel(f"no backend can build this model: {tried}")
+    if any(r.deviation is not None for c in candidates for r in c.rungs):
+        return AccuracyGateFailed(f"no precision rung passed the accuracy gate: {tried}")
+    return BuildError(f"no engine could be built: {tried}")
 
 
 def choose(passing: list[_Candidate]) -> tuple[_Candidate, list[str]]:
@@ -330,7 +384,6 @@ def _walk_ladder(
     job: BuildJob,
     store: EngineStore,
     builder: EngineBuilder,
-    version: str,
     model_sha: str,
     budget: Budget,
     validation: Mapping[str, np.ndarray],
@@ -338,6 +391,7 @@ def _walk_ladder(
     progress: Progress,
 ) -> _Candidate:
     cand = _Candidate(builder.backend)
+    version = builder.version()
     for precision in request.ladder:
         limit = budget.limit(precision)
         if limit is None:
@@ -360,17 +414,22 @@ def _walk_ladder(
             backend=builder.backend,
             backend_version=version,
             precision=precision,
-            hardware_fingerprint=job.target.fingerprint(),
+            hardware_fingerprint=job.target.key.fingerprint(),
             builder_version=BUILDER_VERSION,
+            input_shapes=shapes.input_shapes(job.info),
+            max_batch_size=job.max_batch,
+            batch_sizes=list(builder.batch_sizes(job)),
         )
         progress(f"{builder.backend} {precision}: engine {key.digest()}")
         with store.lock(key.digest()):
             result = _rung(
                 request, job, store, builder, key, budget, validation, reference, progress
             )
-        rung, manifest, hit, emulated, notes = result
+        rung, manifest, hit, emulated, notes, error = result
         cand.rungs.append(rung)
         cand.notes.extend(notes)
+        if error is not None:
+            cand.failures.append(error)
         progress(
             f"{builder.backend} {precision}: {'PASS' if rung.passed else 'FAIL'} {rung.message}"
         )
@@ -381,7 +440,7 @@ def _walk_ladder(
     return cand
 
 
-_RungOutcome = tuple[RungResult, EngineManifest | None, bool, bool, list[str]]
+_RungOutcome = tuple[RungResult, EngineManifest | None, bool, bool, list[str], BuildError | None]
 
 
 def _rung(
@@ -397,7 +456,7 @@ def _rung(
 ) -> _RungOutcome:
     """Build (or reuse) one engine and gate it.
 
-    Returns (rung, manifest or None, cache hit, emulated, notes).
+    Returns (rung, manifest or None, cache hit, emulated, notes, the build error or None).
     """
     precision = key.precision
     existing = store.get(key)
@@ -422,6 +481,7 @@ def _rung(
                 False,
                 False,
                 [],
+                e,
             )
         notes.extend(built.notes)
         engine_dir = staged
@@ -453,9 +513,9 @@ def _rung(
     if not rung.passed:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
-        return rung, None, False, False, notes
+        return rung, None, False, False, notes, None
     if existing is not None:
-        return rung, existing, True, runner.emulated, notes
+        return rung, existing, True, runner.emulated, notes, None
     profile: list[LatencyPoint] = []
     if runner.emulated:
         notes.append(
@@ -466,7 +526,7 @@ def _rung(
         progress(f"{builder.backend} {precision}: profiling batch sizes up to {job.max_batch}")
         profile = measure(
             runner,
-            lambda b: synthetic_inputs(job.info, b, job.dims, seed=2),
+            lambda b: synthetic_inputs(job.info, b, seed=2),
             job.max_batch,
             seconds_per_size=request.profile_seconds,
             sizes=list(manifest.batch_sizes) or None,
@@ -480,4 +540,5 @@ def _rung(
         False,
         runner.emulated,
         notes,
+        None,
     )

@@ -1,8 +1,14 @@
 """``infleet build``: build, verify, profile and store one engine for one node class.
 
-Progress goes to stderr; the summary (JSON, at most 4 KiB) goes to stdout and to the pod's
-termination-message file, where the operator reads it without extra RBAC. A failure writes
-``{"error": ...}`` there too, then exits non-zero with one clear line.
+Progress goes to stderr; the summary (``infleet.api.engine.BuildSummary`` JSON, at most 4 KiB)
+goes to stdout and to the pod's termination-message file, where the operator reads it without
+extra RBAC. A failure writes a ``BuildFailure`` there (``error``, ``reason``: the error class,
+``retryable``: that class's ``retryable``), then exits 1 with one clear line on stderr.
+
+The target is the scheduler's hardware key: ``--hardware`` (the operator passes the class's
+``HardwareKey.engine_fields()`` as JSON), or, for a person building by hand, this host's key
+with the optional ``--arch``/``--cpu-features``/``--compute-capability``. ``--class`` is only a
+name for the summary and the manifest.
 """
 
 from __future__ import annotations
@@ -33,7 +39,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sha256", help="expected sha256 of the model (verified; always recorded)")
     p.add_argument(
-        "--class", dest="node_class", required=True, metavar="CLASS", help="node class to build for"
+        "--class",
+        dest="node_class",
+        default="",
+        metavar="CLASS",
+        help="name of the node class built for (recorded in the summary; it keys nothing)",
+    )
+    p.add_argument(
+        "--hardware",
+        metavar="JSON",
+        help="the class's hardware key, as HardwareKey.engine_fields() JSON (what the operator "
+        "passes); default: this host's key, with --arch/--cpu-features/--compute-capability",
     )
     p.add_argument(
         "--backend", required=True, choices=backends, help="the scheduler's backend for the class"
@@ -61,11 +77,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-batch", type=int, default=8, help="largest batch the server forms (default 8)"
     )
     p.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="whole shape of one input, -1 for the batch dimension (first only), e.g. "
+        "x=-1,3,48,192 (repeatable)",
+    )
+    p.add_argument(
         "--dim",
         action="append",
         default=[],
         metavar="NAME=N",
-        help="size of a named dynamic dimension other than batch (e.g. seq=128)",
+        help="size of every open dimension named NAME, in every input (e.g. seq=128)",
     )
     p.add_argument("--name", default="model", help="served model name")
     p.add_argument(
@@ -87,13 +112,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--arch",
-        choices=["x86_64", "aarch64"],
-        help="target architecture (default: from the class)",
+        choices=["amd64", "arm64", "x86_64", "aarch64"],
+        help="without --hardware: target architecture (default: this host's)",
     )
     p.add_argument(
-        "--cpu-features", help="target CPU flags, comma-separated (default: host's or the class's)"
+        "--cpu-features",
+        metavar="FLAGS",
+        help="without --hardware: target CPU flags, comma-separated, as /proc/cpuinfo or NFD "
+        "spells them (default: this host's on its arch, none on another)",
     )
-    p.add_argument("--compute-capability", help="GPU compute capability, e.g. 8.9")
+    p.add_argument(
+        "--compute-capability",
+        metavar="MAJOR.MINOR",
+        help="without --hardware: build for an NVIDIA GPU of this compute capability (default: "
+        "the GPU the driver shows, if any)",
+    )
     p.add_argument(
         "--threads", type=int, help="intra-op threads (default: the container's CPU limit)"
     )
@@ -115,6 +148,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from infleet.api.engine import BuildFailure
     from infleet.errors import InfleetError
 
     try:
@@ -126,7 +160,17 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda msg: print(f"infleet build: {msg}", file=sys.stderr, flush=True),
         )
     except InfleetError as e:
-        _write_termination(args.termination_log, json.dumps({"error": str(e)[:3900]}))
+        failure = BuildFailure(error=str(e), reason=type(e).__name__, retryable=e.retryable)
+        _write_termination(args.termination_log, failure.to_message())
+        raise  # the CLI prints the one line and exits 1
+    except Exception as e:
+        # A bug: the operator still gets a readable failure; the traceback goes to stderr.
+        failure = BuildFailure(
+            error=f"internal error in infleet build: {type(e).__name__}: {e}",
+            reason="InternalError",
+            retryable=False,
+        )
+        _write_termination(args.termination_log, failure.to_message())
         raise
     message = summary.to_message()
     _write_termination(args.termination_log, message)
@@ -136,19 +180,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from infleet.api import AccuracyMetric, Backend, Precision
+    from infleet.runtime import shapes
     from infleet.runtime.build import BuildRequest
     from infleet.runtime.errors import BuildError
     from infleet.runtime.fetch import FetchOptions
-    from infleet.runtime.hardware import Arch
 
     try:
         ladder = tuple(Precision(p.lower()) for p in _csv(args.precision_ladder))
-        dims = {k: int(v) for k, _, v in (d.partition("=") for d in args.dim)}
         batch_sizes = tuple(int(b) for b in _csv(args.batch_sizes))
-        cc = None
-        if args.compute_capability:
-            major, _, minor = args.compute_capability.partition(".")
-            cc = (int(major), int(minor or 0))
     except ValueError as e:
         raise BuildError(f"bad argument: {e}") from e
     if not ladder:
@@ -168,6 +207,7 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return BuildRequest(
         model_uri=args.model,
         model_sha256=args.sha256,
+        hardware=_hardware(args),
         node_class=args.node_class,
         store=args.store,
         backends=backends,
@@ -176,7 +216,8 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         metric=AccuracyMetric(args.metric),
         max_deviation=args.max_deviation,
         max_batch=args.max_batch,
-        dims=dims,
+        inputs=shapes.parse_inputs(args.inputs),
+        dims=shapes.parse_dims(args.dim),
         calibration_uri=args.calibration,
         calibration_sha256=args.calibration_sha256,
         calibration_samples=args.calibration_samples,
@@ -185,13 +226,43 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         tuning_seconds=args.tuning_seconds,
         batch_sizes=batch_sizes,
         int8_method=args.int8_method,
-        arch=Arch(args.arch) if args.arch else None,
-        features=frozenset(_csv(args.cpu_features.lower())) if args.cpu_features else None,
-        compute_capability=cc,
         threads=args.threads,
         profile_seconds=args.profile_seconds,
         fetch_options=FetchOptions(**fetch_kwargs),
     )
+
+
+def _hardware(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The class's key from --hardware, else this host's (with the hand overrides)."""
+    from infleet.runtime.errors import BuildError
+    from infleet.runtime.hardware import host_key
+    from infleet.scheduler.hardware import HardwareKey
+
+    overrides = [
+        f"--{n}"
+        for n in ("arch", "cpu-features", "compute-capability")
+        if getattr(args, n.replace("-", "_")) is not None
+    ]
+    if args.hardware is not None:
+        if overrides:
+            raise BuildError(f"--hardware says everything; drop {', '.join(overrides)}")
+        try:
+            fields = json.loads(args.hardware)
+        except ValueError as e:
+            raise BuildError(f"--hardware is not JSON: {e}") from e
+        if not isinstance(fields, dict):
+            raise BuildError("--hardware must be a JSON object (HardwareKey.engine_fields())")
+        return HardwareKey.from_engine_fields(fields)
+    cc = None
+    if args.compute_capability is not None:
+        major, _, minor = args.compute_capability.partition(".")
+        if not major.isdigit() or not (minor or "0").isdigit():
+            raise BuildError(
+                f"--compute-capability {args.compute_capability!r}: expected MAJOR.MINOR, e.g. 8.9"
+            )
+        cc = (int(major), int(minor or 0))
+    features = _csv(args.cpu_features) if args.cpu_features is not None else None
+    return host_key(args.arch, features, cc)
 
 
 def _write_termination(path: Path | None, text: str) -> None:

@@ -2,20 +2,26 @@
 
     InfleetError                      (infleet.errors)
     └── RuntimeFailure                anything the data plane reports to a person
-        └── BuildError                `infleet build` could not produce an engine
-            ├── FetchError            the model (or calibration data) could not be fetched
-            │   ├── SourceUnreachable     connection refused, DNS, HTTP error status, missing file
-            │   ├── SourceTooLarge        the download passed the size cap
-            │   └── ChecksumMismatch      sha256 differs from the expected digest (both shown)
-            ├── ModelError            the file is not a usable ONNX model
-            │   └── UnsupportedModel      an op or dtype the chosen backend cannot build
-            ├── BackendUnavailable    the backend library is not installed or lacks a capability
-            ├── AccuracyGateFailed    no rung of the precision ladder met the accuracy budget
-            └── StoreError            the engine store could not be read or written
-        (the server modules add their branches here)
+        ├── BackendUnavailable        a backend library (or its device) is not on this machine
+        ├── BuildError                `infleet build` could not produce an engine
+        │   ├── FetchError            the model (or calibration data) could not be fetched
+        │   │   ├── SourceUnreachable     connection refused, DNS, HTTP error status, missing
+        │   │   │                         file (retryable: the source may come back)
+        │   │   ├── SourceTooLarge        the download passed the size cap
+        │   │   └── ChecksumMismatch      sha256 differs from the expected digest (both shown)
+        │   ├── ModelError            the file is not a usable ONNX model
+        │   │   ├── UnsupportedModel      an op or dtype the chosen backend cannot build
+        │   │   └── ShapeError            input shapes given to the build do not fit the model,
+        │   │                             or a dynamic dimension has no size
+        │   ├── UnsupportedHardware   no builder targets the class's hardware
+        │   ├── AccuracyGateFailed    no rung of the precision ladder met the accuracy budget
+        │   └── StoreError            the engine store could not be read or written (retryable)
+        └── ServeError                (infleet.runtime.server.errors) what `infleet serve` reports
 
-Third-party exceptions (httpx, onnx, onnxruntime, tvm, tensorrt) are wrapped with
-``from e`` at the adapter that calls them, so the CLI can print one clear line.
+``BackendUnavailable`` sits beside both branches because builds and the server meet it alike
+(a builder's library, a server image's library or GPU). Third-party exceptions (httpx, onnx,
+onnxruntime, tvm, tensorrt) are wrapped with ``from e`` at the adapter that calls them, chosen
+by their type, never by their message, so the CLI can print one clear line.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ class RuntimeFailure(InfleetError):
     """Base class of data-plane errors."""
 
 
+class BackendUnavailable(RuntimeFailure):
+    """The backend's library is missing, or the machine lacks its device or a capability."""
+
+
 class BuildError(RuntimeFailure):
     """An engine could not be built."""
 
@@ -36,7 +46,9 @@ class FetchError(BuildError):
 
 
 class SourceUnreachable(FetchError):
-    """The source did not answer, refused, or does not exist."""
+    """The source did not answer, refused, or does not exist (yet)."""
+
+    retryable = True
 
 
 class SourceTooLarge(FetchError):
@@ -60,8 +72,12 @@ class UnsupportedModel(ModelError):
     """The backend cannot build this model (unsupported op, dtype or shape)."""
 
 
-class BackendUnavailable(BuildError):
-    """The backend's library is missing, or the hardware lacks a needed capability."""
+class ShapeError(ModelError):
+    """The build's input shapes do not fit the model, or leave a dynamic dimension open."""
+
+
+class UnsupportedHardware(BuildError):
+    """No builder can target the class's hardware (an arch infleet does not compile for)."""
 
 
 class AccuracyGateFailed(BuildError):
@@ -69,4 +85,10 @@ class AccuracyGateFailed(BuildError):
 
 
 class StoreError(BuildError):
-    """The engine store could not be read or written."""
+    """The engine store could not be read or written.
+
+    Retryable: storage faults (a volume still attaching, a full or flaky disk) are outside the
+    spec, and a repeated build finds what the first one committed.
+    """
+
+    retryable = True

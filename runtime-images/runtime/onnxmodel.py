@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from infleet.runtime.errors import ModelError, UnsupportedModel
+from infleet.runtime.errors import ModelError, ShapeError, UnsupportedModel
 from infleet.runtime.manifest import Datatype, TensorSpec
 
 Dim = int | str  # a fixed size, or the name of a dynamic dimension ("" when unnamed)
@@ -48,20 +48,19 @@ class TensorInfo:
         shape = [d if isinstance(d, int) else -1 for d in self.dims]
         return TensorSpec(name=self.name, datatype=_OIP[self.dtype.name], shape=shape)
 
-    def shape(self, batch: int, dims: Mapping[str, int]) -> tuple[int, ...]:
-        """Concrete shape: the dynamic first dimension is ``batch``, named ones from ``dims``."""
+    def shape(self, batch: int) -> tuple[int, ...]:
+        """Concrete shape: the dynamic first dimension is ``batch``; every other dimension
+        must be sized already (``infleet.runtime.shapes.resolve``)."""
         out = []
         for i, d in enumerate(self.dims):
             if isinstance(d, int):
                 out.append(d)
             elif i == 0:
                 out.append(batch)
-            elif d in dims:
-                out.append(dims[d])
             else:
-                raise UnsupportedModel(
-                    f"input {self.name!r} dimension {i} ({d or 'unnamed'}) is dynamic; "
-                    f"give its size with --dim {d or 'NAME'}=N"
+                raise ShapeError(
+                    f"input {self.name!r} dimension {i} ({d or 'unnamed'}) has no size; "
+                    f"give it with --input {self.name}=... or --dim {d or 'NAME'}=N"
                 )
         return tuple(out)
 
@@ -141,9 +140,7 @@ def model_info(path: Path, model: Any | None = None) -> ModelInfo:
     )
 
 
-def synthetic_inputs(
-    info: ModelInfo, samples: int, dims: Mapping[str, int], seed: int
-) -> dict[str, np.ndarray]:
+def synthetic_inputs(info: ModelInfo, samples: int, seed: int) -> dict[str, np.ndarray]:
     """Plausible random inputs: normal floats, valid token ids, all-ones masks.
 
     Used for INT8 calibration and validation when the user gives no data; the summary says so.
@@ -152,7 +149,7 @@ def synthetic_inputs(
     batch = info.fixed_batch or samples
     out: dict[str, np.ndarray] = {}
     for t in info.inputs:
-        shape = t.shape(batch, dims)
+        shape = t.shape(batch)
         if t.dtype.kind == "f":
             out[t.name] = rng.standard_normal(shape).astype(t.dtype)
         elif t.dtype.kind == "b":

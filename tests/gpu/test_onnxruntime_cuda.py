@@ -18,6 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from infleet.api import Backend, Precision  # noqa: E402
 from infleet.runtime.build import BuildRequest, build  # noqa: E402
+from infleet.runtime.hardware import host_key  # noqa: E402
 from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest  # noqa: E402
 from infleet.runtime.server.engines import EngineOptions, load_engine  # noqa: E402
 from infleet.runtime.zoo import synthetic  # noqa: E402
@@ -34,15 +35,17 @@ pytestmark = [
 
 def test_fp16_engine_built_gated_profiled_and_served_on_cuda(tmp_path: Path) -> None:
     model = synthetic.small_cnn(tmp_path / "cnn.onnx")
+    hardware = host_key()  # the GPU the driver shows, as GFD would label it
+    assert hardware.is_gpu and hardware.compute is not None, hardware
     summary = build(
         BuildRequest(
             model_uri=f"file://{model}",
-            node_class="nvidia-h100",
+            hardware=hardware,
+            node_class="nvidia-gpu",
             store=tmp_path / "store",
             backends=(Backend.ONNXRUNTIME,),
             ladder=(Precision.FP16, Precision.FP32),
             max_deviation=0.01,
-            compute_capability=(9, 0),
             model_name="cnn",
             profile_seconds=0.2,
         )

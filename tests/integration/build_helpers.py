@@ -41,6 +41,39 @@ class Result:
         return json.loads(self.stdout.strip().splitlines()[-1])
 
 
+NFD = "feature.node.kubernetes.io/cpu-cpuid."
+
+
+@dataclass(frozen=True)
+class ClassArgs:
+    """A node class as the operator hands it to the build Job: its name and its hardware."""
+
+    name: str
+    hardware: str
+    """``HardwareKey.engine_fields()`` as JSON: the ``--hardware`` argument."""
+    fingerprint: str
+
+
+def node_class(labels: dict[str, str], gpus: int = 0) -> ClassArgs:
+    """The class the scheduler derives for one node with these labels."""
+    from infleet.scheduler import NodeInfo, Resources, derive_classes
+
+    node = NodeInfo(
+        name="n1",
+        labels={"kubernetes.io/hostname": "n1", **labels},
+        allocatable=Resources(cpu_millis=4000, memory_bytes=16 << 30, gpus=gpus),
+    )
+    (cls,) = derive_classes([node])
+    return ClassArgs(cls.name, json.dumps(cls.key.engine_fields()), cls.fingerprint)
+
+
+def cpu_class(arch: str, *flags: str, instance_type: str | None = None) -> ClassArgs:
+    labels = {"kubernetes.io/arch": arch} | {NFD + f: "true" for f in flags}
+    if instance_type is not None:
+        labels["node.kubernetes.io/instance-type"] = instance_type
+    return node_class(labels)
+
+
 def build_args(
     model: Path | str,
     *,

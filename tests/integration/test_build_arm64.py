@@ -5,6 +5,7 @@ on the arm64 build node."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from build_helpers import (
     assert_engine_matches,
     built,
+    cpu_class,
     engine_dir,
     images,
     ort_reference,
@@ -50,9 +52,11 @@ def test_cross_compiled_engine_is_aarch64_and_matches_the_reference_under_qemu(
 ) -> None:
     model = synthetic.small_cnn(tmp_path / "cnn.onnx")
     store = tmp_path / "store"
-    r = built(model, store=store, cls="arm64-neoverse-n1", backend="tvm", max_batch=4)
+    n1 = cpu_class("arm64", "ASIMDDP", "ASIMDHP")  # Graviton2, Ampere Altra
+    assert n1.name == "arm64-asimddp"
+    r = built(model, store=store, cls=n1.name, hardware=n1.hardware, backend="tvm", max_batch=4)
     s = r.summary
-    assert s["backend"] == "tvm" and s["key"]["hardware_fingerprint"].startswith("aarch64-")
+    assert s["backend"] == "tvm" and s["key"]["hardware_fingerprint"] == n1.fingerprint
     assert s["accuracy"][-1]["passed"] and s["accuracy"][-1]["deviation"] < 1e-4
     assert s["profile"] == [] and any("emulation" in n for n in s["notes"])
     assert "under emulation" in r.stderr
@@ -61,19 +65,41 @@ def test_cross_compiled_engine_is_aarch64_and_matches_the_reference_under_qemu(
     head = engine.read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and head[4] == 2 and head[5] == 1  # 64-bit, little-endian
     assert elf_machine(engine) == 183  # EM_AARCH64
-    assert "+dotprod" in manifest.options["target"] and manifest.options["cross_compiled"] == "true"
+    target = json.loads(manifest.options["target"])
+    assert target["mcpu"] == "neoverse-n1" and "+dotprod" in target["mattr"]
+    assert manifest.options["cross_compiled"] == "true"
     # Fresh inputs, 5 rows over compiled sizes (1, 4): the qemu runner pads and splits.
     feeds = images(5, seed=11)
     (ref,) = ort_reference(model, feeds)
     assert_engine_matches(store, manifest, feeds, ref, 1e-4)
 
 
+def test_sve_class_gets_its_tier_and_matches_under_qemu(tmp_path: Path) -> None:
+    """Graviton3's class from this x86 host: -mcpu neoverse-v1 with SVE and I8MM, as its tier
+    implies, and the SVE code runs correctly (qemu-user emulates SVE)."""
+    model = synthetic.small_cnn(tmp_path / "cnn.onnx")
+    store = tmp_path / "store"
+    v1 = cpu_class("arm64", "SVE", "I8MM", "ASIMDDP", "ASIMDHP", instance_type="c7g.xlarge")
+    assert v1.name == "arm64-sve-c7g-xlarge"
+    r = built(model, store=store, cls=v1.name, hardware=v1.hardware, backend="tvm", max_batch=2)
+    assert r.summary["key"]["hardware_fingerprint"] == v1.fingerprint
+    (manifest,) = stored_manifests(store)
+    target = json.loads(manifest.options["target"])
+    assert target["mcpu"] == "neoverse-v1" and {"+sve", "+i8mm"} <= set(target["mattr"])
+    assert elf_machine(engine_dir(store, manifest) / manifest.engine_file) == 183
+    feeds = images(3, seed=4)
+    (ref,) = ort_reference(model, feeds)
+    assert_engine_matches(store, manifest, feeds, ref, 1e-4)
+
+
 def test_integer_and_half_inputs_cross_compile_and_match(tmp_path: Path) -> None:
     model = synthetic.mixed_dtypes(tmp_path / "mixed.onnx")
+    n1 = cpu_class("arm64", "ASIMDDP", "ASIMDHP")
     r = built(
         model,
         store=tmp_path / "store",
-        cls="arm64-graviton2",
+        cls=n1.name,
+        hardware=n1.hardware,
         backend="tvm",
         max_batch=2,
         metric="max-abs-error",
@@ -87,7 +113,16 @@ def test_real_model_minilm_runs_on_arm64_under_qemu(tmp_path: Path) -> None:
 
     model = minilm_l6(tmp_path / "minilm.onnx")
     store = tmp_path / "store"
-    built(model, store=store, cls="arm64-neoverse-n1", backend="tvm", max_batch=1, dim="seq=16")
+    n1 = cpu_class("arm64", "ASIMDDP", "ASIMDHP")
+    built(
+        model,
+        store=store,
+        cls=n1.name,
+        hardware=n1.hardware,
+        backend="tvm",
+        max_batch=1,
+        dim="seq=16",
+    )
     (manifest,) = stored_manifests(store)
     assert elf_machine(engine_dir(store, manifest) / manifest.engine_file) == 183
     rng = np.random.default_rng(2)

@@ -156,7 +156,9 @@ def test_bad_model_fails_clearly(tmp_path: Path) -> None:
     log = tmp_path / "log"
     r = build_fails(bad, store=tmp_path / "store", termination_log=log)
     assert "not a valid ONNX model" in r.stderr
-    assert "not a valid ONNX model" in json.loads(log.read_text())["error"]
+    failure = json.loads(log.read_text())
+    assert "not a valid ONNX model" in failure["error"]
+    assert (failure["reason"], failure["retryable"]) == ("ModelError", False)
 
 
 def test_wrong_checksum_fails_with_both_digests(models: dict[str, Path], tmp_path: Path) -> None:
@@ -184,16 +186,30 @@ def test_unreachable_uri_fails_clearly(tmp_path: Path) -> None:
 def test_unsupported_op_fails_clearly(
     models: dict[str, Path], tmp_path: Path, backend: str
 ) -> None:
-    r = build_fails(models["unsupported"], store=tmp_path / "store", backend=backend)
-    assert "Frobnicate" in r.stderr
+    log = tmp_path / "log"
+    r = build_fails(
+        models["unsupported"], store=tmp_path / "store", backend=backend, termination_log=log
+    )
+    # Known from the backend's own operator table before anything is built.
+    assert f"{backend} cannot run the operators com.example:Frobnicate" in r.stderr
+    assert json.loads(log.read_text())["reason"] == "UnsupportedModel"
 
 
 def test_missing_backend_is_named(models: dict[str, Path], tmp_path: Path) -> None:
-    r = build(models["mlp"], store=tmp_path / "store", cls="nvidia-h100", backend="tensorrt")
+    log = tmp_path / "log"
+    r = build(
+        models["mlp"],
+        store=tmp_path / "store",
+        cls="nvidia-h100",
+        backend="tensorrt",
+        compute_capability="9.0",
+        termination_log=log,
+    )
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         assert r.rc == 1 and "tensorrt cannot be imported" in r.stderr
+        assert json.loads(log.read_text())["reason"] == "BackendUnavailable"
     else:  # on a TensorRT machine without a GPU class match the build still has to be clean
         assert r.rc in (0, 1) and "Traceback" not in r.stderr
 

@@ -20,9 +20,11 @@ from infleet.runtime.builders.tensorrt import (
     capability_problem,
     profile_shapes,
 )
-from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
-from infleet.runtime.hardware import Arch, target_for_class
+from infleet.runtime.errors import BackendUnavailable, BuildError, ShapeError
+from infleet.runtime.hardware import target_for
 from infleet.runtime.onnxmodel import ModelInfo, TensorInfo
+from infleet.runtime.shapes import resolve
+from infleet.scheduler.hardware import cpu_key, gpu_key
 
 INFO = ModelInfo(
     path=Path("m.onnx"),
@@ -38,7 +40,7 @@ INFO = ModelInfo(
 
 
 def test_profile_covers_one_to_max_batch() -> None:
-    shapes = profile_shapes(INFO, max_batch=32, dims={"seq": 128})
+    shapes = profile_shapes(resolve(INFO, dims={"seq": 128}), max_batch=32)
     ids = shapes["input_ids"]
     assert ids.min == (1, 128) and ids.max == (32, 128)
     assert 1 <= ids.opt[0] <= 32 and ids.opt[1] == 128
@@ -46,15 +48,16 @@ def test_profile_covers_one_to_max_batch() -> None:
 
 
 def test_profile_opt_batch_override_and_bounds() -> None:
-    assert profile_shapes(INFO, 8, {"seq": 4}, opt_batch=8)["input_ids"].opt == (8, 4)
+    info = resolve(INFO, {"input_ids": (-1, 4)})
+    assert profile_shapes(info, 8, opt_batch=8)["input_ids"].opt == (8, 4)
     with pytest.raises(BuildError, match="outside"):
-        profile_shapes(INFO, 8, {"seq": 4}, opt_batch=9)
-    assert profile_shapes(INFO, 1, {"seq": 4})["input_ids"].opt == (1, 4)
+        profile_shapes(info, 8, opt_batch=9)
+    assert profile_shapes(info, 1)["input_ids"].opt == (1, 4)
 
 
 def test_profile_needs_every_dynamic_dim() -> None:
-    with pytest.raises(UnsupportedModel, match="--dim seq=N"):
-        profile_shapes(INFO, 8, {})
+    with pytest.raises(ShapeError, match="--dim seq=N"):
+        profile_shapes(INFO, 8)
 
 
 def test_calibration_batches_drop_the_short_tail() -> None:
@@ -77,13 +80,10 @@ def test_calibration_batches_refuse_bad_data() -> None:
 
 
 def test_capabilities() -> None:
-    t4 = target_for_class("nvidia-t4", Arch.X86_64, frozenset(), (7, 5))
-    h100 = target_for_class("nvidia-h100", Arch.X86_64, frozenset(), (9, 0))
-    cpu = target_for_class("x86", Arch.X86_64, frozenset())
-    assert (
-        capability_problem(Precision.FP8, t4)
-        == "fp8 needs compute capability 8.9+, nvidia-t4 has 7.5"
-    )
+    t4 = target_for(gpu_key("amd64", "Tesla-T4", 15360, None))  # compute from the model
+    h100 = target_for(gpu_key("amd64", "NVIDIA-H100-80GB-HBM3", 81559, (9, 0)))
+    cpu = target_for(cpu_key("amd64", ["AVX2"]))
+    assert capability_problem(Precision.FP8, t4) == "fp8 needs compute capability 8.9+, t4 has 7.5"
     assert capability_problem(Precision.INT8, t4) is None
     assert capability_problem(Precision.FP8, h100) is None
     assert capability_problem(Precision.FP32, cpu) == "TensorRT needs an NVIDIA GPU class"

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from infleet.devcluster import fleet, tools
-from infleet.devcluster.errors import ProfileError, ToolsMissingError
+from infleet.devcluster.errors import FleetProfileError, ToolsMissingError
 
 HOST = fleet.HostFacts(arch="amd64", cpuid=("AVX2", "FMA3"), cpus=6, memory_bytes=8 * 1024**3)
 
@@ -82,11 +82,11 @@ def test_host_facts_read_this_machine() -> None:
 
 
 def test_unknown_and_invalid_profiles_are_refused(tmp_path) -> None:
-    with pytest.raises(ProfileError, match=r"unknown fleet profile 'tiny'.*dev"):
+    with pytest.raises(FleetProfileError, match=r"unknown fleet profile 'tiny'.*dev"):
         fleet.load_profile("tiny")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nclasses:\n- {name: x, count: 0, arch: amd64, instanceType: t}\n")
-    with pytest.raises(ProfileError, match=r"bad\.yaml is invalid"):
+    with pytest.raises(FleetProfileError, match=r"bad\.yaml is invalid"):
         fleet.load_profile(str(bad))
 
 

@@ -1,11 +1,13 @@
-"""The ONNX Runtime builder's CUDA path, without a GPU: FP16 offered on GPU classes only, and a
-session that ORT silently moved to the CPU refused instead of gated and profiled as a GPU
-engine (ORT logs a warning and builds a CPU session when the CUDA provider cannot be
-created). The path itself ran on an H100 with bench/gpu_onnxruntime.py; tests/gpu has the
-test that needs the GPU."""
+"""The ONNX Runtime builder's CUDA path where there is no GPU, with the real onnxruntime: FP16
+offered on GPU classes only, and a session that ORT silently moved to the CPU refused instead
+of gated and profiled as a GPU engine (asked for the CUDA provider it cannot create, ORT warns
+and builds a CPU session; this machine's CPU-only onnxruntime does exactly that). The path
+itself ran on an H100 with bench/gpu_onnxruntime.py; tests/gpu has the test that needs the GPU.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,84 +15,79 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime")
 
 from infleet.api import Precision  # noqa: E402
 from infleet.runtime.builders import onnxruntime as ortb  # noqa: E402
 from infleet.runtime.errors import BackendUnavailable  # noqa: E402
-from infleet.runtime.hardware import target_for_class  # noqa: E402
+from infleet.runtime.hardware import target_for  # noqa: E402
 from infleet.runtime.zoo import synthetic  # noqa: E402
-
-
-class _Session:
-    def __init__(self, used: list[str]) -> None:
-        self._used = used
-
-    def get_providers(self) -> list[str]:
-        return self._used
-
-
-def _fake_ort(available: list[str], used: list[str]) -> SimpleNamespace:
-    return SimpleNamespace(
-        __version__="1.31.1",
-        get_available_providers=lambda: available,
-        InferenceSession=lambda path, opts, providers: _Session(used),
-    )
-
+from infleet.scheduler.hardware import cpu_key, gpu_key  # noqa: E402
 
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+GPU = target_for(gpu_key("amd64", "NVIDIA-H100-80GB-HBM3", 81559, (9, 0)))
+CPU = target_for(cpu_key("amd64" if GPU.is_host() else "arm64", ["AVX2", "ASIMDDP"]))
+
+needs_cpu_only_ort = pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this onnxruntime has a CUDA provider: tests/gpu covers it",
+)
 
 
-def test_fp16_offered_on_gpu_classes_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ortb, "_ort", lambda: _fake_ort(CUDA, CUDA))
-    builder = ortb.OnnxRuntimeBuilder()
-    gpu = target_for_class("nvidia-h100", compute_capability=(9, 0))
-    cpu = target_for_class("x86_64")
-    assert builder.unsupported(Precision.FP16, gpu) is None
-    assert builder.unsupported(Precision.FP32, gpu) is None
-    assert "not offered" in (builder.unsupported(Precision.FP16, cpu) or "")
-    assert "not offered" in (builder.unsupported(Precision.FP8, gpu) or "")
-    assert "TensorRT" in (builder.unsupported(Precision.INT8, gpu) or "")
-
-
-def test_gpu_class_without_cuda_provider_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ortb, "_ort", lambda: _fake_ort(["CPUExecutionProvider"], []))
-    reason = ortb.OnnxRuntimeBuilder().unsupported(Precision.FP32, target_for_class("nvidia-h100"))
-    assert reason is not None and "CUDA" in reason
-
-
-def test_silent_cpu_fallback_is_an_error() -> None:
-    fell_back = _fake_ort(CUDA, ["CPUExecutionProvider"])
-    with pytest.raises(BackendUnavailable, match="fell back to CPUExecutionProvider"):
-        ortb.cuda_session(fell_back, "m.onnx", None, CUDA)
-
-
-def test_cuda_session_and_cpu_sessions_pass() -> None:
-    assert ortb.cuda_session(_fake_ort(CUDA, CUDA), "m.onnx", None, CUDA).get_providers() == CUDA
-    cpu = ["CPUExecutionProvider"]
-    assert ortb.cuda_session(_fake_ort(cpu, cpu), "m.onnx", None, cpu).get_providers() == cpu
-
-
-def test_build_refuses_a_gpu_engine_built_on_the_cpu(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    fake = _fake_ort(CUDA, ["CPUExecutionProvider"])
-    fake.SessionOptions = lambda: SimpleNamespace()
-    fake.GraphOptimizationLevel = SimpleNamespace(ORT_ENABLE_ALL=99)
-    monkeypatch.setattr(ortb, "_ort", lambda: fake)
-    model = synthetic.mlp(tmp_path / "mlp.onnx")
-    job = SimpleNamespace(
-        model_path=model, target=target_for_class("nvidia-h100"), threads=1, work_dir=tmp_path
+def _with_providers(available: list[str]) -> SimpleNamespace:
+    """The real onnxruntime, but reporting other available providers: the one fault injected
+    here, to reach the branch a CUDA build of onnxruntime takes."""
+    return SimpleNamespace(
+        __version__=ort.__version__,
+        get_available_providers=lambda: available,
+        InferenceSession=ort.InferenceSession,
     )
-    with pytest.raises(BackendUnavailable, match="CUDA"):
-        ortb.OnnxRuntimeBuilder().build(job, Precision.FP32, tmp_path)  # type: ignore[arg-type]
+
+
+def test_precisions_offered_per_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ortb, "_ort", lambda: _with_providers(CUDA))
+    builder = ortb.OnnxRuntimeBuilder()
+    assert builder.unsupported(Precision.FP16, GPU) is None
+    assert builder.unsupported(Precision.FP32, GPU) is None
+    assert "not offered" in (builder.unsupported(Precision.FP16, CPU) or "")
+    assert "not offered" in (builder.unsupported(Precision.FP8, GPU) or "")
+    assert "TensorRT" in (builder.unsupported(Precision.INT8, GPU) or "")
+    assert builder.unsupported(Precision.INT8, CPU) is None
+
+
+@needs_cpu_only_ort
+def test_gpu_class_without_cuda_provider_is_unsupported() -> None:
+    reason = ortb.OnnxRuntimeBuilder().unsupported(Precision.FP32, GPU)
+    assert reason is not None and "no CUDA provider" in reason
+
+
+@needs_cpu_only_ort
+def test_silent_cpu_fallback_is_an_error(tmp_path: Path) -> None:
+    model = str(synthetic.mlp(tmp_path / "mlp.onnx"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ORT's own warning about the missing provider
+        with pytest.raises(BackendUnavailable, match="fell back to CPUExecutionProvider"):
+            ortb.cuda_session(ort, model, ort.SessionOptions(), CUDA)
+    # Asked for the CPU only, the same call gives the CPU session.
+    cpu = ortb.cuda_session(ort, model, ort.SessionOptions(), ["CPUExecutionProvider"])
+    assert cpu.get_providers() == ["CPUExecutionProvider"]
+
+
+@needs_cpu_only_ort
+def test_build_refuses_a_gpu_engine_built_on_the_cpu(tmp_path: Path) -> None:
+    model = synthetic.mlp(tmp_path / "mlp.onnx")
+    job = SimpleNamespace(model_path=model, target=GPU, threads=1, work_dir=tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(BackendUnavailable, match="CUDA"):
+            ortb.OnnxRuntimeBuilder().build(job, Precision.FP32, out)  # type: ignore[arg-type]
 
 
 def test_cpu_build_records_the_providers_used(tmp_path: Path) -> None:
     model = synthetic.mlp(tmp_path / "mlp.onnx")
-    job = SimpleNamespace(
-        model_path=model, target=target_for_class("x86_64"), threads=1, work_dir=tmp_path
-    )
+    job = SimpleNamespace(model_path=model, target=CPU, threads=1, work_dir=tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     built = ortb.OnnxRuntimeBuilder().build(job, Precision.FP32, out)  # type: ignore[arg-type]

@@ -23,10 +23,9 @@ class BuildJob:
 
     model_path: Path
     info: ModelInfo
+    """The model with every open dimension other than the batch sized (shapes.resolve)."""
     target: HardwareTarget
     max_batch: int
-    dims: Mapping[str, int]
-    """Sizes of named dynamic dimensions other than the batch (sequence length...)."""
     calibration: Feeds
     """Calibration samples (first axis = sample) for INT8/FP8."""
     threads: int
@@ -66,6 +65,11 @@ class EngineBuilder(Protocol):
 
     def version(self) -> str:
         """The backend library's version; raises BackendUnavailable when it is missing."""
+        ...
+
+    def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
+        """The batch sizes the engine is compiled for (they enter the engine key); empty when
+        it takes any batch up to ``job.max_batch``."""
         ...
 
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:

@@ -101,6 +101,9 @@ class OnnxRuntimeBuilder:
     def version(self) -> str:
         return str(_ort().__version__)
 
+    def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
+        return ()  # ORT takes any batch
+
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         if not target.is_host():
             return (

@@ -10,7 +10,7 @@ builder says so (BackendUnavailable); it never falls back to another backend sil
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ class ProfileShapes:
 
 
 def profile_shapes(
-    info: ModelInfo, max_batch: int, dims: Mapping[str, int], opt_batch: int | None = None
+    info: ModelInfo, max_batch: int, opt_batch: int | None = None
 ) -> dict[str, ProfileShapes]:
     """min/opt/max shapes per input for one optimisation profile over the batch dimension.
 
@@ -81,10 +81,10 @@ def profile_shapes(
     for t in info.inputs:
         if t.batched:
             shapes[t.name] = ProfileShapes(
-                t.shape(1, dims), t.shape(opt_batch, dims), t.shape(max_batch, dims)
+                t.shape(1), t.shape(opt_batch), t.shape(max_batch)
             )
         else:
-            fixed = t.shape(1, dims)
+            fixed = t.shape(1)
             shapes[t.name] = ProfileShapes(fixed, fixed, fixed)
     return shapes
 
@@ -199,6 +199,9 @@ class TensorRtBuilder:
     def version(self) -> str:
         return str(_trt().__version__)
 
+    def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
+        return ()  # one optimisation profile: any batch from 1 to max_batch
+
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         return capability_problem(precision, target)
 
@@ -222,7 +225,7 @@ class TensorRtBuilder:
             raise UnsupportedModel(f"tensorrt: the ONNX parser refused the model: {errors[:600]}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-        shapes = profile_shapes(job.info, job.max_batch, job.dims)
+        shapes = profile_shapes(job.info, job.max_batch)
         profile = builder.create_optimization_profile()
         for name, s in shapes.items():
             profile.set_shape(name, s.min, s.opt, s.max)
@@ -260,7 +263,7 @@ class TensorRtBuilder:
                     "tensorrt: FP8 needs a model with FP8 Q/DQ nodes (explicit quantisation)"
                 )
             config.set_flag(trt.BuilderFlag.FP8)
-        cache_file = job.work_dir.parent / f"timing-{job.target.fingerprint()}.cache"
+        cache_file = job.work_dir.parent / f"timing-{job.target.key.fingerprint()}.cache"
         cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
         plan = builder.build_serialized_network(network, config)

@@ -57,8 +57,9 @@ def target_spec(target: HardwareTarget, threads: int) -> dict[str, Any]:
     if target.arch == Arch.AARCH64:
         mattr = ["+neon"]
         mattr += ["+dotprod"] if "asimddp" in f else []
-        mattr += ["+fullfp16"] if f & {"asimdhp", "fphp"} else []
+        mattr += ["+fullfp16"] if "asimdhp" in f else []
         mattr += ["+sve"] if "sve" in f else []
+        mattr += ["+sve2"] if "sve2" in f else []
         mattr += ["+i8mm"] if "i8mm" in f else []
         return {
             "kind": "llvm",
@@ -67,19 +68,12 @@ def target_spec(target: HardwareTarget, threads: int) -> dict[str, Any]:
             "mattr": mattr,
             "num-cores": threads,
         }
-    if "avx512f" in f:
-        mcpu = "x86-64-v4"
-    elif "avx2" in f:
-        mcpu = "x86-64-v3"
-    else:
-        mcpu = "x86-64-v2"
-    mattr = [f"+{x}" for x in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl") if x in f]
-    mattr += ["+avx512vnni"] if "avx512vnni" in f else []
+    x86 = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni")
     return {
         "kind": "llvm",
         "mtriple": "x86_64-linux-gnu",
-        "mcpu": mcpu,
-        "mattr": mattr,
+        "mcpu": target.cpu or "x86-64-v2",
+        "mattr": [f"+{x}" for x in x86 if x in f],
         "num-cores": threads,
     }
 
@@ -98,6 +92,12 @@ class TvmBuilder:
 
     def version(self) -> str:
         return str(_tvm().__version__)
+
+    def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
+        """Static shapes: one compiled function per size (the server pads up to the next)."""
+        if job.info.fixed_batch is not None:
+            return (job.info.fixed_batch,)
+        return pick_batch_sizes(job.max_batch, job.batch_sizes)
 
     def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
         _tvm()  # BackendUnavailable when missing
@@ -125,13 +125,11 @@ class TvmBuilder:
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         tvm = _tvm()
-        batch_sizes = pick_batch_sizes(job.max_batch, job.batch_sizes)
-        if job.info.fixed_batch is not None:
-            batch_sizes = (job.info.fixed_batch,)
+        batch_sizes = self.batch_sizes(job)
         model = load_model(job.model_path)
         prepared: dict[int, tuple[str, dict[str, list[int]]]] = {}
         for b in batch_sizes:
-            shapes = {t.name: list(t.shape(b, job.dims)) for t in job.info.inputs}
+            shapes = {t.name: list(t.shape(b)) for t in job.info.inputs}
             path = fix_shapes_and_fold(
                 model, {k: tuple(v) for k, v in shapes.items()}, job.work_dir / f"tvm-b{b}.onnx"
             )

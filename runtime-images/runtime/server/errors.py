@@ -7,20 +7,34 @@
             │   │                         input, wrong datatype/shape, bad binary sizes
             │   └── PayloadTooLarge       the request body is above the size cap
             ├── ModelNotFound             no such model (or version) is served
-            ├── Unavailable               the server cannot take the request now
+            ├── Unavailable               the server cannot take the request now (retryable)
             │   ├── Overloaded            queue or concurrency limit reached: retry later
             │   └── NotReady              model loading/warming up, or the server draining
             ├── EngineError               the engine failed to load or to run (a real fault)
-            │   └── BackendUnavailable    the backend library/device is not on this machine
             └── ConfigError               bad ``infleet serve`` arguments or manifest
 
-The transport maps these classes to status codes in one place (``app.STATUS``, walked along
-the MRO), so adding a class never needs a second mapping elsewhere.
+A missing backend library or device is ``infleet.runtime.errors.BackendUnavailable``, the same
+class a build meets (re-exported here for the server's modules). The transport maps these
+classes to status codes in one place (``app.STATUS``, walked along the MRO), so adding a class
+never needs a second mapping elsewhere.
 """
 
 from __future__ import annotations
 
-from infleet.runtime.errors import RuntimeFailure
+from infleet.runtime.errors import BackendUnavailable, RuntimeFailure
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "EngineError",
+    "InvalidInput",
+    "ModelNotFound",
+    "NotReady",
+    "Overloaded",
+    "PayloadTooLarge",
+    "ServeError",
+    "Unavailable",
+]
 
 
 class ServeError(RuntimeFailure):
@@ -42,6 +56,8 @@ class ModelNotFound(ServeError):
 class Unavailable(ServeError):
     """Temporarily unable to serve; ``retry_after_s`` tells clients when to come back."""
 
+    retryable = True
+
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
@@ -57,10 +73,6 @@ class NotReady(Unavailable):
 
 class EngineError(ServeError):
     """The engine failed; a fault on our side, never the client's."""
-
-
-class BackendUnavailable(EngineError):
-    """The backend library or its device is missing on this machine."""
 
 
 class ConfigError(ServeError):

@@ -1,4 +1,5 @@
-"""Small random graphs for tests: dynamic batch, several dtypes, and an unsupported op."""
+"""Small random graphs for tests: dynamic batch, open spatial dims, several dtypes, and an
+unsupported op."""
 
 from __future__ import annotations
 
@@ -80,6 +81,51 @@ def small_cnn(out: Path, seed: int = 0) -> Path:
         "small_cnn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+    )
+    _save(model, out)
+    return out
+
+
+def open_spatial_cnn(out: Path, seed: int = 0) -> Path:
+    """x FP32 [N, 3, ?, ?] -> softmax FP32 [N, 2]: a text-direction classifier as paddle2onnx
+    exports one (PaddleOCR's), whose height and width are open and both named ``?``.
+
+    Two strided convolutions, global average pooling, a dense layer and a softmax: any height
+    and width run, and the output depends on both (the real model reads 48x192 crops).
+    """
+    from onnx import TensorProto, helper
+
+    r = _rng(seed)
+    g = GraphBuilder()
+    x = "x"
+    for cin, cout in ((3, 8), (8, 16)):
+        w = (r.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
+        x = g.op(
+            "Relu",
+            g.op(
+                "Conv",
+                x,
+                g.const(w),
+                g.const(r.standard_normal(cout).astype(np.float32) * 0.1),
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+            ),
+        )
+    x = g.flatten_batch(g.op("GlobalAveragePool", x))
+    logits = g.op(
+        "Gemm",
+        x,
+        g.const(r.standard_normal((2, 16)).astype(np.float32)),
+        g.const(np.zeros(2, np.float32)),
+        transB=1,
+    )
+    g.op("Softmax", logits, axis=1)
+    g.nodes[-1].output[0] = "softmax"
+    model = g.model(
+        "text_direction",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "?", "?"])],
+        [helper.make_tensor_value_info("softmax", TensorProto.FLOAT, ["N", 2])],
     )
     _save(model, out)
     return out

@@ -10,10 +10,12 @@ by infleet's own tools, not Kubernetes objects.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from infleet import __version__
 from infleet.api.spec import Backend, Precision
 from infleet.api.status import LatencyPoint, RungResult
 
@@ -33,6 +35,11 @@ Datatype = Literal[
     "FP64",
     "BYTES",
 ]
+
+BUILDER_VERSION = f"infleet-{__version__}/2"
+"""Enters every engine key and build key: bump the suffix when a builder change makes old engines
+stale. Here, with the contract, because `infleet build` (which writes keys) and the operator
+(which computes build keys and must never import a backend) both need the same value."""
 
 TERMINATION_MESSAGE_LIMIT = 4096
 """Bytes Kubernetes keeps of a container's termination message."""
@@ -59,11 +66,22 @@ class EngineKey(_Frozen):
     backend_version: str
     precision: Precision
     hardware_fingerprint: str
+    """``infleet.scheduler.hardware.HardwareKey.fingerprint()`` of the class built for: classes
+    that differ only in instance type share engines."""
     builder_version: str
+    input_shapes: dict[str, list[int]] = {}
+    """Every input's shape as the engine takes it: -1 for the batch dimension, every other
+    dimension fixed (by the model, or by the build's ``--input``/``--dim``). Engines for other
+    shapes are other engines. Empty only in manifests written by hand."""
+    max_batch_size: Annotated[int, Field(ge=0)] = 0
+    """The largest batch the engine takes (0 only in manifests written by hand)."""
+    batch_sizes: list[int] = []
+    """The batch sizes compiled in, for backends that compile static shapes (TVM); empty:
+    any batch up to ``max_batch_size``."""
 
     def digest(self) -> str:
         """Content address of the engine: the store's directory name."""
-        canonical = self.model_dump_json()  # field order is fixed by the model
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -110,12 +128,24 @@ class BuildSummary(_Frozen):
 
 
 class BuildFailure(_Frozen):
-    """What a failed `infleet build` writes to its termination message."""
+    """What a failed `infleet build` writes to its termination message (and exits 1)."""
 
     error: str
     """One line (or a few) for people."""
     reason: str = ""
-    """The error class, for machines (``ChecksumMismatch``, ``SourceUnreachable``...)."""
+    """The error class, for machines (``ChecksumMismatch``, ``SourceUnreachable``,
+    ``ShapeError``...; ``InternalError`` for a bug)."""
     retryable: bool = False
     """Whether trying the same build again may succeed (an unreachable source may come back;
-    a checksum mismatch will not)."""
+    a checksum mismatch will not): the error class's ``retryable``."""
+
+    def to_message(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON of at most ``limit`` bytes: the error text is cut to fit."""
+        text = self.model_dump_json()
+        error = self.error
+        while len(text.encode()) > limit and error:
+            error = error[: max(0, len(error) - (len(text.encode()) - limit) - 3)] + "..."
+            text = self.model_copy(update={"error": error}).model_dump_json()
+            if len(error) <= 3:
+                break
+        return text
