@@ -152,10 +152,13 @@ def expand(value: str, env: Mapping[str, str]) -> str:
 
 
 def map_path(value: str, mounts: tuple[Mount, ...]) -> str:
-    """Rewrite a value that names a mounted path (or ``--flag=<path>``) to the local folder."""
+    """Rewrite a value that names a mounted path (or ``--flag=<path>``, or a ``file://`` URI
+    of one) to the local folder."""
     prefix, sep, rest = value.partition("=")
     if sep and prefix.startswith("-"):
         return f"{prefix}={map_path(rest, mounts)}"
+    if value.startswith("file:///"):
+        return "file://" + map_path(value.removeprefix("file://"), mounts)
     for mount in sorted(mounts, key=lambda m: len(m.mount_path), reverse=True):
         root = mount.mount_path.rstrip("/") or "/"
         if value == root:

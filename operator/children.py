@@ -113,6 +113,13 @@ def _pvc_claim(uri: str) -> str | None:
     return urlparse(uri).netloc or None
 
 
+def _mounted(uri: str) -> str:
+    claim = _pvc_claim(uri)
+    if claim is None:
+        return uri
+    return f"file://{PVC_ROOT}/{claim}{urlparse(uri).path}"
+
+
 def _engine_env() -> list[Manifest]:
     return [
         {"name": "HOME", "value": "/tmp"},  # noqa: S108 - an emptyDir (read-only root)
@@ -134,7 +141,8 @@ def build_args(
     """`infleet build`'s argv for one class (a list: nothing here passes through a shell)."""
     assert decision.backend is not None
     model = spec.model
-    args = ["build", "--model", model.uri]
+    # A pvc:// model is on a claim the Job mounts itself (build_job): name the file there.
+    args = ["build", "--model", _mounted(model.uri)]
     if model.sha256:
         args += ["--sha256", model.sha256]
     args += [
@@ -146,7 +154,6 @@ def build_args(
         "--name", model_name,
         "--hardware", json.dumps(cls.key.engine_fields(), sort_keys=True, separators=(",", ":")),
         "--store", STORE_MOUNT,
-        "--pvc-root", PVC_ROOT,
         "--termination-log", TERMINATION_LOG,
         "--tuning-trials", str(config.build.tuning_trials),
         "--tuning-seconds", f"{config.build.tuning_seconds:g}",
@@ -157,7 +164,7 @@ def build_args(
         args += ["--input", f"{shape.name}={','.join(str(d) for d in shape.shape)}"]
     calibration = spec.accuracy.calibration
     if calibration is not None and calibration.uri:
-        args += ["--calibration", calibration.uri,
+        args += ["--calibration", _mounted(calibration.uri),
                  "--calibration-samples", str(calibration.samples)]
     return args
 
@@ -186,19 +193,16 @@ def build_job(
         {"name": "store", "persistentVolumeClaim": {"claimName": config.store_claim}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
     ]
-    claims = []
-    for uri in (spec.model.uri, (spec.accuracy.calibration.uri if spec.accuracy.calibration
-                                  else None)):
-        claim = _pvc_claim(uri or "")
-        if claim and claim not in claims and claim != config.store_claim:
-            claims.append(claim)
+    # Claims the model and calibration data live on, mounted read-only where _mounted()
+    # points (the store's own claim is the store volume mounted a second time).
+    uris = [spec.model.uri, spec.accuracy.calibration.uri if spec.accuracy.calibration else None]
+    claims = list(dict.fromkeys(c for c in (_pvc_claim(u or "") for u in uris) if c))
     for i, claim in enumerate(claims):
-        mounts.append({"name": f"data-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
-        volumes.append({"name": f"data-{i}",
-                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    if config.store_claim in (_pvc_claim(spec.model.uri),):
-        mounts.append({"name": "store", "mountPath": f"{PVC_ROOT}/{config.store_claim}",
-                       "readOnly": True})
+        volume = "store" if claim == config.store_claim else f"data-{i}"
+        mounts.append({"name": volume, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+        if volume != "store":
+            volumes.append({"name": volume,
+                            "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     gpus = 1 if cls.key.is_gpu else 0
     container = {
         "name": "build",

@@ -159,7 +159,8 @@ def test_a_fresh_deployment_starts_one_build_job_per_class() -> None:
             "effect": "NoSchedule"} in pod["tolerations"]
     assert gpu["spec"]["backoffLimit"] == 1 and gpu["spec"]["activeDeadlineSeconds"] == 3600
     args = container["args"]
-    assert args[:3] == ["build", "--model", "pvc://models/cnn.onnx"]
+    # the model's claim is mounted by the Job: the build reads the file there
+    assert args[:3] == ["build", "--model", "file:///mnt/pvc/models/cnn.onnx"]
     assert args[args.index("--input") + 1] == "x=-1,3,48,192"
     hardware = json.loads(args[args.index("--hardware") + 1])
     assert hardware["gpu_model"] == "t4" and hardware["compute"] == [7, 5]
