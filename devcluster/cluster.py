@@ -190,6 +190,25 @@ class LocalCluster:
         finally:
             ext.api_client.close()
 
+    def restart_component(self, component: str, timeout: float = 60.0) -> None:
+        """Stop one component (SIGTERM, then SIGKILL) and start it again with the same command
+        line, waiting until it is healthy: what survives an API server restart is tested so."""
+        argv = {
+            "kube-apiserver": self._apiserver_argv,
+            "kube-controller-manager": self._controller_manager_argv,
+            "kube-scheduler": self._scheduler_argv,
+        }[component]()
+        proc = self._procs.get(component)
+        stop_pids({component: self.state.pids[component]},
+                  {component: proc} if proc is not None else None)
+        self._start(component, argv)
+        deadline = time.monotonic() + timeout
+        if component == "kube-apiserver":
+            self._wait(f"{self.state.server}/readyz", component, deadline)
+        else:
+            port = self.state.ports[component]
+            self._wait(f"https://127.0.0.1:{port}/healthz", component, deadline, verify=False)
+
     def api_client(self) -> Any:
         return kube_client(self.kubeconfig)
 

@@ -71,7 +71,7 @@ def _tools(check: bool) -> int:
 
 
 def _up(name: str, profile_name: str, timeout: float) -> int:
-    from infleet.api.render import render_crd
+    from infleet.api.render import render_crd, render_peering_crds
     from infleet.devcluster import fleet, tools
     from infleet.devcluster.cluster import LocalCluster, load_state
     from infleet.devcluster.errors import ClusterStartError, ClusterStateError
@@ -93,6 +93,8 @@ def _up(name: str, profile_name: str, timeout: float) -> int:
     crd_error = None
     try:
         cluster.apply_crd(render_crd())
+        for peering in render_peering_crds():  # kopf's, for operator replicas that peer
+            cluster.apply_crd(peering)
     except ClusterStartError as e:
         # Keep the cluster: whoever is fixing the CRD re-applies it with kubectl.
         crd_error = e

@@ -112,6 +112,9 @@ async def _main(args: argparse.Namespace, config: Any, health: tuple[str, int]) 
         settings.peering.priority = args.priority
         settings.peering.name = args.peering or "infleet"
         settings.peering.standalone = bool(args.standalone)
+        # A replica that dies without a goodbye is taken for gone after this long, and the
+        # next one in priority takes over.
+        settings.peering.lifetime = 20
         settings.watching.server_timeout = 300
         settings.watching.reconnect_backoff = 1.0
         settings.networking.request_timeout = 60

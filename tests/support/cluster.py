@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from infleet.api.render import CRD_FILE, render_crd
+from infleet.api.render import CRD_FILE, render_crd, render_peering_crds
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.cluster import LocalCluster
 from infleet.devcluster.errors import ClusterStartError, ToolsMissingError
@@ -178,6 +178,8 @@ def crd(kube: Kube) -> Path:
         return path
     try:
         kube.cluster.apply_crd(render_crd())
+        for peering in render_peering_crds():  # for operator replicas that peer
+            kube.cluster.apply_crd(peering)
     except ClusterStartError as e:
         pytest.fail(str(e), pytrace=False)
     return path

@@ -22,21 +22,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infleet.api.render import CRD_FILE, render_yaml
+    from infleet.api.render import CRD_FILE, PEERING_FILE, render_peering_yaml, render_yaml
 
-    text = render_yaml()
-    target: Path = args.output or CRD_FILE
-    if args.output is None and not CRD_FILE.parent.is_dir():
+    if args.output is not None:  # one file: the InferenceDeployment CRD
+        files = {args.output: render_yaml()}
+    elif CRD_FILE.parent.is_dir():
+        files = {CRD_FILE: render_yaml(), PEERING_FILE: render_peering_yaml()}
+    else:
         print("no crds/ folder here (not a source checkout): give -o FILE or -o -", file=sys.stderr)
         return 1
     if args.check:
-        if not target.exists() or target.read_text() != text:
-            print(f"{target} is stale: run `infleet crds`", file=sys.stderr)
-            return 1
-        return 0
-    if str(target) == "-":
-        sys.stdout.write(text)
-    else:
-        target.write_text(text)
-        print(f"wrote {target}")
+        stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+        for path in stale:
+            print(f"{path} is stale: run `infleet crds`", file=sys.stderr)
+        return 1 if stale else 0
+    for target, text in files.items():
+        if str(target) == "-":
+            sys.stdout.write(text)
+        else:
+            target.write_text(text)
+            print(f"wrote {target}")
     return 0

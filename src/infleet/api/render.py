@@ -161,6 +161,39 @@ def render_crd() -> dict[str, Any]:
     }
 
 
+PEERING_FILE = CRD_FILE.with_name("kopf-peering.yaml")
+
+
+def render_peering_crds() -> list[dict[str, Any]]:
+    """kopf's own peering CRDs (group kopf.dev): the operator's replicas find each other
+    through them and only the highest priority acts. kopf keeps its records in ``status``."""
+    out = []
+    for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
+        plural = kind.lower() + "s"
+        out.append({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.kopf.dev"},
+            "spec": {
+                "group": "kopf.dev",
+                "scope": scope,
+                "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                "versions": [{
+                    "name": "v1", "served": True, "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "status": {"type": "object",
+                                   "x-kubernetes-preserve-unknown-fields": True}}}},
+                }],
+            },
+        })
+    return out
+
+
+def render_peering_yaml() -> str:
+    header = "# kopf's peering CRDs, written by `infleet crds`; do not edit.\n"
+    return header + yaml.safe_dump_all(render_peering_crds(), sort_keys=False, width=100)
+
+
 def render_yaml() -> str:
     return HEADER + yaml.safe_dump(render_crd(), sort_keys=False, width=100)
 
