@@ -35,10 +35,13 @@ _DROPPED_KEYS = {"title", "$defs"}
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Available", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Available")].status'},
     {"name": "Classes", "type": "integer", "jsonPath": ".status.classesInUse"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "P99ms", "type": "number", "jsonPath": ".status.p99Ms"},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
