@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from infleet.devcluster import podspec
+from infleet.devcluster.controllers import EndpointsController
 from infleet.devcluster.podrunner import HOST_IP, PodRunner, now
 from infleet.devcluster.podspec import PodPlan
 
@@ -64,6 +65,7 @@ class Executor:
         self.used_ips: set[str] = set()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.endpoints = EndpointsController(self.api, self.stopping)
         venv_bin = str(Path(sys.executable).parent)
         self.base_path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])
 
@@ -128,6 +130,7 @@ class Executor:
         while not self.stopping.is_set():
             try:
                 listed = _raw(self.core.list_pod_for_all_namespaces, field_selector=selector)
+                self.endpoints.resync(node, listed["items"])
                 for pod in listed["items"]:
                     self.on_pod(pod)
                 w: Any = watch.Watch()  # type: ignore[no-untyped-call]
@@ -139,6 +142,8 @@ class Executor:
                     if self.stopping.is_set():
                         w.stop()
                         break
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self.endpoints.pod_event(event["type"], event["object"])
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self.on_pod(event["object"])
             except ApiException as e:
@@ -289,6 +294,7 @@ class Executor:
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.endpoints.start()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         for node in self.nodes:
             threading.Thread(target=self._watch_node, args=(node,), name=f"watch-{node}",
