@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from infleet.devcluster import apply, fleet, gateway, pki
+from infleet.devcluster import apply, fleet, gateway, pki, volumes
 from infleet.devcluster.errors import ClusterStartError, ClusterStateError
 from infleet.devcluster.tools import Tools
 
@@ -328,7 +328,8 @@ class LocalCluster:
             # Explicit, so a changed default never turns Pod Security or the SA plugin off.
             "--enable-admission-plugins",
             "NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,DefaultTolerationSeconds,"
-            "TaintNodesByCondition,Priority,RuntimeClass,MutatingAdmissionWebhook,"
+            "TaintNodesByCondition,Priority,RuntimeClass,DefaultStorageClass,"
+            "StorageObjectInUseProtection,MutatingAdmissionWebhook,"
             "ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota",
             "--allow-privileged=true",  # so a privileged pod is refused by Pod Security only
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
@@ -394,7 +395,8 @@ class LocalCluster:
 
     # -- the Gateway API ----------------------------------------------------------------------
     def _install_gateway_api(self, deadline: float) -> None:
-        """The pinned standard-channel CRDs (Established), Traefik's RBAC and the Gateway."""
+        """The pinned standard-channel CRDs (Established), Traefik's RBAC and the Gateway, and
+        the default StorageClass (infleet.devcluster.volumes)."""
         api = self.api_client()
         try:
             names = []
@@ -411,7 +413,7 @@ class LocalCluster:
                     c["type"] == "Established" and c["status"] == "True"
                     for c in apply.get(api, crd).get("status", {}).get("conditions", [])
                 ), max(deadline - time.monotonic(), 1), f"CRD {name} to become Established")
-            for obj in gateway.objects(self.state.ports["gateway"]):
+            for obj in [volumes.storage_class(), *gateway.objects(self.state.ports["gateway"])]:
                 apply.apply(api, obj)
         finally:
             api.close()

@@ -1,19 +1,28 @@
 """Small controllers of the executor process (threads): they do the I/O of the pure plans in
-:mod:`infleet.devcluster.endpoints`.
+:mod:`infleet.devcluster.endpoints` and :mod:`infleet.devcluster.volumes`.
 
 ``EndpointsController`` keeps the FQDN EndpointSlices of the executor's pods: it learns pods
 from the executor's own pod watches (``pod_event``) and Services from a watch of its own, and
 re-plans a namespace whenever one of them changes there.
+
+``VolumeProvisioner`` is the ``infleet-local`` StorageClass's dynamic provisioner: on every
+change of a claim or a volume (and every 30 s) it lists both and carries out the plan:
+reclaim, then create, then an Event on each claim it refuses.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from infleet.devcluster import endpoints
+from infleet.devcluster import endpoints, volumes
 
 log = logging.getLogger("infleet.devcluster.executor")
 APPLY = "application/apply-patch+yaml"
@@ -38,6 +47,35 @@ class Debounced:
                 self._cond.wait(timeout)
             dirty, self._dirty = self._dirty, set()
         return dirty if not stopping.is_set() else set()
+
+
+def watch_forever(list_call: Callable[..., Any], on_list: Callable[[list[dict[str, Any]]], None],
+                  on_event: Callable[[str, dict[str, Any]], None], stopping: threading.Event,
+                  what: str) -> None:
+    """List, then watch from that list's version; list again when the watch expires (410)."""
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
+    while not stopping.is_set():
+        try:
+            listed = json.loads(list_call(_preload_content=False).data)
+            on_list(listed["items"])
+            w: Any = watch.Watch()  # type: ignore[no-untyped-call]
+            for event in w.stream(list_call, resource_version=listed["metadata"]["resourceVersion"],
+                                  timeout_seconds=60, deserialize=False):
+                if stopping.is_set():
+                    w.stop()
+                    break
+                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    on_event(event["type"], event["object"])
+        except ApiException as e:
+            if e.status != 410:
+                log.warning("watch of %s failed: %s", what, e)
+                stopping.wait(1)
+        except Exception:
+            if not stopping.is_set():
+                log.exception("watch of %s failed", what)
+                stopping.wait(1)
 
 
 class EndpointsController:
@@ -97,38 +135,18 @@ class EndpointsController:
                 self.services[key] = service
         self.queue.mark(key[0])
 
-    def _watch_services(self) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
+    def _services_listed(self, items: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self.services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s
+                             for s in items}
+            namespaces = {ns for ns, _ in self.services} | {
+                p["metadata"].get("namespace", "default") for p in self.pods.values()}
+        for namespace in namespaces:
+            self.queue.mark(namespace)
 
-        while not self.stopping.is_set():
-            try:
-                listed = json.loads(self.core.list_service_for_all_namespaces(
-                    _preload_content=False).data)
-                with self.lock:
-                    self.services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s
-                                     for s in listed["items"]}
-                    namespaces = {ns for ns, _ in self.services} | {
-                        p["metadata"].get("namespace", "default") for p in self.pods.values()}
-                for namespace in namespaces:
-                    self.queue.mark(namespace)
-                w: Any = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in w.stream(self.core.list_service_for_all_namespaces,
-                                      resource_version=listed["metadata"]["resourceVersion"],
-                                      timeout_seconds=60, deserialize=False):
-                    if self.stopping.is_set():
-                        w.stop()
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self._service_event(event["type"], event["object"])
-            except ApiException as e:
-                if e.status != 410:
-                    log.warning("watch of services failed: %s", e)
-                    self.stopping.wait(1)
-            except Exception:
-                if not self.stopping.is_set():
-                    log.exception("watch of services failed")
-                    self.stopping.wait(1)
+    def _watch_services(self) -> None:
+        watch_forever(self.core.list_service_for_all_namespaces, self._services_listed,
+                      self._service_event, self.stopping, "services")
 
     def _work(self) -> None:
         while not self.stopping.is_set():
@@ -165,3 +183,85 @@ class EndpointsController:
                 if e.status != 404:
                     raise
             del self.applied[key]
+
+
+class VolumeProvisioner:
+    """Provisions PVs for claims of the ``infleet-local`` class and reclaims them."""
+
+    RESYNC_SECONDS = 30.0
+
+    def __init__(self, api: Any, stopping: threading.Event, claims_root: Path) -> None:
+        from kubernetes import client
+
+        self.core: Any = client.CoreV1Api(api)
+        self.stopping = stopping
+        self.claims_root = claims_root.resolve()
+        self.queue = Debounced()
+        self.refused: set[str] = set()
+
+    def start(self) -> None:
+        def changed(*_: Any) -> None:
+            self.queue.mark("all")
+
+        for call, what in ((self.core.list_persistent_volume_claim_for_all_namespaces, "claims"),
+                           (self.core.list_persistent_volume, "volumes")):
+            threading.Thread(target=watch_forever, args=(call, changed, changed, self.stopping,
+                                                         what),
+                             name=f"provisioner-{what}", daemon=True).start()
+        threading.Thread(target=self._work, name="provisioner", daemon=True).start()
+
+    def _work(self) -> None:
+        last = 0.0
+        while not self.stopping.is_set():
+            due = time.monotonic() - last >= self.RESYNC_SECONDS
+            if self.queue.take(self.stopping) or due:
+                last = time.monotonic()
+                try:
+                    self.sync()
+                except Exception:
+                    log.exception("volume provisioning failed; retrying")
+                    self.queue.mark("all")
+                    self.stopping.wait(1)
+
+    def sync(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        # Volumes first: see volumes.plan.
+        pvs = json.loads(self.core.list_persistent_volume(_preload_content=False).data)["items"]
+        claims = json.loads(self.core.list_persistent_volume_claim_for_all_namespaces(
+            _preload_content=False).data)["items"]
+        plan = volumes.plan(claims, pvs, self.claims_root)
+        for reclaim in plan.reclaim:
+            folder = reclaim.folder.resolve()
+            if folder.is_relative_to(self.claims_root) and folder != self.claims_root:
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                self.core.delete_persistent_volume(reclaim.pv)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            log.info("reclaimed volume %s (%s)", reclaim.pv, folder)
+        for pv in plan.create:
+            Path(pv["spec"]["hostPath"]["path"]).mkdir(parents=True, exist_ok=True)
+            try:
+                self.core.create_persistent_volume(pv)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            ref = pv["spec"]["claimRef"]
+            log.info("provisioned %s for claim %s/%s", pv["metadata"]["name"], ref["namespace"],
+                     ref["name"])
+        for refusal in plan.refuse:
+            if refusal.uid in self.refused:
+                continue
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self.core.create_namespaced_event(refusal.namespace, {
+                "metadata": {"generateName": f"{refusal.claim}."},
+                "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                   "namespace": refusal.namespace, "name": refusal.claim,
+                                   "uid": refusal.uid},
+                "reason": "ProvisioningFailed", "type": "Warning", "message": refusal.message,
+                "source": {"component": FIELD_MANAGER}, "count": 1,
+                "firstTimestamp": stamp, "lastTimestamp": stamp,
+            })
+            self.refused.add(refusal.uid)
