@@ -31,11 +31,10 @@ from typing import Any
 
 import yaml
 
-from infleet.devcluster import apply, fleet, gateway, pki, volumes
+from infleet.devcluster import apply, fleet, gateway, pki, stages, volumes
 from infleet.devcluster.errors import ClusterStartError, ClusterStateError
 from infleet.devcluster.tools import Tools
 
-DATA = Path(__file__).resolve().parent / "data"
 SERVICE_CIDR = "10.96.0.0/16"
 STOP_GRACE_SECONDS = 10.0
 # Order of start; stopped in reverse.
@@ -246,6 +245,8 @@ class LocalCluster:
                                  "qps": 200, "burst": 400},
             "leaderElection": {"leaderElect": False},
         }))
+        # kwok's stages for this profile (the simulated build reports the profile's figures).
+        (self.workdir / "kwok-stages.yaml").write_text(stages.render(self.profile))
         (self.workdir / "traefik.yaml").write_text(yaml.safe_dump(gateway.static_config(
             self.state.ports["gateway"], self.state.ports["gateway-ping"])))
         self._save_state()
@@ -372,7 +373,7 @@ class LocalCluster:
         return [
             str(self.tools.path("kwok")),
             "--kubeconfig", str(self.workdir / "kwok.kubeconfig"),
-            "--config", str(DATA / "kwok-stages.yaml"),
+            "--config", str(self.workdir / "kwok-stages.yaml"),
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector", f"{fleet.KWOK_ANNOTATION}=fake",
             "--cidr", "10.0.0.1/16", "--node-ip", "10.255.0.1",

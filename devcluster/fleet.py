@@ -4,7 +4,13 @@ Pure: :func:`render_nodes` turns a profile and the facts of this machine into th
 the cluster creates. Simulated classes carry ``kwok.x-k8s.io/node: fake`` so kwok heartbeats them
 and runs their pods' lifecycle; the ``local`` class lacks it, because the local executor owns
 those nodes and runs their pods for real, so its CPU labels and allocatable resources come from
-this machine, never from the profile.
+this machine, never from the profile. Every node says which it is: ``dev.infleet.dev/simulated``
+is ``"true"`` on kwok's nodes and ``"false"`` on the local class's.
+
+A simulated class may give ``nominalProfile``: latency points (batch size, p50, p99, throughput)
+that a simulated engine build on that class reports (:mod:`infleet.devcluster.stages`), since
+nothing is built or measured there. They are illustrative, model-independent figures of the
+profile's author, not measurements.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infleet.devcluster.errors import ProfileError
 
@@ -27,6 +33,8 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Not part of any class derivation: lets the harness find the nodes of a profile class.
 FLEET_CLASS_LABEL = "dev.infleet.dev/fleet-class"
+# "true" on kwok's nodes: whatever runs there runs on paper (the operator may read it).
+SIMULATED_LABEL = "dev.infleet.dev/simulated"
 # /proc/cpuinfo flag -> Node Feature Discovery cpuid name, for the flags infleet looks at.
 CPUINFO_TO_NFD = {
     "avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "avx512f": "AVX512F", "avx512bw": "AVX512BW",
@@ -53,6 +61,22 @@ class GpuSpec(BaseModel):
     computeMinor: int = Field(ge=0)
 
 
+class NominalPoint(BaseModel):
+    """One latency point a simulated build reports (names as in ``LatencyPoint``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int = Field(ge=1)
+    p50_ms: float = Field(gt=0)
+    p99_ms: float = Field(gt=0)
+    throughput_ips: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _p99_not_below_p50(self) -> NominalPoint:
+        if self.p99_ms < self.p50_ms:
+            raise ValueError(f"p99_ms {self.p99_ms} is below p50_ms {self.p50_ms}")
+        return self
+
+
 class NodeClassSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
@@ -65,6 +89,17 @@ class NodeClassSpec(BaseModel):
     pods: int = 110
     cpuid: tuple[str, ...] = ()
     gpu: GpuSpec | None = None
+    nominalProfile: tuple[NominalPoint, ...] = ()
+
+    @model_validator(mode="after")
+    def _nominal_only_when_simulated(self) -> NodeClassSpec:
+        if self.nominalProfile and self.executor is Executor.LOCAL:
+            raise ValueError(f"class {self.name}: nominalProfile is for simulated (kwok) "
+                             "classes; the local class builds and measures for real")
+        batches = [p.batch_size for p in self.nominalProfile]
+        if batches != sorted(set(batches)):
+            raise ValueError(f"class {self.name}: nominalProfile batch sizes must increase")
+        return self
 
 
 class Profile(BaseModel):
@@ -154,6 +189,7 @@ def render_node(cls: NodeClassSpec, index: int, host: HostFacts) -> dict[str, An
         "kubernetes.io/hostname": name,
         "node.kubernetes.io/instance-type": cls.instanceType,
         FLEET_CLASS_LABEL: cls.name,
+        SIMULATED_LABEL: "false" if local else "true",
         **{f"feature.node.kubernetes.io/cpu-cpuid.{flag}": "true" for flag in cpuid},
     }
     allocatable = {
