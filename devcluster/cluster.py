@@ -1,5 +1,6 @@
 """Start, check and stop one local cluster: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, the kwok controller and the local executor, each a process of its own.
+kube-scheduler, the kwok controller, the local executor and Traefik (the Gateway API
+implementation, :mod:`infleet.devcluster.gateway`), each a process of its own.
 
 Everything a cluster owns lives in one work directory (PKI, etcd data, kubeconfigs, logs and
 ``state.json`` with the pids and ports), so two clusters run side by side and ``infleet dev
@@ -30,16 +31,15 @@ from typing import Any
 
 import yaml
 
-from infleet.devcluster import fleet, pki
+from infleet.devcluster import apply, fleet, gateway, pki, stages, volumes
 from infleet.devcluster.errors import ClusterStartError, ClusterStateError
 from infleet.devcluster.tools import Tools
 
-DATA = Path(__file__).resolve().parent / "data"
 SERVICE_CIDR = "10.96.0.0/16"
 STOP_GRACE_SECONDS = 10.0
 # Order of start; stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-              "executor")
+              "executor", "traefik")
 
 
 @dataclass
@@ -60,6 +60,13 @@ class ClusterState:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+
+    @property
+    def gateway_url(self) -> str:
+        """Where the Gateway `infleet-system/infleet` listens (route by the Host header); empty
+        for a cluster started by an infleet without a gateway."""
+        port = self.ports.get("gateway")
+        return f"http://127.0.0.1:{port}" if port else ""
 
 
 def kube_client(kubeconfig: Path) -> Any:
@@ -119,7 +126,8 @@ class LocalCluster:
         self.logs = workdir / "logs"
         self.state = ClusterState(
             name=name, workdir=str(workdir), profile=profile.name,
-            ports={c: 0 for c in ("etcd", "etcd-peer", *COMPONENTS[1:5])},
+            ports={c: 0 for c in ("etcd", "etcd-peer", *COMPONENTS[1:5], "gateway",
+                                  "gateway-ping")},
             kubernetes_version=tools.kubernetes_version,
         )
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -143,14 +151,21 @@ class LocalCluster:
             self._start("kube-apiserver", self._apiserver_argv())
             self._wait(f"{self.state.server}/readyz", "kube-apiserver", deadline)
             self._create_nodes()
+            self._install_gateway_api(deadline)
             self._start("kube-controller-manager", self._controller_manager_argv())
             self._start("kube-scheduler", self._scheduler_argv())
             self._start("kwok", self._kwok_argv())
             self._start("executor", self._executor_argv())
+            self._start("traefik", self._traefik_argv(),
+                        env={**_without_in_cluster(os.environ),
+                             "KUBECONFIG": str(self.workdir / "gateway.kubeconfig")})
             for component in ("kube-controller-manager", "kube-scheduler"):
                 port = self.state.ports[component]
                 self._wait(f"https://127.0.0.1:{port}/healthz", component, deadline, verify=False)
             self._wait_nodes_ready(deadline)
+            self._wait(f"http://127.0.0.1:{self.state.ports['gateway-ping']}/ping", "traefik",
+                       deadline)
+            self._wait_gateway_programmed(deadline)
         except BaseException:
             self.stop()
             raise
@@ -235,6 +250,7 @@ class LocalCluster:
             "scheduler.kubeconfig": "system:kube-scheduler",
             "kwok.kubeconfig": "infleet:kwok",
             "executor.kubeconfig": "infleet:executor",
+            "gateway.kubeconfig": gateway.USER,
         }
         for filename, user in users.items():
             path = self.workdir / filename
@@ -248,16 +264,20 @@ class LocalCluster:
                                  "qps": 200, "burst": 400},
             "leaderElection": {"leaderElect": False},
         }))
+        # kwok's stages for this profile (the simulated build reports the profile's figures).
+        (self.workdir / "kwok-stages.yaml").write_text(stages.render(self.profile))
+        (self.workdir / "traefik.yaml").write_text(yaml.safe_dump(gateway.static_config(
+            self.state.ports["gateway"], self.state.ports["gateway-ping"])))
         self._save_state()
 
     def _save_state(self) -> None:
         (self.workdir / "state.json").write_text(json.dumps(asdict(self.state), indent=2) + "\n")
 
-    def _start(self, component: str, argv: list[str]) -> None:
+    def _start(self, component: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{component}.log").open("ab")
         try:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=self.workdir, start_new_session=True,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
@@ -328,7 +348,8 @@ class LocalCluster:
             # Explicit, so a changed default never turns Pod Security or the SA plugin off.
             "--enable-admission-plugins",
             "NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,DefaultTolerationSeconds,"
-            "TaintNodesByCondition,Priority,RuntimeClass,MutatingAdmissionWebhook,"
+            "TaintNodesByCondition,Priority,RuntimeClass,DefaultStorageClass,"
+            "StorageObjectInUseProtection,MutatingAdmissionWebhook,"
             "ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota",
             "--allow-privileged=true",  # so a privileged pod is refused by Pod Security only
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
@@ -371,13 +392,17 @@ class LocalCluster:
         return [
             str(self.tools.path("kwok")),
             "--kubeconfig", str(self.workdir / "kwok.kubeconfig"),
-            "--config", str(DATA / "kwok-stages.yaml"),
+            "--config", str(self.workdir / "kwok-stages.yaml"),
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector", f"{fleet.KWOK_ANNOTATION}=fake",
             "--cidr", "10.0.0.1/16", "--node-ip", "10.255.0.1",
             "--node-lease-duration-seconds", "40",
             "--server-address", f"127.0.0.1:{self.state.ports['kwok']}",
         ]
+
+    def _traefik_argv(self) -> list[str]:
+        return [str(self.tools.gateway_tools().traefik),
+                f"--configFile={self.workdir / 'traefik.yaml'}"]
 
     def _executor_argv(self) -> list[str]:
         nodes = self.profile.local_nodes()
@@ -387,6 +412,49 @@ class LocalCluster:
             "--workdir", str(self.workdir / "pods"),
             "--nodes", ",".join(nodes),
         ]
+
+    # -- the Gateway API ----------------------------------------------------------------------
+    def _install_gateway_api(self, deadline: float) -> None:
+        """The pinned standard-channel CRDs (Established), Traefik's RBAC and the Gateway, and
+        the default StorageClass (infleet.devcluster.volumes)."""
+        api = self.api_client()
+        try:
+            names = []
+            for path in self.tools.gateway_tools().crds:
+                for doc in yaml.safe_load_all(path.read_text()):
+                    if doc:
+                        apply.apply(api, doc)
+                        if doc["kind"] == "CustomResourceDefinition":
+                            names.append(doc["metadata"]["name"])
+            for name in names:
+                crd = {"apiVersion": "apiextensions.k8s.io/v1",
+                       "kind": "CustomResourceDefinition", "metadata": {"name": name}}
+                wait_for(lambda crd=crd: any(  # type: ignore[misc]
+                    c["type"] == "Established" and c["status"] == "True"
+                    for c in apply.get(api, crd).get("status", {}).get("conditions", [])
+                ), max(deadline - time.monotonic(), 1), f"CRD {name} to become Established")
+            for obj in [volumes.storage_class(), *gateway.objects(self.state.ports["gateway"])]:
+                apply.apply(api, obj)
+        finally:
+            api.close()
+
+    def _wait_gateway_programmed(self, deadline: float) -> None:
+        api = self.api_client()
+        probe = gateway.objects(self.state.ports["gateway"])[-1]
+        last: dict[str, Any] = {}
+        try:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                last = apply.get(api, probe)
+                if gateway.programmed(last):
+                    return
+                time.sleep(0.2)
+        finally:
+            api.close()
+        raise self._failed(
+            f"Traefik did not program the Gateway {gateway.NAMESPACE}/{gateway.NAME} in time "
+            f"(its conditions: {last.get('status', {}).get('conditions')})"
+        )
 
     # -- nodes ---------------------------------------------------------------------------------
     def _create_nodes(self) -> None:
@@ -429,6 +497,13 @@ class LocalCluster:
         finally:
             api.close()
         raise self._failed(f"only {ready} of {want} nodes became Ready in time")
+
+
+def _without_in_cluster(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    # Traefik picks its in-cluster client when these are set (inside a pod, say), and must use
+    # the kubeconfig of its own user instead.
+    return {k: v for k, v in env.items()
+            if k not in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
 
 
 def stop_pids(

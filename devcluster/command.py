@@ -3,7 +3,8 @@
     infleet dev tools                 build (once) or locate the control-plane binaries
     infleet dev up [--profile dev]    start a cluster with a simulated fleet, apply the CRD
     infleet dev status                what runs, where its kubeconfig is
-    eval "$(infleet dev env)"         point kubectl and helm of the same build at it
+    eval "$(infleet dev env)"         point kubectl and helm of the same build at it (and
+                                      INFLEET_GATEWAY at the Gateway)
     infleet dev down                  stop it and delete its data
 
 Heavy imports (the kubernetes client) happen inside ``run`` only.
@@ -31,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
     status = sub.add_parser("status", help="show the cluster")
     env = sub.add_parser(
-        "env", help="print shell exports (KUBECONFIG, PATH with kubectl and helm) for eval"
+        "env", help="print shell exports (KUBECONFIG, PATH with kubectl and helm, "
+        "INFLEET_GATEWAY) for eval"
     )
     down = sub.add_parser("down", help="stop the cluster and delete its data")
     for action in (up, status, env, down):
@@ -65,6 +67,9 @@ def _tools(check: bool) -> int:
     found = tools.locate() if check else tools.build()
     print(f"control-plane binaries ({', '.join(f'{k} {v}' for k, v in tools.versions().items())})"
           f" in {found.bin_dir} [{time.monotonic() - started:.1f}s]")
+    gw = found.gateway_tools()
+    print(f"gateway: traefik {gw.traefik_version}, Gateway API {gw.gateway_api_version} CRDs "
+          f"in {gw.traefik.parent}")
     s3 = tools.s3_server(build=not check)
     print(f"test S3 server: {s3}")
     return 0
@@ -104,9 +109,12 @@ def _up(name: str, profile_name: str, timeout: float) -> int:
     kubeconfig = cluster.kubeconfig
     print(f"cluster {name!r} is up in {time.monotonic() - started:.0f}s; "
           f"API server {cluster.state.server}\n"
-          f"kubeconfig: {kubeconfig}\n\n"
+          f"kubeconfig: {kubeconfig}\n"
+          f"gateway: {cluster.state.gateway_url} (Gateway infleet-system/infleet; route "
+          f"HTTPRoutes by hostname)\n\n"
           f"  export KUBECONFIG={kubeconfig}\n"
           f"  export PATH={cluster.tools.bin_dir}:$PATH   # kubectl and helm of the same build\n"
+          f"  export INFLEET_GATEWAY={cluster.state.gateway_url}\n"
           f"  kubectl get nodes -L nvidia.com/gpu.product,node.kubernetes.io/instance-type\n"
           f"  kubectl get inferencedeployments -A\n\n"
           f"logs: {workdir / 'logs'}; stop with `infleet dev down"
@@ -127,7 +135,8 @@ def _status(name: str) -> int:
         return 1
     down = [c for c in COMPONENTS if c in state.pids and not _alive(state.pids[c], None)]
     print(f"cluster {name!r}: profile {state.profile!r}, Kubernetes {state.kubernetes_version}, "
-          f"API server {state.server}\nkubeconfig: {state.kubeconfig}")
+          f"API server {state.server}\nkubeconfig: {state.kubeconfig}\n"
+          f"gateway: {state.gateway_url or 'none'}")
     for component in COMPONENTS:
         pid = state.pids.get(component)
         alive = pid is not None and component not in down
@@ -148,6 +157,12 @@ def _status(name: str) -> int:
             if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
         )
         print(f"nodes: {ready}/{len(nodes)} Ready")
+        if state.gateway_url:
+            from infleet.devcluster import apply, gateway
+
+            gw = apply.get(api, gateway.objects(state.ports["gateway"])[-1])
+            print(f"Gateway {gateway.NAMESPACE}/{gateway.NAME}: "
+                  f"{'Programmed' if gateway.programmed(gw) else 'NOT programmed'}")
         api.close()
     except Exception as e:
         print(f"API server not answering: {e}")
@@ -166,6 +181,8 @@ def _env(name: str) -> int:
     bin_dir = shlex.quote(str(tools.locate().bin_dir))
     print(f"export KUBECONFIG={shlex.quote(str(state.kubeconfig))}")
     print(f'export PATH={bin_dir}:"$PATH"')
+    if state.gateway_url:
+        print(f"export INFLEET_GATEWAY={shlex.quote(state.gateway_url)}")
     return 0
 
 

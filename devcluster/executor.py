@@ -2,13 +2,16 @@
 
 It keeps its nodes Ready (status + Lease heartbeat), watches the pods bound to them and runs
 each pod's containers as local processes, planned by :mod:`infleet.devcluster.podspec` (argv
-lists only, never a shell). Each pod gets its own 127.x.y.z address (``POD_IP``, the downward
-API ``status.podIP``), its volumes as folders, readiness probes, restarts per restartPolicy,
-the termination message read back into the status, and on deletion SIGTERM, then SIGKILL after
-the grace period, then the final delete the kubelet would make.
+lists only, never a shell; read-only mounts enforced where this machine allows a mount
+namespace: :mod:`infleet.devcluster.mounts`). Each pod gets its own 127.x.y.z address
+(``POD_IP``, the downward API ``status.podIP``), its volumes as folders, readiness probes,
+restarts per restartPolicy, the termination message read back into the status, and on deletion
+SIGTERM, then SIGKILL after the grace period, then the final delete the kubelet would make.
 
-Each pod runs in a :class:`~infleet.devcluster.podrunner.PodRunner`. Run as its own process by the
-cluster: ``python -m infleet.devcluster.executor``.
+Each pod runs in a :class:`~infleet.devcluster.podrunner.PodRunner`. Two threads of
+:mod:`infleet.devcluster.controllers` go with it: the EndpointSlices of its pods, and the
+provisioner of the ``infleet-local`` StorageClass (PVs backed by its claims folder). Run as its
+own process by the cluster: ``python -m infleet.devcluster.executor``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from infleet.devcluster import podspec
+from infleet.devcluster import mounts, podspec
+from infleet.devcluster.controllers import EndpointsController, VolumeProvisioner
 from infleet.devcluster.podrunner import HOST_IP, PodRunner, now
 from infleet.devcluster.podspec import PodPlan
 
@@ -47,7 +51,8 @@ def _raw(call: Any, *args: Any, **kwargs: Any) -> Any:
 class Executor:
     """Keeps the local nodes Ready, watches their pods and runs one PodRunner per pod."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path, nodes: list[str]) -> None:
+    def __init__(self, kubeconfig: Path, workdir: Path, nodes: list[str],
+                 read_only_mounts: bool = False) -> None:
         from kubernetes import client
 
         from infleet.devcluster.cluster import kube_client
@@ -64,6 +69,10 @@ class Executor:
         self.used_ips: set[str] = set()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.endpoints = EndpointsController(self.api, self.stopping)
+        self.provisioner = VolumeProvisioner(self.api, self.stopping, workdir / "claims")
+        self.read_only_mounts = read_only_mounts
+        self.annotated: set[str] = set()
         venv_bin = str(Path(sys.executable).parent)
         self.base_path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])
 
@@ -97,6 +106,11 @@ class Executor:
                     raise
                 everyone = False  # created by the cluster after the executor started
                 continue
+            if node not in self.annotated:  # tell the truth about what is enforced here
+                enforced = "enforced" if self.read_only_mounts else "not-enforced"
+                self.core.patch_node(node, {"metadata": {"annotations": {
+                    mounts.ANNOTATION: enforced}}})
+                self.annotated.add(node)
             lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                      "metadata": {"name": node, "namespace": "kube-node-lease"},
                      "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS,
@@ -128,6 +142,7 @@ class Executor:
         while not self.stopping.is_set():
             try:
                 listed = _raw(self.core.list_pod_for_all_namespaces, field_selector=selector)
+                self.endpoints.resync(node, listed["items"])
                 for pod in listed["items"]:
                     self.on_pod(pod)
                 w: Any = watch.Watch()  # type: ignore[no-untyped-call]
@@ -139,6 +154,8 @@ class Executor:
                     if self.stopping.is_set():
                         w.stop()
                         break
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self.endpoints.pod_event(event["type"], event["object"])
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self.on_pod(event["object"])
             except ApiException as e:
@@ -195,7 +212,8 @@ class Executor:
                     self._read_secret(namespace, source["secretKeyRef"]["name"], secrets)
         return podspec.Environment(
             pod_ip=ip, host_ip=HOST_IP, api_host=self.api_host, api_port=self.api_port,
-            base_path=self.base_path, pods_root=self.workdir, claims_root=self.workdir / "claims",
+            base_path=self.base_path, pods_root=self.workdir,
+            claims_root=self.provisioner.claims_root,
             config_maps=config_maps, secrets=secrets,
         )
 
@@ -289,6 +307,8 @@ class Executor:
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.endpoints.start()
+        self.provisioner.start()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         for node in self.nodes:
             threading.Thread(target=self._watch_node, args=(node,), name=f"watch-{node}",
@@ -315,10 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     nodes = [n for n in args.nodes.split(",") if n]
-    executor = Executor(args.kubeconfig, args.workdir, nodes)
+    # Probed before any thread starts: it forks.
+    read_only = mounts.supported()
+    if not read_only:
+        log.warning("read-only mounts are not enforced: no mount namespace can be made here "
+                    "(neither root nor an unprivileged user namespace that may mount)")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    executor = Executor(args.kubeconfig, args.workdir, nodes, read_only)
     signal.signal(signal.SIGTERM, lambda *_: executor.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: executor.stopping.set())
-    if not nodes:  # a profile without a local class: nothing to do but wait to be stopped
+    if not nodes:  # no local class: no pods to run, but claims still get their volumes
+        executor.provisioner.start()
         while not executor.stopping.wait(1.0):
             pass
         return 0

@@ -4,7 +4,13 @@ Pure: :func:`render_nodes` turns a profile and the facts of this machine into th
 the cluster creates. Simulated classes carry ``kwok.x-k8s.io/node: fake`` so kwok heartbeats them
 and runs their pods' lifecycle; the ``local`` class lacks it, because the local executor owns
 those nodes and runs their pods for real, so its CPU labels and allocatable resources come from
-this machine, never from the profile.
+this machine, never from the profile. Every node says which it is: ``dev.infleet.dev/simulated``
+is ``"true"`` on kwok's nodes and ``"false"`` on the local class's.
+
+A simulated class may give ``nominalProfile``: latency points (batch size, p50, p99, throughput)
+that a simulated engine build on that class reports (:mod:`infleet.devcluster.stages`), since
+nothing is built or measured there. They are illustrative, model-independent figures of the
+profile's author, not measurements.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infleet.devcluster.errors import FleetProfileError
-from infleet.scheduler.hardware import CPUINFO_TO_NFD
+
+# The scheduler's label: simulated nodes never share a class (or an engine) with real ones.
+from infleet.scheduler.hardware import CPUINFO_TO_NFD, SIMULATED_LABEL
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
@@ -45,6 +53,22 @@ class GpuSpec(BaseModel):
     computeMinor: int = Field(ge=0)
 
 
+class NominalPoint(BaseModel):
+    """One latency point a simulated build reports (names as in ``LatencyPoint``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int = Field(ge=1)
+    p50_ms: float = Field(gt=0)
+    p99_ms: float = Field(gt=0)
+    throughput_ips: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _p99_not_below_p50(self) -> NominalPoint:
+        if self.p99_ms < self.p50_ms:
+            raise ValueError(f"p99_ms {self.p99_ms} is below p50_ms {self.p50_ms}")
+        return self
+
+
 class NodeClassSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
@@ -57,6 +81,17 @@ class NodeClassSpec(BaseModel):
     pods: int = 110
     cpuid: tuple[str, ...] = ()
     gpu: GpuSpec | None = None
+    nominalProfile: tuple[NominalPoint, ...] = ()
+
+    @model_validator(mode="after")
+    def _nominal_only_when_simulated(self) -> NodeClassSpec:
+        if self.nominalProfile and self.executor is Executor.LOCAL:
+            raise ValueError(f"class {self.name}: nominalProfile is for simulated (kwok) "
+                             "classes; the local class builds and measures for real")
+        batches = [p.batch_size for p in self.nominalProfile]
+        if batches != sorted(set(batches)):
+            raise ValueError(f"class {self.name}: nominalProfile batch sizes must increase")
+        return self
 
 
 class Profile(BaseModel):
@@ -146,6 +181,7 @@ def render_node(cls: NodeClassSpec, index: int, host: HostFacts) -> dict[str, An
         "kubernetes.io/hostname": name,
         "node.kubernetes.io/instance-type": cls.instanceType,
         FLEET_CLASS_LABEL: cls.name,
+        SIMULATED_LABEL: "false" if local else "true",
         **{f"feature.node.kubernetes.io/cpu-cpuid.{flag}": "true" for flag in cpuid},
     }
     allocatable = {

@@ -33,6 +33,8 @@ USERS = {
     "system:kube-scheduler": (),
     "infleet:kwok": ("system:masters",),
     "infleet:executor": ("system:masters",),
+    # Traefik: no group; its ClusterRole (infleet.devcluster.gateway.RULES) is all it may do.
+    "infleet:gateway": (),
 }
 
 

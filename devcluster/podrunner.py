@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from infleet.devcluster import podspec
+from infleet.devcluster import mounts, podspec
 from infleet.devcluster.podspec import ContainerPlan, PodPlan, Probe, ProbeKind, RestartPolicy
 
 log = logging.getLogger("infleet.devcluster.executor")
@@ -31,6 +31,8 @@ HOST_IP = "127.0.0.1"
 
 class PodHost(Protocol):
     """What a pod runner needs from the executor."""
+
+    read_only_mounts: bool  # whether read-only mounts can be enforced here (mounts.supported)
 
     def patch_status(self, plan: PodPlan, status: dict[str, Any]) -> None: ...
     def delete_pod_object(self, plan: PodPlan) -> None: ...
@@ -45,6 +47,15 @@ def now() -> str:
 def _pdeathsig() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphans if the executor dies
+
+
+def _child_setup(read_only: tuple[str, ...]) -> Any:
+    def setup() -> None:  # runs in the child between fork and exec
+        _pdeathsig()
+        if read_only:
+            mounts.make_read_only(read_only)
+
+    return setup
 
 
 @dataclass
@@ -154,14 +165,20 @@ class PodRunner:
         c.terminated = None
         c.started_at = now()
         c.probe_due = time.monotonic() + (plan.readiness.initial_delay if plan.readiness else 0)
+        read_only: tuple[str, ...] = ()
+        if self.executor.read_only_mounts:
+            read_only = tuple(str(m.local_path) for m in plan.mounts if m.read_only)
+            for path in read_only:  # a bind mount needs its target (a subPath may be new)
+                if not os.path.lexists(path):
+                    Path(path).mkdir(parents=True)
         with plan.log_path.open("ab") as out:
             try:
                 c.proc = subprocess.Popen(
                     list(plan.argv), env=dict(plan.env), cwd=plan.cwd, stdout=out,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, preexec_fn=_pdeathsig,
+                    start_new_session=True, preexec_fn=_child_setup(read_only),
                 )
-            except OSError as e:
+            except (OSError, subprocess.SubprocessError) as e:
                 c.proc = None
                 c.terminated = {"exitCode": 128, "reason": "StartError",
                                 "message": f"{plan.argv[0]}: {e}"[:4096],

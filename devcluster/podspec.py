@@ -9,9 +9,13 @@ mounted path it computed itself, not one it was given, will not find it; the pod
 take their paths from args and env.
 
 Volumes: ``emptyDir`` -> a folder of the pod; ``hostPath`` -> that path; a
-``persistentVolumeClaim`` -> a folder per claim shared by the executor's pods (a local stand-in
-for a volume, so engines written by a build Job are there for the serving pod); ``configMap``,
-``secret`` and the ``projected`` service-account volume -> folders the executor fills.
+``persistentVolumeClaim`` -> the claim's folder ``<claims root>/<namespace>/<claim>``
+(:func:`claim_dir`), shared by the executor's pods: the folder the dev cluster's provisioner
+backs the claim's PersistentVolume with (:mod:`infleet.devcluster.volumes`), so engines written
+by a build Job are there for the serving pod; ``configMap``, ``secret`` and the ``projected``
+service-account volume -> folders the executor fills. A mount is read-only when its
+``readOnly`` says so or the volume's ``persistentVolumeClaim.readOnly`` does; the pod runner
+enforces that where it can (:mod:`infleet.devcluster.mounts`).
 
 Not modelled: liveness and startup probes (only readiness is run), resource limits (no cgroups),
 images (``command`` must name a program on this machine; the venv's bin comes first on PATH),
@@ -73,6 +77,7 @@ class Volume:
     kind: VolumeKind
     local_dir: Path
     source: str = ""  # configMap/secret/claim name, or the host path
+    read_only: bool = False  # persistentVolumeClaim.readOnly: every mount of it is read-only
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,11 @@ class Environment:
     claims_root: Path
     config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+def claim_dir(claims_root: Path, namespace: str, claim: str) -> Path:
+    """The folder of a PersistentVolumeClaim: what pods mount and what backs its volume."""
+    return claims_root / namespace / claim
 
 
 def pod_ip_for(uid: str, used: frozenset[str] = frozenset()) -> str:
@@ -284,9 +294,11 @@ def _volumes(pod: Mapping[str, Any], pod_dir: Path, env: Environment,
             path = item["hostPath"]["path"]
             volumes[name] = Volume(name, VolumeKind.HOST_PATH, Path(path), path)
         elif "persistentVolumeClaim" in item:
-            claim = item["persistentVolumeClaim"]["claimName"]
+            source = item["persistentVolumeClaim"]
+            claim = source["claimName"]
             volumes[name] = Volume(name, VolumeKind.CLAIM,
-                                   env.claims_root / namespace / claim, claim)
+                                   claim_dir(env.claims_root, namespace, claim), claim,
+                                   read_only=bool(source.get("readOnly")))
         elif "configMap" in item:
             volumes[name] = Volume(name, VolumeKind.CONFIG_MAP, local, item["configMap"]["name"])
         elif "secret" in item:
@@ -311,7 +323,7 @@ def _container(
             problems.append(f"container {name}: mount of unknown volume {m['name']!r}")
             continue
         local = volume.local_dir / m["subPath"] if m.get("subPath") else volume.local_dir
-        mounts.append(Mount(m["mountPath"], local, bool(m.get("readOnly"))))
+        mounts.append(Mount(m["mountPath"], local, bool(m.get("readOnly")) or volume.read_only))
     termination = pod_dir / "termination" / name
     term_path = c.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
     mounts.append(Mount(term_path, termination))

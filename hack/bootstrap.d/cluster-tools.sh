@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds (once) the local control plane's Go binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok, kwokctl, helm) and the test S3 server (versitygw) into
-# the user cache, keyed by the pinned versions in devcluster/gotools/*/go.mod. Seconds when already built; about 15-20 minutes
-# cold on 2 cores. Everything comes from the Go module proxy, the Go toolchain included when the
-# machine has none recent enough.
+# kube-scheduler, kubectl, etcd, kwok, kwokctl, helm), the Gateway API implementation (Traefik,
+# with the Gateway API CRDs) and the test S3 server (versitygw) into the user cache, each keyed
+# by its pins in devcluster/gotools/*/go.mod. Seconds when already built; cold on 2 cores about
+# 15-20 minutes for the cluster binaries plus 10-18 for Traefik. Everything comes from the Go
+# module proxy, the Go toolchain included when the machine has none recent enough.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,5 +38,5 @@ if [[ -z "$GO" ]] || ! go_ok "$GO"; then
   fi
   export PATH="$cache/bin:$PATH"
 fi
-log "building the control-plane binaries (cold: about 15-20 minutes on 2 cores)"
+log "building the control-plane binaries and Traefik (cold: about 25-40 minutes on 2 cores)"
 .venv/bin/infleet dev tools

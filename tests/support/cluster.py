@@ -8,8 +8,11 @@ Loaded by ``tests/conftest.py`` (``pytest_plugins``). Fixtures start nothing unt
 - ``kube`` (session): typed API groups of the kubernetes client against it.
 - ``namespace`` (per test): a fresh namespace, deleted afterwards.
 
+- ``gateway_url`` (session): where the cluster's Gateway (Traefik) listens.
+
 ``INFLEET_TEST_KUBECONFIG`` points the fixtures at a cluster that is already up (for example
-``infleet dev up``) instead of starting one, which saves the start-up while iterating.
+``infleet dev up``) instead of starting one, which saves the start-up while iterating; then
+``INFLEET_GATEWAY`` (what ``infleet dev env`` exports) names its gateway.
 """
 
 from __future__ import annotations
@@ -183,6 +186,17 @@ def crd(kube: Kube) -> Path:
     except ClusterStartError as e:
         pytest.fail(str(e), pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def gateway_url(kube: Kube) -> str:
+    if kube.cluster is not None:
+        return kube.cluster.state.gateway_url
+    url = os.environ.get("INFLEET_GATEWAY")
+    if not url:
+        pytest.fail("INFLEET_TEST_KUBECONFIG is set but INFLEET_GATEWAY is not; "
+                    'eval "$(infleet dev env)" sets both', pytrace=False)
+    return url
 
 
 @pytest.fixture

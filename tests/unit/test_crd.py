@@ -57,10 +57,12 @@ def test_crd_deserializes_as_a_kubernetes_object() -> None:
     assert version.subresources.status == {}
     assert [c.name for c in version.additional_printer_columns] == [
         "Phase",
+        "Available",
         "Classes",
         "Ready",
         "Replicas",
         "P99ms",
+        "Endpoint",
         "Age",
     ]
 
