@@ -21,7 +21,7 @@ from infleet.api.config import OperatorConfig, ReplicaResources
 from infleet.operator import naming
 from infleet.operator.observed import ENGINE_KEY_ANNOTATION
 from infleet.scheduler.classes import NodeClass
-from infleet.scheduler.inventory import GPU_RESOURCE
+from infleet.scheduler.inventory import GPU_RESOURCE, Resources
 from infleet.scheduler.policy import ClassDecision
 
 Manifest = dict[str, Any]
@@ -129,6 +129,12 @@ def _engine_env() -> list[Manifest]:
 
 
 # --- build Job ---------------------------------------------------------------------------
+
+
+def build_request(config: OperatorConfig) -> Resources:
+    """CPU and memory a build pod requests (a GPU class's also one GPU)."""
+    r = config.build.resources
+    return Resources.from_quantities({"cpu": r.cpu, "memory": r.memory})
 
 
 def build_args(

@@ -42,6 +42,7 @@ from infleet.operator.engines import BuildJobState, EngineResult, Outcome
 from infleet.operator.observed import ServingPod, ServingSet
 from infleet.scheduler.capacity import ClassProfile, profile_from_points, traffic_weights
 from infleet.scheduler.classes import NodeClass
+from infleet.scheduler.inventory import Resources
 from infleet.scheduler.plan import plan_deployment
 from infleet.scheduler.policy import ClassDecision, ClusterPolicy, decide
 
@@ -177,10 +178,15 @@ def plan(s: Snapshot) -> Reconcile:
         _engine(s, c, apply, delete)
         _serving_engine(s, c)
 
-    # Replicas: the capacity planner over the classes that have an engine to serve.
+    # Replicas: the capacity planner over the classes that have an engine to serve, with room
+    # kept for the build Jobs still to run (else a full class never rebuilds).
     profiles = {c.cls.name: c.profile for c in work if c.profile is not None}
+    build_room = children.build_request(s.config)
+    classes = [c.cls.with_reserved(build_room + Resources(0, 0, 1 if c.cls.key.is_gpu else 0))
+               if c.state is EngineState.BUILDING else c.cls for c in work]
     placement = plan_deployment(
-        s.classes, s.spec, name=s.owner.name, profiles=profiles, policy=s.policy
+        classes, s.spec, name=s.owner.name, profiles=profiles, policy=s.policy,
+        best_effort=True,
     )
     by_name = {cp.name: cp for cp in placement.classes}
     for c in work:
@@ -211,7 +217,7 @@ def plan(s: Snapshot) -> Reconcile:
         if job.owner_uid == s.owner.uid and key not in jobs_needed and job.active:
             delete.append(ObjectRef("batch/v1", "Job", job.name, ns))
 
-    new_status = _status(s, work, placement.problems)
+    new_status = _status(s, work, placement.problems, placement.notes)
     events = [e for c in work for e in c.events]
     events += status.transition_events(s.previous, new_status)
     changed = [m for m in apply if needs_apply(m, s.children.get((m["kind"],
@@ -416,7 +422,7 @@ def _probe_targets(s: Snapshot, work: list[_Class]) -> list[ProbeTarget]:
 
 
 def _status(
-    s: Snapshot, work: list[_Class], problems: tuple[str, ...]
+    s: Snapshot, work: list[_Class], problems: tuple[str, ...], notes: tuple[str, ...]
 ) -> InferenceDeploymentStatus:
     class_statuses = []
     for c in work:
@@ -453,7 +459,7 @@ def _status(
             desired_replicas=c.desired,
             weight=c.weight,
         ))
-    return status.summarize(s, class_statuses, problems)
+    return status.summarize(s, class_statuses, problems, notes)
 
 
 def _engine_message(c: _Class, summary: BuildSummary | None) -> str:

@@ -43,7 +43,8 @@ def _condition(
 
 
 def summarize(
-    s: Snapshot, classes: list[ClassStatus], problems: Sequence[str]
+    s: Snapshot, classes: list[ClassStatus], problems: Sequence[str],
+    notes: Sequence[str] = (),
 ) -> InferenceDeploymentStatus:
     placed = [c for c in classes if not c.excluded]
     failed = [c for c in placed if c.engine.state is EngineState.FAILED]
@@ -64,7 +65,8 @@ def summarize(
         excluded = len(classes) - len(placed)
         conditions.append(cond("Placed", True, "ClassesPlaced",
                                f"{len(placed)} of {len(classes)} classes: {_names(placed)}"
-                               + (f"; {excluded} excluded" if excluded else "")))
+                               + (f"; {excluded} excluded" if excluded else "")
+                               + "".join(f"; {n}" for n in notes if n.startswith("best effort"))))
     else:
         why = "; ".join(f"{c.name}: {c.reason}" for c in classes[:8]) or "the cluster has no nodes"
         conditions.append(cond("Placed", False, "NoClass", "no class can serve the model: " + why))

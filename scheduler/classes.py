@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from infleet.scheduler.affinity import NodeAffinity, Requirement
 from infleet.scheduler.hardware import (
@@ -65,6 +65,23 @@ class NodeClass:
     affinity: NodeAffinity
     """Selects exactly the member nodes of this inventory (nodes are told apart by their
     ``kubernetes.io/hostname`` label where hardware labels cannot; every kubelet sets it)."""
+
+    def with_reserved(self, request: Resources) -> NodeClass:
+        """This class with room for one ``request``-sized pod set aside on the node with the
+        most free room that can take it (a build Job the class waits for must not be crowded
+        out by the serving replicas planned around it). Unchanged when no node can."""
+        fits = [(free, count) for free, count in self.free_per_node if free.fits(request) > 0]
+        if not fits:
+            return self
+        best = max(fits, key=lambda fc: (fc[0].cpu_millis, fc[0].memory_bytes, fc[0].gpus))[0]
+        hist: Counter[Resources] = Counter(dict(self.free_per_node))
+        hist[best] -= 1
+        hist[best.minus(request)] += 1
+        return replace(
+            self,
+            free=self.free.minus(request),
+            free_per_node=tuple(sorted((f, n) for f, n in hist.items() if n > 0)),
+        )
 
     def replicas_that_fit(self, request: Resources) -> int:
         """Pods of size ``request`` that fit in the free resources, node by node."""

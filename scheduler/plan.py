@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from infleet.api import ClassStatus, InferenceDeploymentSpec
-from infleet.scheduler.capacity import ClassProfile, Option, Solution, solve, traffic_weights
+from infleet.scheduler.capacity import (
+    ClassProfile,
+    Option,
+    Solution,
+    max_capacity,
+    solve,
+    traffic_weights,
+)
 from infleet.scheduler.classes import NodeClass
 from infleet.scheduler.policy import (
     ClassDecision,
@@ -130,10 +137,13 @@ def plan_deployment(
     policy: ClusterPolicy | None = None,
     model: ModelFacts | None = None,
     rel_gap: float = PLAN_REL_GAP,
+    best_effort: bool = False,
 ) -> Plan:
     """Plan ``spec`` on ``classes``. ``profiles`` is keyed by class selector (a class name or
     a dash-bounded prefix of one); the most specific selector wins. ``rel_gap`` is the cost
-    fraction the search may leave unproven (0: exact); the plan reports the proven bound."""
+    fraction the search may leave unproven (0: exact); the plan reports the proven bound.
+    ``best_effort`` (the operator): when the target cannot be placed, place the most capacity
+    that can be, and say so in the notes, instead of nothing."""
     policy = policy or ClusterPolicy()
     notes: list[str] = []
     slo = spec.slo.latency_p99_ms
@@ -169,6 +179,15 @@ def plan_deployment(
 
     if options:
         sol = solve(options, target, lo, hi, rel_gap=rel_gap)
+        if not sol.feasible and best_effort and target > 0:
+            # Serve what can be served: the most capacity the bounds and free room allow.
+            reach = max_capacity([o.capacity_rps for o in options],
+                                 [min(o.max_replicas, hi) for o in options], hi)
+            capped = solve(options, min(target, reach * (1 - 1e-9)), lo, hi, rel_gap=rel_gap)
+            if capped.feasible:
+                notes.append(f"best effort: {_fmt_rps(reach)} rps of the {_fmt_rps(target)} "
+                             f"rps target fit ({'; '.join(sol.problems)})")
+                sol = capped
     else:
         sol = Solution(False, (), 0.0, 0.0, True, float("inf"), ())
     problems = list(sol.problems)
@@ -219,6 +238,10 @@ def plan_deployment(
         problems=tuple(problems),
         notes=tuple(notes),
     )
+
+
+def _fmt_rps(x: float) -> str:
+    return f"{x:,.0f}"
 
 
 def _req(dec: ClassDecision) -> str:

@@ -127,30 +127,21 @@ def running_operator(kube: Kube, workdir: Path, *args: str,
 # --- what a deployment needs around it ------------------------------------------------------
 
 
-def claims_root(kube: Kube) -> Path:
-    assert kube.cluster is not None, "tests of the operator need a cluster they started"
-    return kube.cluster.workdir / "pods" / "claims"
-
-
 def claim(kube: Kube, namespace: str, name: str) -> Path:
-    """A bound ReadWriteMany claim; returns the folder the executor mounts for it."""
-    folder = claims_root(kube) / namespace / name
-    folder.mkdir(parents=True, exist_ok=True)
-    pv = f"{namespace}-{name}"
-    kube.core.create_persistent_volume({
-        "metadata": {"name": pv, "labels": {"infleet.dev/test": "1"}},
-        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
-                 "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
-                 "hostPath": {"path": str(folder)},
-                 "claimRef": {"namespace": namespace, "name": name}},
-    })
+    """A bound ReadWriteMany claim of the cluster's default class (the dev cluster's
+    provisioner backs it with the folder the local executor mounts); returns that folder."""
+    from infleet.devcluster.podspec import claim_dir
+
     kube.core.create_namespaced_persistent_volume_claim(namespace, {
         "metadata": {"name": name},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+        "spec": {"accessModes": ["ReadWriteMany"],
                  "resources": {"requests": {"storage": "10Gi"}}},
     })
     wait_until(lambda: kube.core.read_namespaced_persistent_volume_claim(name, namespace)
-               .status.phase == "Bound", 30, f"claim {namespace}/{name} to bind")
+               .status.phase == "Bound", 60, f"claim {namespace}/{name} to bind")
+    assert kube.cluster is not None, "tests of the operator need a cluster they started"
+    folder: Path = claim_dir(kube.cluster.workdir / "pods" / "claims", namespace, name)
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -183,11 +174,22 @@ def status_of(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
 
 
 def describe(kube: Kube, namespace: str, name: str) -> str:
-    """The deployment's status and its pods, for a failed wait's message."""
+    """The deployment's status in short (conditions, one line per class) and its pods, for a
+    failed wait's message."""
     status = status_of(kube, namespace, name)
+    lines = [f"phase={status.get('phase')} generation={status.get('observedGeneration')}"]
+    lines += [f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message', '')[:400]}"
+              for c in status.get("conditions") or []]
+    for c in status.get("classes") or []:
+        e = c.get("engine") or {}
+        lines.append(
+            f"  class {c['name']}: excluded={c.get('excluded')} engine={e.get('state')} "
+            f"simulated={c.get('simulated')} replicas={c.get('replicas')}/"
+            f"{c.get('readyReplicas')}/{c.get('desiredReplicas')} weight={c.get('weight')} "
+            f"verified={c.get('verified')} | {c.get('reason', '')[:200]} | "
+            f"{e.get('message', '')[:300]}")
     pods = kube.core.list_namespaced_pod(namespace).items
-    lines = [yaml.safe_dump(status, sort_keys=False)[:4000]]
-    lines += [f"pod {p.metadata.name} on {p.spec.node_name}: {p.status.phase}" for p in pods]
+    lines += [f"  pod {p.metadata.name} on {p.spec.node_name}: {p.status.phase}" for p in pods]
     return "\n".join(lines)
 
 

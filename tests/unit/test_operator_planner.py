@@ -44,6 +44,7 @@ SIM = "x86-avx2-c5a-4xlarge"
 
 CONFIG = OperatorConfig.model_validate({
     "cpuReplica": {"cpu": "1", "memory": "2Gi"},
+    "build": {"resources": {"cpu": "1", "memory": "2Gi"}},
     "classes": {CPU: {"costPerHour": 0.1}, GPU: {"costPerHour": 1.0}, SIM: {"costPerHour": 0.5}},
     "gateway": {"domain": "infleet.local"},
 })
@@ -416,3 +417,24 @@ def test_the_endpoint_follows_the_gateway_api(gateway: bool) -> None:
     assert bool(kinds(r, "HTTPRoute")) is gateway
     assert r.status.endpoint == ("http://cnn.demo.infleet.local" if gateway
                                  else "http://cnn.demo.svc:8080")
+
+
+def test_a_class_that_rebuilds_keeps_room_for_its_build_job() -> None:
+    keys = keys_of(plan(snap()))
+    s, _ = converge(snap(records=served(keys)))
+    # SIM has Ready room to take what CPU gives up (else the old capacity is held)
+    sets, pods = _serving_state(s, {CPU: 2, SIM: 3})
+    assert sets[CPU].replicas == 2  # both 1-CPU nodes hold a replica: the class is full
+    rebuild = replace(s, spec=spec(accuracy={"metric": "cosine", "maxDeviation": 0.01}),
+                      serving=sets, pods=pods, generation=2)
+    r = plan(rebuild)
+    assert by_class(r)[CPU].engine.state is EngineState.BUILDING
+    assert by_class(r)[CPU].desired_replicas == 1  # one node's room is kept for the build
+
+
+def test_reserving_room_takes_it_from_the_emptiest_node() -> None:
+    cls = next(c for c in CLASSES if c.name == SIM)
+    reserved = cls.with_reserved(Resources(1000, 2**30, 0))
+    assert reserved.replicas_that_fit(Resources(1000, 2**30, 0)) == (
+        cls.replicas_that_fit(Resources(1000, 2**30, 0)) - 1)
+    assert cls.with_reserved(Resources(10**6, 0, 0)) == cls  # fits nowhere: unchanged
