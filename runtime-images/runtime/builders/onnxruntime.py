@@ -21,7 +21,7 @@ import numpy as np
 
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
-from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
+from infleet.runtime.errors import BackendUnavailable, BuildError, ModelError, UnsupportedModel
 from infleet.runtime.hardware import HardwareTarget
 from infleet.runtime.manifest import EngineManifest
 
@@ -57,9 +57,7 @@ CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def _with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
-    return [
-        (p, CUDA_PROVIDER_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers
-    ]
+    return [(p, CUDA_PROVIDER_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
 def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
@@ -131,9 +129,7 @@ class OnnxRuntimeBuilder:
             for d in state.get_all_opkernel_def()
             if d.provider == "CPUExecutionProvider"
         }
-        return tuple(
-            sorted(op_label(d, o) for d, o in ops if (_default(d), o) not in kernels)
-        )
+        return tuple(sorted(op_label(d, o) for d, o in ops if (_default(d), o) not in kernels))
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         ort = _ort()
@@ -287,12 +283,23 @@ def iter_batches(data: Feeds, batch: int) -> Iterator[dict[str, np.ndarray]]:
 
 
 def _wrap(e: Exception, doing: str) -> BuildError:
+    """onnxruntime's error as ours, chosen by its type (onnxruntime raises one class per status
+    code), never by its text: NOT_IMPLEMENTED (no kernel for an op, type or attribute) is an
+    unsupported model, an invalid graph a model error, anything else a failed build."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
     text = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
-    if (
-        "NOT_IMPLEMENTED" in text
-        or "Could not find an implementation" in text
-        or "is not a registered function/op" in text
-        or "No Op registered" in text
-    ):
-        return UnsupportedModel(f"onnxruntime, {doing}: unsupported operator: {text}")
+    unsupported: tuple[type[BaseException], ...] = (
+        NotImplementedError,
+        *_state_types(state, "NotImplemented"),
+    )
+    invalid = _state_types(state, "InvalidGraph", "InvalidProtobuf", "NoModel")
+    if isinstance(e, unsupported):
+        return UnsupportedModel(f"onnxruntime, {doing}: unsupported: {text}")
+    if isinstance(e, invalid):
+        return ModelError(f"onnxruntime, {doing}: invalid model: {text}")
     return BuildError(f"onnxruntime, {doing}: {text}")
+
+
+def _state_types(state: Any, *names: str) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))

@@ -80,9 +80,7 @@ def profile_shapes(
     shapes = {}
     for t in info.inputs:
         if t.batched:
-            shapes[t.name] = ProfileShapes(
-                t.shape(1), t.shape(opt_batch), t.shape(max_batch)
-            )
+            shapes[t.name] = ProfileShapes(t.shape(1), t.shape(opt_batch), t.shape(max_batch))
         else:
             fixed = t.shape(1)
             shapes[t.name] = ProfileShapes(fixed, fixed, fixed)
@@ -210,9 +208,7 @@ class TensorRtBuilder:
         logger = trt.Logger(trt.Logger.WARNING)
         parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
         # The parser knows the default domain (and its plugins' ops) by op type alone.
-        return tuple(
-            sorted(op_label(d, o) for d, o in ops if not parser.supports_operator(o))
-        )
+        return tuple(sorted(op_label(d, o) for d, o in ops if not parser.supports_operator(o)))
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         trt = _trt()
