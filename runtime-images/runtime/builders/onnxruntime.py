@@ -23,7 +23,6 @@ from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
 from infleet.runtime.errors import BackendUnavailable, BuildError, ModelError, UnsupportedModel
 from infleet.runtime.hardware import HardwareTarget
-from infleet.runtime.manifest import EngineManifest
 
 log = logging.getLogger(__name__)
 
@@ -221,46 +220,19 @@ class OnnxRuntimeBuilder:
             pre.unlink(missing_ok=True)
         return out
 
-    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> OrtRunner:
-        ort = _ort()
-        opts = ort.SessionOptions()
-        # The engine is the optimiser's output already; running it again only costs start time.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        providers = manifest.options.get("providers", "CPUExecutionProvider").split(",")
-        try:
-            session = cuda_session(ort, str(engine_dir / manifest.engine_file), opts, providers)
-        except BackendUnavailable:
-            raise
-        except Exception as e:
-            raise _wrap(e, "loading the engine") from e
-        return OrtRunner(session)
 
-
-class OrtRunner:
-    batch_sizes: tuple[int, ...] = ()
-    emulated = False
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-
-    def run(self, feeds: Feeds) -> list[np.ndarray]:
-        return list(self.session.run(None, dict(feeds)))
-
-
-def reference_runner(model_path: Path, threads: int) -> OrtRunner:
-    """The FP32 reference every engine is compared with: ORT CPU, optimiser limited to basic."""
+def reference_outputs(model_path: Path, feeds: Feeds, threads: int) -> list[np.ndarray]:
+    """The FP32 reference every engine is compared with: the model itself on ORT's CPU provider,
+    optimiser limited to basic, every output in the model's order."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = threads
     try:
-        return OrtRunner(
-            ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        )
+        session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        return list(session.run(None, dict(feeds)))
     except Exception as e:
-        raise _wrap(e, "loading the FP32 reference") from e
+        raise _wrap(e, "running the FP32 reference") from e
 
 
 def _reader(base: type, data: Feeds) -> Any:

@@ -4,7 +4,8 @@ Shapes are static per compiled batch size: the graph is pinned to each size and 
 subgraphs folded (TVM's importer refuses many of them otherwise), every size becomes one VM
 function ``main_b{n}`` of a single library, and the server pads a batch up to the next size.
 Arm64 classes are cross-compiled with Debian's aarch64 toolchain when the host is x86; such an
-engine is verified under qemu-user (`infleet.runtime.builders.qemu`).
+engine is verified under qemu-user (`infleet.runtime.builders.qemu`). Everywhere else the gate
+and the profile run the engine through the server's TVM engine (``server/engines/tvm_engine``).
 
 MetaSchedule tuning runs in a child process with a time bound: a crash or a timeout there (the
 current wheel has segfaulted) leaves the untuned engine, never a failed build, and the reason
@@ -27,13 +28,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from infleet.api import Backend, Precision
-from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label, pick_batch_sizes
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, op_label, pick_batch_sizes
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
-from infleet.runtime.hardware import Arch, HardwareTarget, host_arch
-from infleet.runtime.manifest import EngineManifest
+from infleet.runtime.hardware import Arch, HardwareTarget
 from infleet.runtime.onnxmodel import fix_shapes_and_fold, load_model
 
 log = logging.getLogger(__name__)
@@ -225,24 +223,6 @@ class TvmBuilder:
         )
         return False
 
-    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> Any:
-        if (
-            manifest.options.get("cross_compiled") == "true"
-            and _elf_arch(engine_dir / manifest.engine_file) != host_arch()
-        ):
-            from infleet.runtime.builders.qemu import QemuTvmRunner
-
-            return QemuTvmRunner(engine_dir / manifest.engine_file, manifest)
-        tvm = _tvm()
-        from tvm.runtime.vm import VirtualMachine
-
-        try:
-            lib = tvm.runtime.load_module(str(engine_dir / manifest.engine_file))
-            vm = VirtualMachine(lib, tvm.cpu())
-        except Exception as e:
-            raise _wrap(e, "loading the engine") from e
-        return TvmRunner(tvm, vm, manifest)
-
 
 def import_module(prepared: Mapping[int, tuple[str, Mapping[str, list[int]]]]) -> Any:
     """One IRModule with a Relax function ``main_b{n}`` per prepared (static-shape) graph.
@@ -279,31 +259,6 @@ def import_module(prepared: Mapping[int, tuple[str, Mapping[str, list[int]]]]) -
     return bb.get()
 
 
-class TvmRunner:
-    emulated = False
-
-    def __init__(self, tvm: Any, vm: Any, manifest: EngineManifest) -> None:
-        self._tvm = tvm
-        self._vm = vm
-        self.batch_sizes = tuple(manifest.batch_sizes)
-        self._order = manifest.options["input_order"].split(",")
-        self._fns = {b: vm[manifest.options["entry"].format(batch=b)] for b in self.batch_sizes}
-
-    def run(self, feeds: Feeds) -> list[np.ndarray]:
-        batch = len(next(iter(feeds.values())))
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self._order]
-        return flatten_outputs(self._fns[batch](*args))
-
-
-def flatten_outputs(result: Any) -> list[np.ndarray]:
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    out: list[np.ndarray] = []
-    for r in result:
-        out.extend(flatten_outputs(r))
-    return out
-
-
 def run_child(cmd: Sequence[str], timeout_s: float) -> str | None:
     """Run a child process in its own process group; None when it exits 0, else why not.
 
@@ -336,11 +291,6 @@ def _count_records(db_dir: Path) -> int:
         return sum(1 for line in path.read_text().splitlines() if line.strip())
     except OSError:
         return 0
-
-
-def _elf_arch(path: Path) -> Arch | None:
-    machine = elf_machine(path)
-    return next((a for a, m in ELF_MACHINE.items() if m == machine), None)
 
 
 def _wrap(e: Exception, doing: str, *, importing: bool = False) -> BuildError:
