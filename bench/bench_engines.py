@@ -31,7 +31,7 @@ import numpy as np
 from infleet.api import AccuracyMetric, Backend, Precision
 from infleet.runtime.accuracy import deviation
 from infleet.runtime.build import BuildRequest, build
-from infleet.runtime.builders import load_engine
+from infleet.runtime.builders import load_built
 from infleet.runtime.hardware import host_key, target_for
 from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest
 from infleet.runtime.zoo import efficientnet_lite0, minilm_l6
@@ -177,7 +177,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[tuple[s
         engine_dir = work / "store" / "engines" / summary.engine_key
         manifest = EngineManifest.model_validate_json((engine_dir / MANIFEST_FILE).read_bytes())
         # The engine as `infleet serve` runs it (what the build's gate and profile measure).
-        engine = load_engine(engine_dir, manifest, target_for(host_key()), args.threads).engine
+        engine = load_built(engine_dir, manifest, target_for(host_key()), args.threads).engine
 
         names = [t.name for t in manifest.outputs]
 

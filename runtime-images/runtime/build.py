@@ -33,7 +33,7 @@ from infleet.api.engine import BUILDER_VERSION
 from infleet.runtime import fetch as fetching
 from infleet.runtime import shapes
 from infleet.runtime.accuracy import Budget, verdict, worst_deviation
-from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder, load_engine
+from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder, load_built
 from infleet.runtime.errors import (
     AccuracyGateFailed,
     BackendUnavailable,
@@ -497,7 +497,7 @@ def _rung(
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.monotonic() - t0, 2),
         )
-    loaded = load_engine(engine_dir, manifest, job.target, job.threads)
+    loaded = load_built(engine_dir, manifest, job.target, job.threads)
     emulated = loaded.emulated
     try:
         if emulated:

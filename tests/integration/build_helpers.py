@@ -165,12 +165,12 @@ def run_stored(
 ) -> list[np.ndarray]:
     """Load a stored engine the way the build's gate does (the server's engine; qemu for an
     arm64 one) and run it in batches the server would form."""
-    from infleet.runtime.builders import load_engine
+    from infleet.runtime.builders import load_built
     from infleet.runtime.hardware import host_key, target_for
     from infleet.runtime.server.engines.base import run_batches
 
     target = target_for(host_key(cpu_features=[]))  # a CPU target: the engines here are CPU's
-    loaded = load_engine(engine_dir(store, manifest), manifest, target, threads=2)
+    loaded = load_built(engine_dir(store, manifest), manifest, target, threads=2)
     try:
         if loaded.emulated:
             out = loaded.engine.run(feeds)

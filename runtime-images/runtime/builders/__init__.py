@@ -14,7 +14,7 @@ from infleet.runtime.builders.base import (
     BuiltEngine,
     EngineBuilder,
     LoadedEngine,
-    load_engine,
+    load_built,
 )
 from infleet.runtime.errors import BackendUnavailable
 
@@ -42,5 +42,5 @@ __all__ = [
     "EngineBuilder",
     "LoadedEngine",
     "get_builder",
-    "load_engine",
+    "load_built",
 ]

@@ -85,20 +85,19 @@ class LoadedEngine:
     do not."""
 
 
-def load_engine(
+def load_built(
     engine_dir: Path, manifest: EngineManifest, target: HardwareTarget, threads: int
 ) -> LoadedEngine:
     """The engine a build made, loaded the way ``infleet serve`` loads it (on the GPU for GPU
     targets, on the CPU otherwise); an arm64 engine on an x86 build host runs under qemu."""
     from infleet.runtime.builders.qemu import QemuTvmEngine, needs_emulation
-    from infleet.runtime.server.engines import EngineOptions
-    from infleet.runtime.server.engines import load_engine as load_served
+    from infleet.runtime.server.engines import EngineOptions, load_engine
 
     path = engine_dir / manifest.engine_file
     if needs_emulation(path):
         return LoadedEngine(QemuTvmEngine(path, manifest), emulated=True)
     options = EngineOptions(threads=threads, device="gpu" if target.gpu else "cpu")
-    return LoadedEngine(load_served(manifest, engine_dir, options), emulated=False)
+    return LoadedEngine(load_engine(manifest, engine_dir, options), emulated=False)
 
 
 def pick_batch_sizes(max_batch: int, requested: Sequence[int] = ()) -> tuple[int, ...]:
