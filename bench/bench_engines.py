@@ -24,14 +24,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from infleet.api import AccuracyMetric, Backend, Precision
 from infleet.runtime.accuracy import deviation
 from infleet.runtime.build import BuildRequest, build
-from infleet.runtime.builders import get_builder
-from infleet.runtime.builders.base import run_any_batch
+from infleet.runtime.builders import load_built
+from infleet.runtime.hardware import host_key, target_for
 from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest
 from infleet.runtime.zoo import efficientnet_lite0, minilm_l6
 from infleet.runtime.zoo.efficientnet import weights_path as effnet_weights
@@ -152,6 +153,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[tuple[s
     for label, backend, precision in engines:
         request = BuildRequest(
             model_uri=f"file://{model}",
+            hardware=host_key(),
             node_class="bench-x86",
             store=work / "store",
             backends=(backend,),
@@ -174,10 +176,16 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[tuple[s
         )
         engine_dir = work / "store" / "engines" / summary.engine_key
         manifest = EngineManifest.model_validate_json((engine_dir / MANIFEST_FILE).read_bytes())
-        runner = get_builder(backend).load(engine_dir, manifest, args.threads)
+        # The engine as `infleet serve` runs it (what the build's gate and profile measure).
+        engine = load_built(engine_dir, manifest, target_for(host_key()), args.threads).engine
 
-        def run(f: dict[str, np.ndarray], runner: object = runner) -> list[np.ndarray]:
-            return run_any_batch(runner, f, args.batch)  # type: ignore[arg-type]
+        names = [t.name for t in manifest.outputs]
+
+        def run(
+            f: dict[str, np.ndarray], engine: Any = engine, names: list[str] = names
+        ) -> list[np.ndarray]:
+            out = engine.run(f)
+            return [out[n] for n in names]
 
         row(label, run, run(feeds)[0])
     return rows

@@ -33,8 +33,7 @@ from infleet.api.engine import BUILDER_VERSION
 from infleet.runtime import fetch as fetching
 from infleet.runtime import shapes
 from infleet.runtime.accuracy import Budget, verdict, worst_deviation
-from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder
-from infleet.runtime.builders.base import Runner, run_any_batch
+from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder, load_built
 from infleet.runtime.errors import (
     AccuracyGateFailed,
     BackendUnavailable,
@@ -47,6 +46,7 @@ from infleet.runtime.manifest import BuildSummary, EngineKey, EngineManifest
 from infleet.runtime.onnxmodel import ModelInfo, model_info, synthetic_inputs
 from infleet.runtime.opsupport import model_ops
 from infleet.runtime.profile import measure, speed_score
+from infleet.runtime.server.engines.base import run_batches
 from infleet.runtime.store import EngineStore
 from infleet.scheduler.hardware import HardwareKey
 
@@ -269,7 +269,7 @@ def _build(
     progress: Progress,
     started: float,
 ) -> BuildSummary:
-    from infleet.runtime.builders.onnxruntime import OnnxRuntimeBuilder, reference_runner
+    from infleet.runtime.builders.onnxruntime import OnnxRuntimeBuilder, reference_outputs
 
     # Operators first, from each backend's own table: a model a backend cannot run fails
     # there with the operators named, before any reference or engine is built.
@@ -296,9 +296,7 @@ def _build(
         )
     validation = _validation(request, job.info, job.calibration)
     progress("running the FP32 ONNX Runtime reference")
-    reference = run_any_batch(
-        reference_runner(job.model_path, job.threads), validation, job.max_batch
-    )
+    reference = reference_outputs(job.model_path, validation, job.threads)
     budget = Budget(request.metric, request.max_deviation)
     for builder in ready:
         candidates.append(
@@ -499,38 +497,42 @@ def _rung(
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.monotonic() - t0, 2),
         )
-    runner: Runner = builder.load(engine_dir, manifest, job.threads)
-    if runner.emulated:
-        progress(
-            f"{builder.backend} {precision}: running the {job.target.arch} engine under emulation"
+    loaded = load_built(engine_dir, manifest, job.target, job.threads)
+    emulated = loaded.emulated
+    try:
+        if emulated:
+            arch = job.target.arch
+            progress(f"{builder.backend} {precision}: running the {arch} engine under emulation")
+        produced = (
+            loaded.engine.run(validation)  # one emulator start for every row
+            if emulated
+            else run_batches(loaded.engine, validation, job.max_batch)
         )
-    outputs = (
-        run_any_batch(runner, validation, job.max_batch)
-        if not runner.emulated
-        else runner.run(validation)
-    )
-    rung = verdict(budget, precision, worst_deviation(budget.metric, reference, outputs))
-    if not rung.passed:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-        return rung, None, False, False, notes, None
-    if existing is not None:
-        return rung, existing, True, runner.emulated, notes, None
-    profile: list[LatencyPoint] = []
-    if runner.emulated:
-        notes.append(
-            f"{builder.backend}: no latency profile: the {job.target.arch} engine ran under "
-            "emulation; the serving pod measures it at start"
-        )
-    else:
-        progress(f"{builder.backend} {precision}: profiling batch sizes up to {job.max_batch}")
-        profile = measure(
-            runner,
-            lambda b: synthetic_inputs(job.info, b, seed=2),
-            job.max_batch,
-            seconds_per_size=request.profile_seconds,
-            sizes=list(manifest.batch_sizes) or None,
-        )
+        outputs = [produced[t.name] for t in manifest.outputs]
+        rung = verdict(budget, precision, worst_deviation(budget.metric, reference, outputs))
+        if not rung.passed:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+            return rung, None, False, False, notes, None
+        if existing is not None:
+            return rung, existing, True, emulated, notes, None
+        profile: list[LatencyPoint] = []
+        if emulated:
+            notes.append(
+                f"{builder.backend}: no latency profile: the {job.target.arch} engine ran under "
+                "emulation; the serving pod measures it at start"
+            )
+        else:
+            progress(f"{builder.backend} {precision}: profiling batch sizes up to {job.max_batch}")
+            profile = measure(
+                loaded.engine,
+                lambda b: synthetic_inputs(job.info, b, seed=2),
+                job.max_batch,
+                seconds_per_size=request.profile_seconds,
+                sizes=list(manifest.batch_sizes) or None,
+            )
+    finally:
+        loaded.engine.close()
     manifest = manifest.model_copy(update={"profile": profile, "accuracy": [rung]})
     assert staged is not None  # a stored engine returned above
     final = store.commit(staged, manifest)
@@ -538,7 +540,7 @@ def _rung(
         rung,
         EngineManifest.model_validate_json((final / "manifest.json").read_bytes()),
         False,
-        runner.emulated,
+        emulated,
         notes,
         None,
     )

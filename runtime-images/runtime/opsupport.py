@@ -26,7 +26,9 @@ class OpSupport:
 
 
 def model_ops(path: Path) -> frozenset[tuple[str, str]]:
-    """Every (domain, op_type) in the model, subgraphs (If/Loop/Scan bodies) included."""
+    """Every (domain, op_type) the model runs: subgraphs (If/Loop/Scan bodies) included, and a
+    call of one of the model's own functions (which exporters such as torch.onnx's dynamo
+    emit in domains of their own) counted as the operators of its body, which backends inline."""
     try:
         import onnx
     except ImportError as e:
@@ -37,19 +39,27 @@ def model_ops(path: Path) -> frozenset[tuple[str, str]]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise ModelError(f"{path}: not a readable ONNX model: {e}") from e
+    functions = {(f.domain, f.name): f for f in model.functions}
     ops: set[tuple[str, str]] = set()
+    inlined: set[tuple[str, str]] = set()
 
-    def walk(graph: Any) -> None:
-        for node in graph.node:
-            ops.add((node.domain or "", node.op_type))
+    def walk(nodes: Any) -> None:
+        for node in nodes:
+            called = (node.domain or "", node.op_type)
+            if called in functions:
+                if called not in inlined:  # a function's body is walked once
+                    inlined.add(called)
+                    walk(functions[called].node)
+            else:
+                ops.add(called)
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
+                    walk(attr.g.node)
                 elif attr.type == onnx.AttributeProto.GRAPHS:
                     for sub in attr.graphs:
-                        walk(sub)
+                        walk(sub.node)
 
-    walk(model.graph)
+    walk(model.graph.node)
     return frozenset(ops)
 
 

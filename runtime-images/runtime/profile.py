@@ -1,7 +1,9 @@
 """Latency profile: p50/p99 latency and throughput per batch size, measured on the build node.
 
 The autoscaler's first capacity estimate per replica comes from this; it is corrected online.
-Each batch size runs for a bounded time, so a slow engine costs a bounded build time.
+Each batch size runs for a bounded time, so a slow engine costs a bounded build time. The
+engine is the server's (``server/engines``): what is timed is one batch as serving runs it,
+padding to compiled sizes included.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from infleet.api import LatencyPoint
-from infleet.runtime.builders.base import Runner, run_any_batch
+from infleet.runtime.server.engines.base import EngineRuntime
 
 
 def profile_batch_sizes(max_batch: int) -> list[int]:
@@ -30,7 +32,7 @@ def percentile_ms(samples: list[float], q: float) -> float:
 
 
 def measure(
-    runner: Runner,
+    engine: EngineRuntime,
     make_feeds: Callable[[int], Mapping[str, np.ndarray]],
     max_batch: int,
     seconds_per_size: float = 1.0,
@@ -41,18 +43,19 @@ def measure(
 ) -> list[LatencyPoint]:
     """Profile at ``sizes`` (default 1, 2, 4 ... max_batch).
 
+    Every size is at most ``max_batch``, one batch as the server's batcher hands it over.
     Static-shape engines pass their compiled sizes: any other batch is padded up to one of them,
     so it costs what the next compiled size costs.
     """
     points = []
-    for batch in sizes or profile_batch_sizes(max_batch):
+    for batch in [b for b in sizes or profile_batch_sizes(max_batch) if b <= max_batch]:
         feeds = make_feeds(batch)
-        run_any_batch(runner, feeds, max_batch)  # warm-up: first-run allocations and JIT
+        engine.run(feeds)  # warm-up: first-run allocations and JIT
         samples: list[float] = []
         deadline = clock() + seconds_per_size
         while len(samples) < max_iters and (len(samples) < min_iters or clock() < deadline):
             t0 = clock()
-            run_any_batch(runner, feeds, max_batch)
+            engine.run(feeds)
             samples.append(clock() - t0)
         p50 = percentile_ms(samples, 50)
         points.append(

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from infleet.api import AccuracyMetric, Backend
+from infleet.api import AccuracyMetric
 from infleet.runtime.accuracy import deviation
-from infleet.runtime.builders import get_builder
 from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest
 
 # Small budgets everywhere: these tests prove behaviour, bench/ measures speed. A keyword given
@@ -164,20 +163,28 @@ def images(n: int, size: int = 32, seed: int = 7) -> dict[str, np.ndarray]:
 def run_stored(
     store: Path, manifest: EngineManifest, feeds: dict[str, np.ndarray]
 ) -> list[np.ndarray]:
-    """Load a stored engine the way the builder does and run it (padding to compiled sizes)."""
-    from infleet.runtime.builders.base import run_any_batch
+    """Load a stored engine the way the build's gate does (the server's engine; qemu for an
+    arm64 one) and run it in batches the server would form."""
+    from infleet.runtime.builders import load_built
+    from infleet.runtime.hardware import host_key, target_for
+    from infleet.runtime.server.engines.base import run_batches
 
-    builder = get_builder(Backend(manifest.key.backend))
-    runner = builder.load(engine_dir(store, manifest), manifest, threads=2)
-    if runner.emulated:
-        return runner.run(feeds)
-    return run_any_batch(runner, feeds, manifest.max_batch_size)
+    target = target_for(host_key(cpu_features=[]))  # a CPU target: the engines here are CPU's
+    loaded = load_built(engine_dir(store, manifest), manifest, target, threads=2)
+    try:
+        if loaded.emulated:
+            out = loaded.engine.run(feeds)
+        else:
+            out = run_batches(loaded.engine, feeds, manifest.max_batch_size)
+    finally:
+        loaded.engine.close()
+    return [out[t.name] for t in manifest.outputs]
 
 
 def ort_reference(model: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from infleet.runtime.builders.onnxruntime import reference_runner
+    from infleet.runtime.builders.onnxruntime import reference_outputs
 
-    return reference_runner(model, threads=2).run(feeds)
+    return reference_outputs(model, feeds, threads=2)
 
 
 def assert_engine_matches(

@@ -54,6 +54,7 @@ def _job_args(pvc: Path, store: Path, log: Path, cls: ClassArgs, sha256: str) ->
         "--name", "text-direction",
         "--input", "x=-1,3,48,192",
         "--calibration", "pvc://models/ocr/calib.npz",
+        "--calibration-samples", "24",
         "--tuning-trials", "0",
         "--tuning-seconds", "0",
         "--store", str(store),

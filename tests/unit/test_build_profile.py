@@ -1,4 +1,5 @@
-"""Latency profile arithmetic and the batching helper, with our own fake runner and clock."""
+"""Latency profile arithmetic and how the build hands rows to an engine, with our own fake
+engine (the server's engine interface) and a fake clock."""
 
 from __future__ import annotations
 
@@ -7,25 +8,39 @@ from collections.abc import Mapping
 import numpy as np
 
 from infleet.api import LatencyPoint
-from infleet.runtime.builders.base import pick_batch_sizes, run_any_batch
+from infleet.runtime.builders.base import pick_batch_sizes
+from infleet.runtime.manifest import TensorSpec
 from infleet.runtime.profile import measure, profile_batch_sizes, speed_score
+from infleet.runtime.server.engines.base import run_batches, run_padded
 
 
-class FakeRunner:
-    """Doubles its input; optionally accepts only fixed batch sizes, like a TVM engine."""
+class FakeEngine:
+    """Doubles its input; with ``sizes`` it takes only those batch sizes and pads like the
+    server's TVM engine."""
 
-    emulated = False
+    text_strings = False
+    description = "fake"
 
-    def __init__(self, sizes: tuple[int, ...] = ()) -> None:
-        self.batch_sizes = sizes
+    def __init__(self, sizes: tuple[int, ...] = (), batched: bool = True) -> None:
+        first = -1 if batched else 6
+        self.inputs = (TensorSpec(name="x", datatype="FP32", shape=[first, 1]),)
+        self.outputs = (TensorSpec(name="y", datatype="FP32", shape=[first, 1]),)
+        self.warm_batch_sizes = sizes
         self.seen: list[int] = []
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        x = feeds["x"]
-        if self.batch_sizes:
-            assert len(x) in self.batch_sizes
-        self.seen.append(len(x))
-        return [x * 2]
+    def _double(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.seen.append(len(feeds["x"]))
+        if self.warm_batch_sizes:
+            assert len(feeds["x"]) in self.warm_batch_sizes
+        return {"y": feeds["x"] * 2}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.warm_batch_sizes:
+            return run_padded(self._double, feeds, self.warm_batch_sizes)
+        return self._double(feeds)
+
+    def close(self) -> None:
+        pass
 
 
 def test_profile_batch_sizes() -> None:
@@ -34,18 +49,26 @@ def test_profile_batch_sizes() -> None:
     assert profile_batch_sizes(12) == [1, 2, 4, 8, 12]
 
 
-def test_static_batch_sizes_pad_and_split() -> None:
-    runner = FakeRunner((1, 4))
+def test_rows_go_in_batches_the_server_would_form() -> None:
+    engine = FakeEngine()
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    out = run_batches(engine, {"x": x}, max_batch=4)
+    assert out["y"][:, 0].tolist() == [2 * i for i in range(10)]
+    assert engine.seen == [4, 4, 2]
+
+
+def test_static_sizes_pad_inside_the_engine() -> None:
+    engine = FakeEngine((1, 4))
     x = np.arange(6, dtype=np.float32).reshape(6, 1)
-    (out,) = run_any_batch(runner, {"x": x}, max_batch=4)
-    assert out[:, 0].tolist() == [0, 2, 4, 6, 8, 10]
-    assert runner.seen == [4, 4]  # 6 rows: 4, then 2 padded up to 4
+    out = run_batches(engine, {"x": x}, max_batch=4)
+    assert out["y"][:, 0].tolist() == [0, 2, 4, 6, 8, 10]
+    assert engine.seen == [4, 4]  # 6 rows: 4, then 2 padded up to 4 by the engine
 
 
-def test_dynamic_runner_takes_chunks_up_to_max_batch() -> None:
-    runner = FakeRunner()
-    run_any_batch(runner, {"x": np.zeros((10, 1))}, max_batch=4)
-    assert runner.seen == [4, 4, 2]
+def test_an_engine_without_a_batch_dimension_takes_its_rows_whole() -> None:
+    engine = FakeEngine(batched=False)
+    run_batches(engine, {"x": np.zeros((6, 1), np.float32)}, max_batch=4)
+    assert engine.seen == [6]
 
 
 def test_pick_batch_sizes() -> None:
@@ -55,9 +78,10 @@ def test_pick_batch_sizes() -> None:
 
 def test_measure_with_a_fake_clock() -> None:
     ticks = iter(np.arange(0, 1000, 0.002))  # every clock read advances 2 ms
+    engine = FakeEngine()
     points = measure(
-        FakeRunner(),
-        lambda b: {"x": np.zeros((b, 1))},
+        engine,
+        lambda b: {"x": np.zeros((b, 1), np.float32)},
         max_batch=4,
         seconds_per_size=0.05,
         min_iters=3,
@@ -67,6 +91,7 @@ def test_measure_with_a_fake_clock() -> None:
     for p in points:
         assert p.p50_ms == 2.0 and p.p99_ms == 2.0
         assert p.throughput_ips == p.batch_size / 0.002
+    assert max(engine.seen) == 4  # never more than one batch per call
 
 
 def test_speed_score_weighs_batch_sizes_geometrically() -> None:
@@ -85,9 +110,10 @@ def test_speed_score_weighs_batch_sizes_geometrically() -> None:
 
 def test_measure_at_compiled_sizes_only() -> None:
     ticks = iter(np.arange(0, 1000, 0.001))
+    engine = FakeEngine((1, 8))
     points = measure(
-        FakeRunner((1, 8)),
-        lambda b: {"x": np.zeros((b, 1))},
+        engine,
+        lambda b: {"x": np.zeros((b, 1), np.float32)},
         max_batch=8,
         seconds_per_size=0.01,
         min_iters=2,
@@ -95,3 +121,4 @@ def test_measure_at_compiled_sizes_only() -> None:
         sizes=[1, 8],
     )
     assert [p.batch_size for p in points] == [1, 8]
+    assert set(engine.seen) == {1, 8}

@@ -13,10 +13,14 @@ from infleet.errors import InfleetError
 
 def _all_errors() -> list[type[InfleetError]]:
     # Import every module of the distribution, so every errors module has defined its classes.
-    for module in pkgutil.walk_packages(infleet.__path__, "infleet."):
-        if module.name.endswith(("__main__", ".testing")) or ".zoo." in module.name:
-            continue
-        importlib.import_module(module.name)
+    # infleet.operator has no __init__.py (it must never be importable as `operator`), and
+    # walk_packages does not descend into such namespace packages: it is walked on its own.
+    operator = importlib.import_module("infleet.operator")
+    for path, prefix in ((infleet.__path__, "infleet."), (operator.__path__, "infleet.operator.")):
+        for module in pkgutil.walk_packages(path, prefix):
+            if module.name.endswith("__main__") or ".zoo." in module.name:
+                continue
+            importlib.import_module(module.name)
     seen: list[type[InfleetError]] = []
     todo = [InfleetError]
     while todo:
@@ -43,13 +47,14 @@ def test_the_root_tree_draws_every_class() -> None:
 
 
 def test_retryable_is_declared_by_class_and_inherited() -> None:
+    from infleet.operator import errors as operator
     from infleet.runtime import errors as runtime
     from infleet.runtime.server import errors as server
     from infleet.scheduler import errors as scheduler
 
     assert InfleetError.retryable is False
     transient = {runtime.SourceUnreachable, runtime.StoreError, server.Unavailable,
-                 scheduler.ClusterReadError}  # fmt: skip
+                 scheduler.ClusterReadError, operator.ApiUnavailable}  # fmt: skip
     assert {c for c in _all_errors() if c.retryable and c.__base__ not in transient} == transient
     assert server.Overloaded.retryable and server.NotReady.retryable  # inherited
     for permanent in (runtime.ChecksumMismatch, runtime.ShapeError, runtime.UnsupportedModel,

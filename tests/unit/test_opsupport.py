@@ -76,6 +76,28 @@ def test_ops_inside_subgraphs_are_found(tmp_path: Path) -> None:
         assert "example.com:Frobnicate" in support.unsupported[backend]
 
 
+def test_calls_of_the_models_own_functions_count_as_their_bodies(tmp_path: Path) -> None:
+    # torch.onnx (dynamo) exports wrap ops in local functions of a domain of its own.
+    body = helper.make_function(
+        "pkg.example", "Gelu2", ["a"], ["b"],
+        [helper.make_node("Erf", ["a"], ["e"]), helper.make_node("Mul", ["a", "e"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    node = helper.make_node("Gelu2", ["x"], ["y"], domain="pkg.example")
+    path = tmp_path / "m.onnx"
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("pkg.example", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, functions=[body]), str(path))
+    assert model_ops(path) == {("", "Erf"), ("", "Mul")}
+    support = check(path, (Backend.ONNXRUNTIME, Backend.TVM))
+    assert support.unsupported == {Backend.ONNXRUNTIME: (), Backend.TVM: ()}
+
+
 def test_a_file_that_is_not_onnx_is_a_model_error(tmp_path: Path) -> None:
     bad = tmp_path / "m.onnx"
     bad.write_bytes(b"\x00\x01 not a protobuf \xff" * 10)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 
 from infleet.api import Backend
-from infleet.runtime.builders.base import BuildJob, BuiltEngine, EngineBuilder, Runner
+from infleet.runtime.builders.base import (
+    BuildJob,
+    BuiltEngine,
+    EngineBuilder,
+    LoadedEngine,
+    load_built,
+)
 from infleet.runtime.errors import BackendUnavailable
 
 # backend -> "module:class". Adding a backend means one module and one line here.
@@ -29,4 +35,12 @@ def get_builder(backend: Backend) -> EngineBuilder:
     return builder
 
 
-__all__ = ["REGISTRY", "BuildJob", "BuiltEngine", "EngineBuilder", "Runner", "get_builder"]
+__all__ = [
+    "REGISTRY",
+    "BuildJob",
+    "BuiltEngine",
+    "EngineBuilder",
+    "LoadedEngine",
+    "get_builder",
+    "load_built",
+]

@@ -1,4 +1,6 @@
-"""The builder interface every backend implements, and the types it trades in."""
+"""The builder interface every backend implements, the types it trades in, and how a build
+loads the engine it made: through the server's engines, so the accuracy gate and the profile
+measure exactly the code that serves."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from infleet.api import Backend, Precision
 from infleet.runtime.hardware import HardwareTarget
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.onnxmodel import ModelInfo
+from infleet.runtime.server.engines.base import EngineRuntime
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -49,17 +52,6 @@ class BuiltEngine:
     notes: tuple[str, ...] = ()
 
 
-class Runner(Protocol):
-    """A loaded engine that runs one batch."""
-
-    batch_sizes: tuple[int, ...]
-    """Batch sizes it accepts; empty = any up to max_batch_size."""
-    emulated: bool
-    """True when it runs under an emulator (cross-built engine): outputs count, timings do not."""
-
-    def run(self, feeds: Feeds) -> list[np.ndarray]: ...
-
-
 class EngineBuilder(Protocol):
     backend: Backend
 
@@ -84,36 +76,28 @@ class EngineBuilder(Protocol):
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine: ...
 
-    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> Runner:
-        """Load an engine written by `build` (what the server does too)."""
-        ...
+
+@dataclass(frozen=True)
+class LoadedEngine:
+    engine: EngineRuntime
+    emulated: bool
+    """True for a cross-built engine run under an emulator: its outputs count, its timings
+    do not."""
 
 
-def run_any_batch(runner: Runner, feeds: Feeds, max_batch: int) -> list[np.ndarray]:
-    """Run rows of any count through a runner, in chunks it accepts, padding the last one.
+def load_built(
+    engine_dir: Path, manifest: EngineManifest, target: HardwareTarget, threads: int
+) -> LoadedEngine:
+    """The engine a build made, loaded the way ``infleet serve`` loads it (on the GPU for GPU
+    targets, on the CPU otherwise); an arm64 engine on an x86 build host runs under qemu."""
+    from infleet.runtime.builders.qemu import QemuTvmEngine, needs_emulation
+    from infleet.runtime.server.engines import EngineOptions, load_engine
 
-    Static-shape engines (TVM) accept only their compiled batch sizes; the server pads the
-    same way, so the accuracy gate and the profile measure what serving will do.
-    """
-    rows = len(next(iter(feeds.values())))
-    sizes = sorted(runner.batch_sizes) or [max_batch]
-    outs: list[list[np.ndarray]] = []
-    start = 0
-    while start < rows:
-        take = min(rows - start, sizes[-1])
-        size = next(s for s in sizes if s >= take) if runner.batch_sizes else take
-        chunk = {k: _pad(v[start : start + take], size) for k, v in feeds.items()}
-        result = runner.run(chunk)
-        outs.append([r[:take] for r in result])
-        start += take
-    return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    if len(a) == size:
-        return a
-    pad = np.repeat(a[-1:], size - len(a), axis=0)
-    return np.concatenate([a, pad])
+    path = engine_dir / manifest.engine_file
+    if needs_emulation(path):
+        return LoadedEngine(QemuTvmEngine(path, manifest), emulated=True)
+    options = EngineOptions(threads=threads, device="gpu" if target.gpu else "cpu")
+    return LoadedEngine(load_engine(manifest, engine_dir, options), emulated=False)
 
 
 def pick_batch_sizes(max_batch: int, requested: Sequence[int] = ()) -> tuple[int, ...]:

@@ -21,9 +21,8 @@ import numpy as np
 
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
-from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
+from infleet.runtime.errors import BackendUnavailable, BuildError, ModelError, UnsupportedModel
 from infleet.runtime.hardware import HardwareTarget
-from infleet.runtime.manifest import EngineManifest
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,7 @@ CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def _with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
-    return [
-        (p, CUDA_PROVIDER_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers
-    ]
+    return [(p, CUDA_PROVIDER_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
 def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
@@ -131,9 +128,7 @@ class OnnxRuntimeBuilder:
             for d in state.get_all_opkernel_def()
             if d.provider == "CPUExecutionProvider"
         }
-        return tuple(
-            sorted(op_label(d, o) for d, o in ops if (_default(d), o) not in kernels)
-        )
+        return tuple(sorted(op_label(d, o) for d, o in ops if (_default(d), o) not in kernels))
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         ort = _ort()
@@ -225,46 +220,19 @@ class OnnxRuntimeBuilder:
             pre.unlink(missing_ok=True)
         return out
 
-    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> OrtRunner:
-        ort = _ort()
-        opts = ort.SessionOptions()
-        # The engine is the optimiser's output already; running it again only costs start time.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        providers = manifest.options.get("providers", "CPUExecutionProvider").split(",")
-        try:
-            session = cuda_session(ort, str(engine_dir / manifest.engine_file), opts, providers)
-        except BackendUnavailable:
-            raise
-        except Exception as e:
-            raise _wrap(e, "loading the engine") from e
-        return OrtRunner(session)
 
-
-class OrtRunner:
-    batch_sizes: tuple[int, ...] = ()
-    emulated = False
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-
-    def run(self, feeds: Feeds) -> list[np.ndarray]:
-        return list(self.session.run(None, dict(feeds)))
-
-
-def reference_runner(model_path: Path, threads: int) -> OrtRunner:
-    """The FP32 reference every engine is compared with: ORT CPU, optimiser limited to basic."""
+def reference_outputs(model_path: Path, feeds: Feeds, threads: int) -> list[np.ndarray]:
+    """The FP32 reference every engine is compared with: the model itself on ORT's CPU provider,
+    optimiser limited to basic, every output in the model's order."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = threads
     try:
-        return OrtRunner(
-            ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        )
+        session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        return list(session.run(None, dict(feeds)))
     except Exception as e:
-        raise _wrap(e, "loading the FP32 reference") from e
+        raise _wrap(e, "running the FP32 reference") from e
 
 
 def _reader(base: type, data: Feeds) -> Any:
@@ -287,12 +255,23 @@ def iter_batches(data: Feeds, batch: int) -> Iterator[dict[str, np.ndarray]]:
 
 
 def _wrap(e: Exception, doing: str) -> BuildError:
+    """onnxruntime's error as ours, chosen by its type (onnxruntime raises one class per status
+    code), never by its text: NOT_IMPLEMENTED (no kernel for an op, type or attribute) is an
+    unsupported model, an invalid graph a model error, anything else a failed build."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
     text = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
-    if (
-        "NOT_IMPLEMENTED" in text
-        or "Could not find an implementation" in text
-        or "is not a registered function/op" in text
-        or "No Op registered" in text
-    ):
-        return UnsupportedModel(f"onnxruntime, {doing}: unsupported operator: {text}")
+    unsupported: tuple[type[BaseException], ...] = (
+        NotImplementedError,
+        *_state_types(state, "NotImplemented"),
+    )
+    invalid = _state_types(state, "InvalidGraph", "InvalidProtobuf", "NoModel")
+    if isinstance(e, unsupported):
+        return UnsupportedModel(f"onnxruntime, {doing}: unsupported: {text}")
+    if isinstance(e, invalid):
+        return ModelError(f"onnxruntime, {doing}: invalid model: {text}")
     return BuildError(f"onnxruntime, {doing}: {text}")
+
+
+def _state_types(state: Any, *names: str) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))

@@ -1,5 +1,9 @@
 """Runs a cross-compiled arm64 TVM engine under qemu-user, for the accuracy gate on x86 hosts.
 
+The one engine the build does not run through the server's engines: an aarch64 library cannot
+be loaded into an x86 process. It has the server's engine interface, and only its outputs
+count (no latency profile is taken under emulation).
+
 Debian's ``qemu-aarch64-static`` is called explicitly with ``-L ROOT`` (no binfmt needed) on
 Debian's arm64 python3.11 inside ROOT, which `hack/arm64-sysroot.sh` prepares with aarch64
 wheels of the TVM runtime and numpy. The reference outputs come from ONNX Runtime on the host:
@@ -18,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from infleet.runtime.builders.base import Feeds
+from infleet.runtime.builders.tvm import ELF_MACHINE, elf_machine
 from infleet.runtime.errors import BackendUnavailable, BuildError
+from infleet.runtime.hardware import host_arch
 from infleet.runtime.manifest import EngineManifest
 
 QEMU = "qemu-aarch64-static"
@@ -42,11 +48,20 @@ def arm64_root() -> Path:
     return root
 
 
-class QemuTvmRunner:
-    """Accepts any number of rows per call: one emulator start covers the whole gate."""
+def needs_emulation(engine: Path) -> bool:
+    """Whether ``engine`` is a library for another arch than this host's (an arm64 engine built
+    on x86): then it runs under qemu, else in the server's engine."""
+    machine = elf_machine(engine) if engine.suffix == ".so" and engine.is_file() else None
+    return machine is not None and machine != ELF_MACHINE[host_arch()]
 
-    batch_sizes: tuple[int, ...] = ()
-    emulated = True
+
+class QemuTvmEngine:
+    """The server's engine interface over a qemu-user process. Takes any number of rows per
+    call (the script pads and splits to the compiled sizes), so one emulator start covers the
+    whole gate."""
+
+    text_strings = False
+    warm_batch_sizes: tuple[int, ...] = ()
 
     def __init__(self, engine: Path, manifest: EngineManifest) -> None:
         if shutil.which(QEMU) is None:
@@ -54,8 +69,14 @@ class QemuTvmRunner:
         self.root = arm64_root()
         self.engine = engine
         self.manifest = manifest
+        self.inputs = tuple(manifest.inputs)
+        self.outputs = tuple(manifest.outputs)
+        self.description = f"tvm aarch64 engine under {QEMU}"
 
-    def run(self, feeds: Feeds) -> list[np.ndarray]:
+    def close(self) -> None:
+        pass
+
+    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
         site = self.root / "opt/infleet/site"
         with tempfile.TemporaryDirectory() as tmp:
             # Run a copy: beside the original sits builders/tvm.py, which `import tvm` would find.
@@ -95,4 +116,10 @@ class QemuTvmRunner:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise BuildError(f"arm64 engine under qemu failed (exit {proc.returncode}): {tail}")
             with np.load(out) as data:
-                return [data[f"arr_{i}"] for i in range(len(data.files))]
+                values = [data[f"arr_{i}"] for i in range(len(data.files))]
+        if len(values) != len(self.outputs):
+            raise BuildError(
+                f"arm64 engine under qemu returned {len(values)} outputs, the manifest lists "
+                f"{len(self.outputs)}"
+            )
+        return {s.name: v for s, v in zip(self.outputs, values, strict=True)}

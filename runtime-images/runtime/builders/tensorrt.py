@@ -1,5 +1,7 @@
 """TensorRT engines: the ONNX parser, FP16 / INT8 (entropy calibration) / FP8, one optimisation
-profile for the dynamic batch, a timing cache, and a serialized plan; plus the plan's loader.
+profile for the dynamic batch, a timing cache, and a serialized plan. The gate and the profile
+run the plan through the server's engine (``server/engines/tensorrt_engine.py``), and the
+calibrator's CUDA calls go through the server's helpers (``server/engines/cuda.py``).
 
 Written against the TensorRT 10 Python API. The pure parts (profile shapes, calibration
 batching, capability checks) are separate functions, tested without a GPU; the calls into
@@ -21,7 +23,6 @@ from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
 from infleet.runtime.hardware import HardwareTarget
-from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.onnxmodel import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,6 @@ def _trt() -> Any:
     return tensorrt
 
 
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError as e:
-        raise BackendUnavailable(
-            "cuda-python is needed for TensorRT buffers (pip install cuda-python)"
-        ) from e
-    return cudart
-
-
 @dataclass(frozen=True)
 class ProfileShapes:
     min: tuple[int, ...]
@@ -80,9 +71,7 @@ def profile_shapes(
     shapes = {}
     for t in info.inputs:
         if t.batched:
-            shapes[t.name] = ProfileShapes(
-                t.shape(1), t.shape(opt_batch), t.shape(max_batch)
-            )
+            shapes[t.name] = ProfileShapes(t.shape(1), t.shape(opt_batch), t.shape(max_batch))
         else:
             fixed = t.shape(1)
             shapes[t.name] = ProfileShapes(fixed, fixed, fixed)
@@ -130,7 +119,9 @@ def make_calibrator(trt: Any, batches: CalibrationBatches, cache_file: Path) -> 
             f"TensorRT {trt.__version__} has no implicit INT8 calibration; "
             "give a model with Q/DQ nodes"
         )
-    cudart = _cudart()
+    from infleet.runtime.server.engines.cuda import check, cudart
+
+    rt = cudart()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -147,14 +138,10 @@ def make_calibrator(trt: Any, batches: CalibrationBatches, cache_file: Path) -> 
                 return None
             if not self._buffers:
                 for a in arrays:
-                    err, ptr = cudart.cudaMalloc(a.nbytes)
-                    _check(cudart, err, "cudaMalloc")
-                    self._buffers.append(ptr)
+                    self._buffers.append(int(check(rt.cudaMalloc(a.nbytes), "cudaMalloc")))
             for ptr, a in zip(self._buffers, arrays, strict=True):
-                (err,) = cudart.cudaMemcpy(
-                    ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-                )
-                _check(cudart, err, "cudaMemcpy")
+                h2d = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+                check(rt.cudaMemcpy(ptr, a.ctypes.data, a.nbytes, h2d), "cudaMemcpy")
             return list(self._buffers)
 
         def read_calibration_cache(self) -> bytes | None:
@@ -164,11 +151,6 @@ def make_calibrator(trt: Any, batches: CalibrationBatches, cache_file: Path) -> 
             cache_file.write_bytes(bytes(cache))
 
     return EntropyCalibrator()
-
-
-def _check(cudart: Any, err: Any, what: str) -> None:
-    if int(err) != 0:
-        raise BuildError(f"tensorrt: {what} failed: {cudart.cudaGetErrorString(err)[1]}")
 
 
 def capability_problem(precision: Precision, target: HardwareTarget) -> str | None:
@@ -210,9 +192,7 @@ class TensorRtBuilder:
         logger = trt.Logger(trt.Logger.WARNING)
         parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
         # The parser knows the default domain (and its plugins' ops) by op type alone.
-        return tuple(
-            sorted(op_label(d, o) for d, o in ops if not parser.supports_operator(o))
-        )
+        return tuple(sorted(op_label(d, o) for d, o in ops if not parser.supports_operator(o)))
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
         trt = _trt()
@@ -277,73 +257,3 @@ class TensorRtBuilder:
             "timing_cache": cache_file.name,
         }
         return BuiltEngine(ENGINE_FILE, options, (), tuple(notes))
-
-    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> TrtRunner:
-        trt = _trt()
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine((engine_dir / manifest.engine_file).read_bytes())
-        if engine is None:
-            raise BuildError(
-                "tensorrt: the plan does not deserialize (other TensorRT version or GPU?)"
-            )
-        return TrtRunner(trt, engine, manifest)
-
-
-class TrtRunner:
-    batch_sizes: tuple[int, ...] = ()
-    emulated = False
-
-    def __init__(self, trt: Any, engine: Any, manifest: EngineManifest) -> None:
-        self._trt = trt
-        self._cudart = _cudart()
-        self._engine = engine
-        self._context = engine.create_execution_context()
-        self._inputs = [t.name for t in manifest.inputs]
-        self._outputs = [t.name for t in manifest.outputs]
-        err, self._stream = self._cudart.cudaStreamCreate()
-        _check(self._cudart, err, "cudaStreamCreate")
-
-    def run(self, feeds: Feeds) -> list[np.ndarray]:
-        cudart, ctx = self._cudart, self._context
-        to_free: list[int] = []
-        try:
-            for name in self._inputs:
-                a = np.ascontiguousarray(feeds[name])
-                ctx.set_input_shape(name, a.shape)
-                ptr = self._alloc(a.nbytes, to_free)
-                (err,) = cudart.cudaMemcpy(
-                    ptr, a.ctypes.data, a.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-                )
-                _check(cudart, err, "cudaMemcpy")
-                ctx.set_tensor_address(name, ptr)
-            outs = []
-            for name in self._outputs:
-                shape = tuple(ctx.get_tensor_shape(name))
-                dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
-                host = np.empty(shape, dtype)
-                ptr = self._alloc(host.nbytes, to_free)
-                ctx.set_tensor_address(name, ptr)
-                outs.append((host, ptr))
-            if not ctx.execute_async_v3(self._stream):
-                raise BuildError("tensorrt: execute_async_v3 failed")
-            for host, ptr in outs:
-                (err,) = cudart.cudaMemcpyAsync(
-                    host.ctypes.data,
-                    ptr,
-                    host.nbytes,
-                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                    self._stream,
-                )
-                _check(cudart, err, "cudaMemcpyAsync")
-            (err,) = cudart.cudaStreamSynchronize(self._stream)
-            _check(cudart, err, "cudaStreamSynchronize")
-            return [h for h, _ in outs]
-        finally:
-            for ptr in to_free:
-                cudart.cudaFree(ptr)
-
-    def _alloc(self, nbytes: int, to_free: list[int]) -> int:
-        err, ptr = self._cudart.cudaMalloc(max(nbytes, 1))
-        _check(self._cudart, err, "cudaMalloc")
-        to_free.append(ptr)
-        return int(ptr)

@@ -4,7 +4,8 @@ Shapes are static per compiled batch size: the graph is pinned to each size and 
 subgraphs folded (TVM's importer refuses many of them otherwise), every size becomes one VM
 function ``main_b{n}`` of a single library, and the server pads a batch up to the next size.
 Arm64 classes are cross-compiled with Debian's aarch64 toolchain when the host is x86; such an
-engine is verified under qemu-user (`infleet.runtime.builders.qemu`).
+engine is verified under qemu-user (`infleet.runtime.builders.qemu`). Everywhere else the gate
+and the profile run the engine through the server's TVM engine (``server/engines/tvm_engine``).
 
 MetaSchedule tuning runs in a child process with a time bound: a crash or a timeout there (the
 current wheel has segfaulted) leaves the untuned engine, never a failed build, and the reason
@@ -27,13 +28,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from infleet.api import Backend, Precision
-from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label, pick_batch_sizes
+from infleet.runtime.builders.base import BuildJob, BuiltEngine, op_label, pick_batch_sizes
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
-from infleet.runtime.hardware import Arch, HardwareTarget, host_arch
-from infleet.runtime.manifest import EngineManifest
+from infleet.runtime.hardware import Arch, HardwareTarget
 from infleet.runtime.onnxmodel import fix_shapes_and_fold, load_model
 
 log = logging.getLogger(__name__)
@@ -225,24 +223,6 @@ class TvmBuilder:
         )
         return False
 
-    def load(self, engine_dir: Path, manifest: EngineManifest, threads: int) -> Any:
-        if (
-            manifest.options.get("cross_compiled") == "true"
-            and _elf_arch(engine_dir / manifest.engine_file) != host_arch()
-        ):
-            from infleet.runtime.builders.qemu import QemuTvmRunner
-
-            return QemuTvmRunner(engine_dir / manifest.engine_file, manifest)
-        tvm = _tvm()
-        from tvm.runtime.vm import VirtualMachine
-
-        try:
-            lib = tvm.runtime.load_module(str(engine_dir / manifest.engine_file))
-            vm = VirtualMachine(lib, tvm.cpu())
-        except Exception as e:
-            raise _wrap(e, "loading the engine") from e
-        return TvmRunner(tvm, vm, manifest)
-
 
 def import_module(prepared: Mapping[int, tuple[str, Mapping[str, list[int]]]]) -> Any:
     """One IRModule with a Relax function ``main_b{n}`` per prepared (static-shape) graph.
@@ -271,37 +251,12 @@ def import_module(prepared: Mapping[int, tuple[str, Mapping[str, list[int]]]]) -
         try:
             mod = from_onnx(onnx.load(path), shape_dict=dict(shapes))
         except Exception as e:
-            raise _wrap(e, "importing the ONNX graph") from e
+            raise _wrap(e, "importing the ONNX graph", importing=True) from e
         helpers = [(gv, f) for gv, f in mod.functions.items() if gv.name_hint != "main"]
         mapping = {gv: bb.add_func(f, f"{gv.name_hint}_b{b}") for gv, f in helpers}
         main = Rename(mapping).visit_expr(mod["main"]).with_attr("global_symbol", f"main_b{b}")
         bb.add_func(main, f"main_b{b}")
     return bb.get()
-
-
-class TvmRunner:
-    emulated = False
-
-    def __init__(self, tvm: Any, vm: Any, manifest: EngineManifest) -> None:
-        self._tvm = tvm
-        self._vm = vm
-        self.batch_sizes = tuple(manifest.batch_sizes)
-        self._order = manifest.options["input_order"].split(",")
-        self._fns = {b: vm[manifest.options["entry"].format(batch=b)] for b in self.batch_sizes}
-
-    def run(self, feeds: Feeds) -> list[np.ndarray]:
-        batch = len(next(iter(feeds.values())))
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self._order]
-        return flatten_outputs(self._fns[batch](*args))
-
-
-def flatten_outputs(result: Any) -> list[np.ndarray]:
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    out: list[np.ndarray] = []
-    for r in result:
-        out.extend(flatten_outputs(r))
-    return out
 
 
 def run_child(cmd: Sequence[str], timeout_s: float) -> str | None:
@@ -338,21 +293,17 @@ def _count_records(db_dir: Path) -> int:
         return 0
 
 
-def _elf_arch(path: Path) -> Arch | None:
-    machine = elf_machine(path)
-    return next((a for a, m in ELF_MACHINE.items() if m == machine), None)
-
-
-def _wrap(e: Exception, doing: str) -> BuildError:
+def _wrap(e: Exception, doing: str, *, importing: bool = False) -> BuildError:
+    """TVM's error as ours, chosen by its type and the step, never by its text: whatever the
+    ONNX importer refuses (its OpError family, NotImplementedError, the ValueErrors it raises
+    for forms it does not handle) is an unsupported model, since the model is valid ONNX that
+    the reference ran; at compile or export time only NotImplementedError and OpError are."""
     text = str(e).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
+    # TVM's messages carry a C++ backtrace: the line naming the error says what happened.
     first = next(
         (ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else type(e).__name__
     )
-    if (
-        "not supported" in text.lower()
-        or "not implemented" in text.lower()
-        or "Unsupported" in text
-    ):
+    if importing or isinstance(e, (NotImplementedError, _tvm().error.OpError)):
         return UnsupportedModel(f"tvm, {doing}: {first.strip()[:400]}")
     return BuildError(f"tvm, {doing}: {first.strip()[:400]}")

@@ -84,6 +84,23 @@ def check_names(
         )
 
 
+def run_batches(
+    engine: EngineRuntime, inputs: Mapping[str, np.ndarray], max_batch: int
+) -> dict[str, np.ndarray]:
+    """Rows of any count through ``engine`` in consecutive batches of at most ``max_batch``, as
+    the server's batcher hands them over (the build's gate and profile use this); an engine
+    with an input that has no batch dimension takes them whole, as the server does."""
+    rows = len(next(iter(inputs.values())))
+    batched = all(s.shape and s.shape[0] == -1 for s in engine.inputs)
+    if not batched or rows <= max_batch:
+        return engine.run(inputs)
+    parts = [
+        engine.run({n: a[i : i + max_batch] for n, a in inputs.items()})
+        for i in range(0, rows, max_batch)
+    ]
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+
 def run_padded(
     run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
     inputs: Mapping[str, np.ndarray],

@@ -13,13 +13,13 @@ import importlib.util
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.server.datatypes import numpy_dtype
 from infleet.runtime.server.engines.base import EngineOptions, check_names
+from infleet.runtime.server.engines.cuda import check, cudart
 from infleet.runtime.server.errors import BackendUnavailable, ConfigError, EngineError
 
 
@@ -28,26 +28,10 @@ def capability() -> str | None:
     for module, extra in (("tensorrt", "tensorrt"), ("cuda", "tensorrt")):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install 'infleet[{extra}]')"
-    cudart = _cudart()
-    err, count = cudart.cudaGetDeviceCount()
+    err, count = cudart().cudaGetDeviceCount()
     if int(err) != 0 or count < 1:
         return "no CUDA device is visible"
     return None
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
-
-
-def _check(result: Any) -> Any:
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise EngineError(f"CUDA error {err}")
-    return rest[0] if len(rest) == 1 else rest
 
 
 class TensorRtEngine:
@@ -62,7 +46,7 @@ class TensorRtEngine:
         import tensorrt as trt
 
         self._trt = trt
-        self._cudart = _cudart()
+        self._cudart = cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
         self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
@@ -78,7 +62,7 @@ class TensorRtEngine:
         self.outputs = tuple(manifest.outputs)
         check_names("inputs", self.inputs, [n for n in names if is_input[n]], engine_path)
         check_names("outputs", self.outputs, [n for n in names if not is_input[n]], engine_path)
-        self._stream = _check(self._cudart.cudaStreamCreate())
+        self._stream = check(self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity)
         self._lock = threading.Lock()  # one execution context: one batch at a time
         self.description = f"tensorrt {trt.__version__}"
@@ -89,25 +73,21 @@ class TensorRtEngine:
         pointer, capacity = self._buffers.get(name, (0, 0))
         if capacity < nbytes:
             if pointer:
-                _check(self._cudart.cudaFree(pointer))
-            pointer = _check(self._cudart.cudaMalloc(max(nbytes, 1)))
+                check(self._cudart.cudaFree(pointer))
+            pointer = check(self._cudart.cudaMalloc(max(nbytes, 1)))
             self._buffers[name] = (pointer, nbytes)
         return pointer
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart = self._cudart
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        rt = self._cudart
+        h2d = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
             for spec in self.inputs:
                 host = np.ascontiguousarray(inputs[spec.name])
                 self._context.set_input_shape(spec.name, host.shape)
                 pointer = self._device_buffer(spec.name, host.nbytes)
-                _check(
-                    cudart.cudaMemcpyAsync(
-                        pointer, host.ctypes.data, host.nbytes, h2d, self._stream
-                    )
-                )
+                check(rt.cudaMemcpyAsync(pointer, host.ctypes.data, host.nbytes, h2d, self._stream))
                 self._context.set_tensor_address(spec.name, pointer)
             results: dict[str, np.ndarray] = {}
             for spec in self.outputs:
@@ -121,12 +101,8 @@ class TensorRtEngine:
             for spec in self.outputs:
                 host = results[spec.name]
                 pointer, _ = self._buffers[spec.name]
-                _check(
-                    cudart.cudaMemcpyAsync(
-                        host.ctypes.data, pointer, host.nbytes, d2h, self._stream
-                    )
-                )
-            _check(cudart.cudaStreamSynchronize(self._stream))
+                check(rt.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes, d2h, self._stream))
+            check(rt.cudaStreamSynchronize(self._stream))
         return results
 
     def close(self) -> None:
