@@ -137,7 +137,7 @@ def json_reply(status: int, document: BaseModel | dict[str, Any], headers: bytes
 
 
 def error_reply(status: int, message: str, headers: bytes = b"") -> Reply:
-    return json_reply(status, ErrorResponse(error=message), headers)
+    return Reply(status, JSON, headers, ErrorResponse.body(message))
 
 
 class HttpApp:
