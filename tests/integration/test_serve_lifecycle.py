@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from serve_harness import ServerProcess, json_input
 
 from infleet.runtime.server import samples
@@ -83,6 +87,22 @@ def test_in_flight_limit_refuses_with_429(slow_dir, tmp_path) -> None:
         assert server.stop() == 0, server.log()
 
 
+async def _until(check: Callable[[], Awaitable[bool]], what: str, within_s: float = 30) -> None:
+    """Poll the server until ``check()`` holds (a bounded wait on a condition)."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def _sample(exposition: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return 0.0
+
+
 def test_sigterm_drains_in_flight_requests_then_exits_zero(slow_dir, tmp_path) -> None:
     server = ServerProcess(
         ["--engine-dir", str(slow_dir), "--max-batch-size", "2"], tmp_path / "serve.log"
@@ -90,30 +110,44 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(slow_dir, tmp_path) -
     try:
         server.wait_ready()
 
-        async def main() -> tuple[list[httpx.Response], list[object]]:
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        async def main() -> tuple[list[httpx.Response], int, httpx.Response | Exception]:
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=30) as c,
+                httpx.AsyncClient(base_url=server.url, timeout=5) as probe,
+            ):
                 in_flight = [asyncio.create_task(_post(c, float(i))) for i in range(6)]
-                await asyncio.sleep(0.05)  # all six are queued or running (~0.3 s of work)
-                server.sigterm()
-                await asyncio.sleep(0.05)
-                after: list[object] = []
-                async with httpx.AsyncClient(base_url=server.url, timeout=5) as fresh:
-                    for path in ("/v2/health/ready", "/v2/models/slow/infer"):
-                        try:
-                            if path.endswith("infer"):
-                                after.append(await fresh.post(path, json=_body(9.0)))
-                            else:
-                                after.append(await fresh.get(path))
-                        except httpx.TransportError as e:  # already closed: refused too
-                            after.append(e)
-                done = await asyncio.gather(*in_flight)
-                return [r for r, _ in done], after
+                running = 0
 
-        done, after = asyncio.run(main())
-        assert [r.status_code for r in done] == [200] * 6
+                async def all_admitted_some_running() -> bool:
+                    # none may arrive after SIGTERM, and some must still be in flight then
+                    nonlocal running
+                    text = (await probe.get("/metrics")).text
+                    running = int(_sample(text, "infleet_serve_requests_in_flight"))
+                    done = _sample(
+                        text, "infleet_serve_requests_total", model="slow", outcome="success"
+                    )
+                    return running > 0 and running + done == 6
+
+                await _until(all_admitted_some_running, "six requests admitted, some in flight")
+                server.sigterm()
+
+                async def not_ready() -> bool:
+                    return (await probe.get("/v2/health/ready")).status_code == 503
+
+                await _until(not_ready, "readiness to turn false")  # the drain began
+                try:
+                    after: httpx.Response | Exception = await probe.post(
+                        "/v2/models/slow/infer", json=_body(9.0)
+                    )
+                except httpx.TransportError as e:  # already closed: refused too
+                    after = e
+                done = await asyncio.gather(*in_flight)
+                return [r for r, _ in done], running, after
+
+        done, running, infer = asyncio.run(main())
+        assert running > 0  # SIGTERM came while requests were in flight...
+        assert [r.status_code for r in done] == [200] * 6  # ...and every one was served
         assert sorted(r.json()["outputs"][0]["data"][0] for r in done) == [0, 1, 2, 3, 4, 5]
-        ready, infer = after
-        assert isinstance(ready, httpx.TransportError) or ready.status_code == 503
         if isinstance(infer, httpx.Response):
             assert infer.status_code == 503 and infer.headers["retry-after"]
             assert "shutting down" in infer.json()["error"]
@@ -171,3 +205,57 @@ def test_workers_share_the_port_and_drain_together(slow_dir, tmp_path) -> None:
         assert server.log().count("drained") == 2
     finally:
         server.stop()
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of one answer; the body by its Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), head, body
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_connection_and_head_bounds_hold_over_raw_sockets(slow_dir, tmp_path) -> None:
+    server = ServerProcess(
+        ["--engine-dir", str(slow_dir), "--max-connections", "2"], tmp_path / "serve.log"
+    )
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        server.wait_ready()
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        for sock in held:  # both are open and served
+            sock.sendall(live)
+            assert _read_answer(sock)[0] == 200
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as third:
+            status, head, body = _read_answer(third)  # answered before it sent a byte
+            assert status == 503 and b"connection: close" in head and b"retry-after: 1" in head
+            assert b"2 connections are open" in body
+            assert _closed(third)
+        # a header line that never ends: 431 once the head passes 80 KiB (the default),
+        # long before the 30 s read timeout
+        sock = held[0]
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nX-Big: " + b"a" * (80 << 10))
+        status, head, body = _read_answer(sock)
+        assert status == 431 and b"connection: close" in head
+        assert b"the request head is above 81920 bytes" in body
+        assert _closed(sock)
+        held[1].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # still open and served
+        status, _, metrics = _read_answer(held[1])
+        assert status == 200 and b"infleet_serve_connections_refused_total 1.0" in metrics
+        for sock in held:
+            sock.close()
+    finally:
+        assert server.stop() == 0, server.log()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pytest
@@ -15,20 +14,18 @@ from infleet.runtime.server.errors import EngineError, Overloaded
 
 
 class RecordingEngine:
-    """y = 2x + row-sum, so a mixed-up row would show; remembers each batch's size."""
+    """y = 2x + row-sum, so a mixed-up row would show; remembers each batch's size. Its gate
+    holds a batch that started, so the test decides what queues up behind it."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.batches: list[int] = []
-        self.delay_s = delay_s
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.gate.wait(5)
+        assert self.gate.wait(20), "the test never opened the gate"
         x = inputs["x"]
         self.batches.append(len(x))
-        if self.delay_s:
-            time.sleep(self.delay_s)
         return {"y": 2 * x + x.sum(axis=tuple(range(1, x.ndim)), keepdims=True)}
 
 
@@ -40,24 +37,41 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def until(condition: Callable[[], bool], what: str, within_s: float = 10) -> None:
+    """Let the loop run until ``condition()`` holds (a bounded wait, never a fixed sleep)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+async def held(batcher: Batcher, waiting: int) -> None:
+    """Wait until one batch runs (held at the engine's gate) and ``waiting`` requests queue."""
+    await until(
+        lambda: batcher.running == 1 and batcher.depth == waiting,
+        f"one running batch and {waiting} queued requests",
+    )
+
+
 def test_requests_arriving_while_the_engine_is_busy_are_merged_and_split_exactly() -> None:
     engine = RecordingEngine()
     batcher = Batcher(engine, BatchPolicy(max_batch_size=16, max_queue_delay_s=0.05))
+    rows = [2, 1, 3, 1, 2, 3, 1, 2, 1]  # 2 first, then 14: one batch of at most 16
 
     async def main() -> None:
         engine.gate.clear()  # hold the first batch so the others queue up behind it
         rng = np.random.default_rng(1)
-        xs = [rng.random((int(rng.integers(1, 4)), 5)) for _ in range(9)]
+        xs = [rng.random((n, 5)) for n in rows]
         tasks = [asyncio.create_task(batcher.submit({"x": x})) for x in xs]
-        await asyncio.sleep(0.05)
+        await held(batcher, waiting=8)
         engine.gate.set()
         results = await asyncio.gather(*tasks)
-        for x, out in zip(xs, results, strict=True):
+        for x, out in zip(xs, results, strict=True):  # each caller got exactly its own rows
             np.testing.assert_array_equal(out["y"], expected(x))
 
     run(main())
-    assert engine.batches[0] <= 3 and len(engine.batches) == 2  # the first ran alone
-    assert sum(engine.batches) == engine.batches[0] + sum(engine.batches[1:])
+    # the first ran alone; the eight that queued behind it ran as ONE merged batch
+    assert engine.batches == [2, 14]
     batcher.close()
 
 
@@ -65,12 +79,12 @@ def test_a_lone_request_runs_at_once_without_waiting_for_the_delay() -> None:
     engine = RecordingEngine()
     batcher = Batcher(engine, BatchPolicy(max_batch_size=8, max_queue_delay_s=10.0))
 
-    async def main() -> float:
-        started = time.perf_counter()
-        await batcher.submit({"x": np.ones((1, 2))})
-        return time.perf_counter() - started
+    async def main() -> None:
+        # bounded at half the delay: a batcher that waited for it would time out here
+        await asyncio.wait_for(batcher.submit({"x": np.ones((1, 2))}), 5.0)
 
-    assert run(main()) < 5.0  # would be 10 s if the batcher waited for the delay
+    run(main())
+    assert engine.batches == [1]
     batcher.close()
 
 
@@ -82,7 +96,7 @@ def test_incompatible_shapes_are_never_merged() -> None:
         engine.gate.clear()
         xs = [np.ones((1, 3)), np.ones((1, 4)), np.full((2, 3), 2.0), np.full((1, 4), 3.0)]
         tasks = [asyncio.create_task(batcher.submit({"x": x})) for x in xs]
-        await asyncio.sleep(0.02)
+        await held(batcher, waiting=3)
         engine.gate.set()
         for x, out in zip(xs, await asyncio.gather(*tasks), strict=True):
             np.testing.assert_array_equal(out["y"], expected(x))
@@ -100,13 +114,13 @@ def test_batches_never_exceed_the_max_batch_size() -> None:
     async def main() -> None:
         engine.gate.clear()
         tasks = [asyncio.create_task(batcher.submit({"x": np.full((1, 2), i)})) for i in range(11)]
-        await asyncio.sleep(0.02)
+        await held(batcher, waiting=10)
         engine.gate.set()
         outs = await asyncio.gather(*tasks)
         assert [o["y"][0, 0] for o in outs] == [2 * i + 2 * i for i in range(11)]
 
     run(main())
-    assert max(engine.batches) <= 4 and sum(engine.batches) == 11
+    assert engine.batches == [1, 4, 4, 2]  # the ten queued ones in full batches of four
     batcher.close()
 
 
@@ -117,13 +131,11 @@ def test_a_full_queue_refuses_at_once() -> None:
     async def main() -> None:
         engine.gate.clear()
         running = asyncio.create_task(batcher.submit({"x": np.ones((1, 1))}))
-        await asyncio.sleep(0.01)
         queued = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1))})) for _ in range(2)]
-        await asyncio.sleep(0.01)
-        started = time.perf_counter()
-        with pytest.raises(Overloaded):
-            await batcher.submit({"x": np.ones((1, 1))})
-        assert time.perf_counter() - started < 1.0
+        await held(batcher, waiting=2)
+        # at once: the gate is still closed, so a submit that queued would never return
+        with pytest.raises(Overloaded, match="queue is full"):
+            await asyncio.wait_for(batcher.submit({"x": np.ones((1, 1))}), 5.0)
         engine.gate.set()
         await asyncio.gather(running, *queued)
 
@@ -156,16 +168,15 @@ def test_wrong_row_count_from_the_engine_is_an_engine_error() -> None:
     gate = threading.Event()
 
     def broken(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        gate.wait(5)
+        assert gate.wait(20), "the test never opened the gate"
         return {"y": np.zeros((1, 1))}  # always one row, whatever the batch
 
     batcher = Batcher(broken, BatchPolicy())
 
     async def main() -> None:
         first = asyncio.create_task(batcher.submit({"x": np.ones((1, 1))}))
-        await asyncio.sleep(0.01)
         rest = [asyncio.create_task(batcher.submit({"x": np.ones((1, 1))})) for _ in range(2)]
-        await asyncio.sleep(0.01)
+        await held(batcher, waiting=2)
         gate.set()
         await first
         for task in rest:
@@ -183,7 +194,7 @@ def test_unbatchable_engines_run_each_request_alone() -> None:
     async def main() -> None:
         engine.gate.clear()
         tasks = [asyncio.create_task(batcher.submit({"x": np.ones((2, 2))})) for _ in range(3)]
-        await asyncio.sleep(0.01)
+        await held(batcher, waiting=2)
         engine.gate.set()
         await asyncio.gather(*tasks)
         await batcher.wait_idle()

@@ -255,3 +255,12 @@ def test_large_json_tensor_decodes_fast_enough_to_matter() -> None:
     raw["data"] = array.ravel().tolist()
     (tensor,) = decode_infer_request(body(raw)).inputs
     np.testing.assert_array_equal(tensor.array, array)
+
+
+def test_error_bodies_are_the_error_response_model() -> None:
+    from infleet.runtime.server.wire import ErrorResponse
+
+    for message in ("no route GET /x", 'quotes " and \\ and é', ""):
+        body = ErrorResponse.body(message)
+        assert ErrorResponse.model_validate_json(body) == ErrorResponse(error=message)
+        assert body == ErrorResponse(error=message).model_dump_json().encode()

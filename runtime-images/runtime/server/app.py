@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel
 
 from infleet.runtime.server.codec import (
+    HEADER_LENGTH,
     decode_infer_request,
     dumps,
     encode_infer_response,
@@ -36,7 +37,12 @@ from infleet.runtime.server.errors import (
     Unavailable,
 )
 from infleet.runtime.server.metrics import Outcome
-from infleet.runtime.server.wire import ModelReadyResponse
+from infleet.runtime.server.wire import (
+    ErrorResponse,
+    ModelMetadataResponse,
+    ModelReadyResponse,
+    ServerMetadataResponse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +73,10 @@ def status_of(error: BaseException) -> tuple[int, str]:
 
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
+    """What one HTTP server process takes at once. The in-flight cap is the data plane's
+    (:class:`~infleet.runtime.server.dataplane.DataPlane`), shared by every transport."""
+
     max_body_bytes: int = 64 << 20
-    max_in_flight: int = 1024
-    """Inference requests being handled at once (headers read to response written); one
-    more gets 429."""
     max_buffered_bytes: int = 512 << 20
     """Request bodies held in memory at once, all requests together; beyond it, 429. With
     the per-request cap this bounds memory where the request count alone would not."""
@@ -80,11 +86,32 @@ class HttpLimits:
     """All header names and values of one request together; more (or more than
     ``max_headers`` fields) gets 431."""
     max_headers: int = 100
+    max_head_bytes: int = 80 << 10
+    """The request line and header block as they arrive, framing and whitespace included;
+    counted as the bytes come in, so a header line that never ends gets 431 at this size
+    instead of being buffered until the read timeout. It must hold ``max_url_bytes +
+    max_header_bytes``; the default leaves 8 KiB for the framing of ``max_headers`` lines."""
+    max_pipelined: int = 16
+    """Requests parsed on one connection and waiting for their turn to be answered; the
+    connection reads nothing more (not even the rest of a read already made) until half
+    of them are answered."""
+    max_connections: int = 1024
+    """Open connections; one more is answered 503 and closed at once."""
     keep_alive_s: float = 5.0
     """An idle keep-alive connection (no request begun) is closed after this."""
     read_timeout_s: float = 30.0
     """A request must arrive in full (headers and body) within this of its first byte;
     otherwise 408 and the connection is closed (slow clients cannot hold a slot forever)."""
+
+    def __post_init__(self) -> None:
+        sizes = (self.max_body_bytes, self.max_url_bytes, self.max_header_bytes)
+        counts = (self.max_headers, self.max_pipelined, self.max_connections)
+        if min(*sizes, *counts) < 1 or self.keep_alive_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError("HTTP limits must be positive")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_body_bytes")
+        if self.max_head_bytes < self.max_url_bytes + self.max_header_bytes:
+            raise ValueError("max_head_bytes must be at least max_url_bytes + max_header_bytes")
 
 
 class Reply(NamedTuple):
@@ -110,7 +137,7 @@ def json_reply(status: int, document: BaseModel | dict[str, Any], headers: bytes
 
 
 def error_reply(status: int, message: str, headers: bytes = b"") -> Reply:
-    return Reply(status, JSON, headers, dumps({"error": message}))
+    return Reply(status, JSON, headers, ErrorResponse.body(message))
 
 
 class HttpApp:
@@ -120,9 +147,6 @@ class HttpApp:
         self.dataplane = dataplane
         self.limits = limits or HttpLimits()
         self._m = dataplane.metrics
-        # moved with dataplane.in_flight in admit/release (a callback read at scrape time
-        # cannot work with --workers N: each worker's value must be in its metrics file)
-        self._in_flight = self._m.in_flight
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.buffered = 0
         """Bytes of request bodies reserved by the requests being read or handled."""
@@ -136,7 +160,8 @@ class HttpApp:
             if len(parts) >= 3 and parts[1] == "models":
                 return self._model_route(method, parts[2:], path)
             if method == "GET" and len(parts) == 1:
-                return json_reply(200, self.dataplane.server_metadata())
+                meta = self.dataplane.server_metadata()
+                return json_reply(200, ServerMetadataResponse.of(meta))
             if method == "GET" and len(parts) == 3 and parts[1] == "health":
                 if parts[2] == "live":
                     return json_reply(200, {"live": self.dataplane.live()})
@@ -163,39 +188,40 @@ class HttpApp:
             if action == "ready":
                 ready = self.dataplane.model_ready(name, version)
                 return json_reply(200 if ready else 503, ModelReadyResponse(name=name, ready=ready))
-            return json_reply(200, self.dataplane.model_metadata(name, version))
+            meta = self.dataplane.model_metadata(name, version)
+            return json_reply(200, ModelMetadataResponse.of(meta))
         except ServeError as e:
             return error_reply(status_of(e)[0], str(e))
 
     # --- infer ----------------------------------------------------------------------
 
+    @property
+    def draining(self) -> bool:
+        """Every answer closes its connection from now on (the data plane is draining)."""
+        return self.dataplane.draining
+
     def admit(self, declared: int | None) -> int:
         """Let an inference request in once its headers are read, before any body byte.
 
-        Counts it in flight and reserves its declared body size from the shared budget;
-        returns the bytes reserved. Raises (and holds nothing) when it must be refused:
-        draining (503), too many in flight or too many bytes buffered (429), a declared
-        body above the cap (413). A request let in before a drain began is served to the
-        end even if its body is still arriving when SIGTERM comes.
+        The data plane admits it (or refuses: 503 draining, 429 too many in flight), then
+        its declared body size is reserved from the shared budget; returns the bytes
+        reserved. Raises (and holds nothing) when it must be refused: also 413 for a
+        declared body above the cap, 429 when too many bytes are buffered. Every request
+        let in is given back with :meth:`release`.
         """
-        dataplane = self.dataplane
-        dataplane.admit()
-        limits = self.limits
-        if dataplane.in_flight >= limits.max_in_flight:
-            raise Overloaded(
-                f"{limits.max_in_flight} inference requests are in flight; retry later"
-            )
-        held = 0
-        if declared is not None:
-            if declared > limits.max_body_bytes:
+        self.dataplane.admit()
+        if declared is None:
+            return 0
+        try:
+            if declared > self.limits.max_body_bytes:
                 raise PayloadTooLarge(
-                    f"the body has {declared} bytes; the limit is {limits.max_body_bytes}"
+                    f"the body has {declared} bytes; the limit is {self.limits.max_body_bytes}"
                 )
             self.reserve(0, declared)
-            held = declared
-        dataplane.in_flight += 1
-        self._in_flight.inc()
-        return held
+        except ServeError:
+            self.dataplane.release()
+            raise
+        return declared
 
     def reserve(self, held: int, size: int) -> None:
         """Grow a request's reservation from ``held`` to ``size`` bytes, or raise 429."""
@@ -211,8 +237,7 @@ class HttpApp:
     def release(self, held: int, admitted: bool) -> None:
         self.buffered -= held
         if admitted:
-            self.dataplane.in_flight -= 1
-            self._in_flight.dec()
+            self.dataplane.release()
 
     async def infer(
         self, target: Infer, body: bytes, header_length: bytes | None, client_id: bytes | None
@@ -230,7 +255,7 @@ class HttpApp:
             return self.failure(target.name, e, client_id)
         extra = b"x-request-id: %s\r\n" % client_id if client_id else b""
         if json_length is not None:
-            extra += b"inference-header-content-length: %d\r\n" % json_length
+            extra += b"%s: %d\r\n" % (HEADER_LENGTH, json_length)
             return Reply(200, OCTET, extra, payload), Outcome.SUCCESS
         return Reply(200, JSON, extra, payload), Outcome.SUCCESS
 
@@ -249,6 +274,10 @@ class HttpApp:
         if isinstance(error, Unavailable):
             extra += b"retry-after: %d\r\n" % error.retry_after_s
         return error_reply(status, message, extra), outcome
+
+    def connection_refused(self) -> None:
+        """A connection was turned away at ``max_connections``."""
+        self._m.connections_refused.inc()
 
     def record(self, name: str, outcome: str, started: float) -> None:
         key = (name, outcome)

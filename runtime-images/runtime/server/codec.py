@@ -26,7 +26,8 @@ from infleet.runtime.server.datatypes import DATATYPES, is_float, is_integer, nu
 from infleet.runtime.server.errors import InvalidInput
 from infleet.runtime.server.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"
+"""The binary extension's header (lower case, as HTTP/1.1 transports compare field names)."""
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _U32 = struct.Struct("<I")
 

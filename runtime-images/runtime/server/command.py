@@ -71,6 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="inference requests handled at once; more get 429 (default: 1024)",
     )
     net.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="open connections per worker; one more is answered 503 and closed (default: 1024)",
+    )
+    net.add_argument(
         "--keep-alive-s",
         type=float,
         default=5.0,
@@ -160,6 +166,7 @@ class ServeConfig:
     max_body_bytes: int
     max_in_flight: int
     max_buffered_bytes: int
+    max_connections: int
     policy: BatchPolicy
     batch_size_given: bool
     engine: EngineOptions
@@ -193,6 +200,8 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError(str(e)) from None
     if args.max_in_flight < 1 or args.max_body_mb <= 0 or not 0 <= args.port < 65536:
         raise ConfigError("--max-in-flight, --max-body-mb and --port must be positive")
+    if args.max_connections < 1:
+        raise ConfigError("--max-connections must be at least 1")
     if args.threads < 0:
         raise ConfigError("--threads must not be negative (0: the CPUs this container may use)")
     if args.workers < 1 or (args.workers > 1 and args.port == 0):
@@ -218,6 +227,7 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         max_in_flight=args.max_in_flight,
         max_buffered_bytes=int(args.max_buffer_mb * (1 << 20)),
+        max_connections=args.max_connections,
         policy=policy,
         batch_size_given=args.max_batch_size is not None,
         engine=EngineOptions(

@@ -1,8 +1,11 @@
-"""The transport-free data plane: model registry, health, metadata, validation and infer.
+"""The transport-free data plane: model registry, health, metadata, admission, validation
+and infer.
 
 An HTTP front end (``app``) and, later, a gRPC one call the same methods with the same
-internal types (``tensors``). Nothing here knows about HTTP: errors are
-:mod:`~infleet.runtime.server.errors` classes and the transport maps them to status codes.
+internal types (``tensors``). Nothing here knows about HTTP or its wire models: errors are
+:mod:`~infleet.runtime.server.errors` classes, answers are internal dataclasses, and the
+transport maps both to its own format. Admission (draining, the in-flight cap) and the
+in-flight count are the data plane's, so every transport refuses and drains alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -25,19 +29,20 @@ from infleet.runtime.server.errors import (
     InvalidInput,
     ModelNotFound,
     NotReady,
+    Overloaded,
 )
 from infleet.runtime.server.metrics import Metrics
-from infleet.runtime.server.tensors import InferRequest, InferResponse, Tensor
-from infleet.runtime.server.wire import (
-    MetadataTensor,
-    ModelMetadataResponse,
-    ServerMetadataResponse,
+from infleet.runtime.server.tensors import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ServerMetadata,
+    Tensor,
 )
-from infleet.runtime.server.workers import WorkerSlot
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ("binary_tensor_data",)
 
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tvm": "tvm", "tensorrt": "tensorrt_plan"}
 
@@ -67,24 +72,43 @@ def is_batchable(engine: EngineRuntime) -> bool:
     return all(s.shape and s.shape[0] == -1 for s in (*engine.inputs, *engine.outputs))
 
 
+class Peers(Protocol):
+    """The readiness this process shares with the other workers of its pod (``--workers N``;
+    :class:`~infleet.runtime.server.workers.WorkerSlot` is the one implementation). Model
+    indexes are the registration order, the same in every worker."""
+
+    def set_model(self, model: int, ready: bool) -> None: ...
+    def clear(self) -> None: ...
+    def all_ready(self) -> bool: ...
+    def model_ready(self, model: int) -> bool: ...
+
+
 class DataPlane:
     def __init__(
         self,
         metrics: Metrics | None = None,
-        peers: WorkerSlot | None = None,
+        peers: Peers | None = None,
         expected: Iterable[str] = (),
+        max_in_flight: int = 1024,
     ) -> None:
         """``peers``: this process is one worker of ``--workers N``; readiness is then the
         pod's (every worker's), read from the shared board. None for a lone server.
         ``expected``: the names of the models this server is loading. Until one is
         registered its routes answer "loading" (503) rather than "not served here" (404),
-        and the server is not ready while any of them is missing."""
+        and the server is not ready while any of them is missing.
+        ``max_in_flight``: inference requests admitted at once; one more is refused (429)."""
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.metrics = metrics or Metrics()
         self.peers = peers
+        self.max_in_flight = max_in_flight
         self._expected = frozenset(expected)
         self._models: dict[str, ServedModel] = {}
         self._draining = False
-        self.in_flight = 0
+        self._in_flight = 0
+        # moved with _in_flight in admit/release: a callback read at scrape time cannot work
+        # with --workers N, where each worker's value must be in its own metrics file
+        self._in_flight_gauge = self.metrics.in_flight
 
     # --- registry -------------------------------------------------------------------
 
@@ -176,31 +200,52 @@ class DataPlane:
             and (self.peers is None or self.peers.model_ready(model.index))
         )
 
-    def server_metadata(self) -> ServerMetadataResponse:
-        return ServerMetadataResponse(name="infleet", version=__version__, extensions=EXTENSIONS)
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(name="infleet", version=__version__, extensions=EXTENSIONS)
 
-    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadataResponse:
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         model = self.get_model(name, version)
-        return ModelMetadataResponse(
+        backend = str(model.manifest.key.backend)
+        return ModelMetadata(
             name=model.name,
-            versions=[model.version],
-            platform=_PLATFORMS.get(
-                str(model.manifest.key.backend), str(model.manifest.key.backend)
-            ),
-            inputs=[MetadataTensor(**s.model_dump()) for s in model.engine.inputs],
-            outputs=[MetadataTensor(**s.model_dump()) for s in model.engine.outputs],
+            versions=(model.version,),
+            platform=_PLATFORMS.get(backend, backend),
+            inputs=tuple(model.engine.inputs),
+            outputs=tuple(model.engine.outputs),
         )
 
-    # --- inference ------------------------------------------------------------------
+    # --- admission ------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Inference requests admitted and not yet released."""
+        return self._in_flight
 
     def admit(self) -> None:
-        """Called by a transport when a request arrives, before it reads the body.
+        """Let one inference request in; the transport calls it once the request's headers
+        are read, before it keeps any of the body, and calls :meth:`release` exactly once
+        after the answer is written (or the client left).
 
-        Refusal happens here, at the door: a request admitted before a drain began is
-        served to the end even if its body is still arriving when SIGTERM comes.
+        Refusal happens here, at the door: :class:`NotReady` while draining,
+        :class:`Overloaded` when ``max_in_flight`` requests are in already. A request
+        admitted before a drain began is served to the end (and waited for by
+        :meth:`wait_drained`) even if its body is still arriving when SIGTERM comes.
         """
         if self._draining:
             raise NotReady("the server is shutting down; send the request to another replica")
+        if self._in_flight >= self.max_in_flight:
+            raise Overloaded(f"{self.max_in_flight} inference requests are in flight; retry later")
+        self._in_flight += 1
+        self._in_flight_gauge.inc()
+
+    def release(self) -> None:
+        """An admitted request is answered or abandoned."""
+        if self._in_flight <= 0:
+            raise RuntimeError("release() without a matching admit()")
+        self._in_flight -= 1
+        self._in_flight_gauge.dec()
+
+    # --- inference ------------------------------------------------------------------
 
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         model = self.get_model(name, version)
@@ -234,7 +279,7 @@ class DataPlane:
     async def wait_drained(self, timeout_s: float) -> bool:
         """Wait until no inference request is in flight; False when the timeout ran out."""
         deadline = time.monotonic() + timeout_s
-        while self.in_flight or any(
+        while self._in_flight or any(
             m.batcher.depth or m.batcher.running for m in self._models.values()
         ):
             if time.monotonic() > deadline:

@@ -1,4 +1,5 @@
-"""infleet's own HTTP/1.1 server: an asyncio protocol over ``httptools`` (llhttp).
+"""infleet's own HTTP/1.1 server: one connection, an asyncio protocol over ``httptools``
+(llhttp). The listening socket and the timeout sweep are in ``listener``.
 
 Built for the one job of ``infleet serve``: each connection parses with llhttp in C, hands
 the request's method, path, four headers and its body as one ``bytes`` object to
@@ -7,16 +8,25 @@ the head and body together. No ASGI message dicts, no per-request task for the r
 answered at once (health, metadata, metrics), one task per inference request.
 
 - Keep-alive (HTTP/1.1 default; HTTP/1.0 with ``Connection: keep-alive``) and pipelining:
-  requests on one connection are answered strictly in order, one at a time; reading pauses
-  while 16 parsed requests wait.
+  requests on one connection are answered strictly in order, one at a time. At most
+  ``max_pipelined`` parsed requests wait, even when one read holds many more: llhttp is fed
+  in pieces that can each end one request at most (:mod:`~infleet.runtime.server.framing`),
+  and the rest of the read is held back, unparsed, until half of the waiting ones are
+  answered.
 - Bodies by ``Content-Length`` or ``Transfer-Encoding: chunked`` (decoded by llhttp); both
   at once is refused (400). Inference requests are admitted once their headers are read:
   413 on a declared length above the cap, 429 when too many requests are in flight or too
   many body bytes are buffered, 503 while draining, all before a body byte is kept.
   ``Expect: 100-continue`` is answered with 100 once admitted.
 - Limits: request target above ``max_url_bytes`` -> 414; headers above
-  ``max_header_bytes`` or ``max_headers`` fields -> 431; malformed HTTP -> 400; methods
-  other than GET and POST -> 405. Each of these, and 413, closes the connection.
+  ``max_header_bytes`` or ``max_headers`` fields -> 431, and a head (request line and
+  headers as sent) above ``max_head_bytes`` -> 431 as soon as that many bytes arrived: llhttp
+  hands over a header only once its line ends, so the count is kept on the bytes fed, and a
+  line that never ends is never buffered past the cap. Malformed HTTP -> 400; methods other
+  than GET and POST -> 405. Each of these, and 413, closes the connection.
+- At most ``max_connections`` open connections; one more is answered 503 with
+  ``Retry-After`` and closed without reading from it (counted in
+  ``infleet_serve_connections_refused_total``).
 - Timeouts, checked by one sweep a second rather than a timer per request: an idle
   keep-alive connection is closed after ``keep_alive_s``; a request not read in full within
   ``read_timeout_s`` of its first byte gets 408 and the connection is closed.
@@ -30,27 +40,28 @@ import asyncio
 import logging
 import time
 from collections import deque
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
 
 from infleet.runtime.server.app import (
-    HttpApp,
     Infer,
     Reply,
     error_reply,
 )
+from infleet.runtime.server.codec import HEADER_LENGTH
 from infleet.runtime.server.errors import ServeError
+from infleet.runtime.server.framing import piece_end, response_head
 from infleet.runtime.server.metrics import Outcome
+
+if TYPE_CHECKING:
+    from infleet.runtime.server.listener import HttpServer
 
 log = logging.getLogger(__name__)
 
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_MAX_PIPELINE = 16
+_HEADER_LENGTH_SIZE = len(HEADER_LENGTH)
 # bodies at least this large go out as a second buffer (writelines) instead of being copied
 # behind the head
 _JOIN_BELOW = 256 << 10
@@ -61,11 +72,13 @@ class _Request:
 
     __slots__ = (
         "admitted",
+        "body_left",
         "chunks",
         "client_id",
         "close",
         "content_length",
         "expect",
+        "head_bytes",
         "header_count",
         "header_length",
         "headers_size",
@@ -82,9 +95,13 @@ class _Request:
     def __init__(self, started: float) -> None:
         self.url = b""
         self.method = ""
+        self.head_bytes = 0
+        """Bytes fed to llhttp while this request's head was arriving."""
         self.headers_size = 0
         self.header_count = 0
         self.content_length: bytes | None = None
+        self.body_left = 0
+        """Bytes of a ``Content-Length`` body still to come (0 for chunked bodies)."""
         self.header_length: bytes | None = None
         self.client_id: bytes | None = None
         self.expect = False
@@ -122,6 +139,8 @@ class HttpConnection(asyncio.Protocol):
         self.reading: _Request | None = None  # being parsed
         self.active: _Request | None = None  # being answered
         self.waiting: deque[_Request] = deque()  # parsed, to be answered in order
+        self.held = b""  # read but not parsed: the pipeline was full
+        self.feeding = False  # inside _feed (callbacks must not feed again)
         self.stopped = False  # no more requests are read from this connection
         self.paused_reading = False
         self.paused_writing = False
@@ -132,7 +151,18 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= self.limits.max_connections:
+            self.stopped = True  # nothing of it is read
+            self.app.connection_refused()
+            message = f"{len(server.connections)} connections are open, the most this server takes"
+            reply = error_reply(503, f"{message}; retry later", b"retry-after: 1\r\n")
+            status, content_type, headers, body = reply
+            head = response_head(status, content_type, headers, len(body), server.date, True)
+            transport.write(head + body)
+            transport.close()
+            return
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -148,8 +178,15 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stopped:
             return
+        if self.held:  # the pipeline is full: keep what the transport had read already
+            self.held += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        self.feeding = True
         try:
-            self.parser.feed_data(data)
+            self._feed_pieces(data)
         except httptools.HttpParserUpgrade:
             self._stop()  # the request before the upgrade is answered; nothing after it
         except httptools.HttpParserCallbackError as e:
@@ -163,6 +200,41 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(500, "internal error")
         except httptools.HttpParserError as e:
             self._refuse(400, f"malformed HTTP request: {e}")
+        finally:
+            self.feeding = False
+
+    def _feed_pieces(self, data: bytes) -> None:
+        """Feed llhttp ``data`` in pieces that can each end one request at most
+        (:func:`~infleet.runtime.server.framing.piece_end`): the pipeline cap then holds
+        within one read, and what does not fit is held back unparsed. The pieces start where
+        a request starts or inside the one being read, so every byte of a piece fed while a
+        head is arriving is that head's: ``head_bytes`` is exact."""
+        view = memoryview(data)
+        limits = self.limits
+        pos, end = 0, len(data)
+        while pos < end and not self.stopped:
+            if len(self.waiting) >= limits.max_pipelined:
+                self.held = data[pos:]
+                self._pause_reading()
+                return
+            request = self.reading
+            if request is None:
+                stop = piece_end(
+                    data, pos, body_left=0, in_request=False, head_room=limits.max_head_bytes
+                )
+            else:
+                head_room = None if request.method else limits.max_head_bytes - request.head_bytes
+                stop = piece_end(
+                    data, pos, body_left=request.body_left, in_request=True, head_room=head_room
+                )
+            self.parser.feed_data(view[pos:stop] if pos or stop < end else data)
+            request = self.reading
+            if request is not None and not request.method:  # all of it was this head
+                request.head_bytes += stop - pos
+                if request.head_bytes > limits.max_head_bytes:
+                    self._refuse(431, f"the request head is above {limits.max_head_bytes} bytes")
+                    return
+            pos = stop
 
     def pause_writing(self) -> None:
         self.paused_writing = True
@@ -199,7 +271,7 @@ class HttpConnection(asyncio.Protocol):
         n = len(name)
         if n == 14 and name.lower() == b"content-length":
             request.content_length = value
-        elif n == 31 and name.lower() == b"inference-header-content-length":
+        elif n == _HEADER_LENGTH_SIZE and name.lower() == HEADER_LENGTH:
             request.header_length = value
         elif n == 12 and name.lower() == b"x-request-id":
             request.client_id = value
@@ -212,6 +284,9 @@ class HttpConnection(asyncio.Protocol):
         method = request.method = self.parser.get_method().decode()
         if not self.parser.should_keep_alive():
             request.close = True
+        declared = None
+        if request.content_length is not None:  # llhttp checked it is a number
+            declared = request.body_left = int(request.content_length)
         if method != "GET" and method != "POST":
             request.reply = error_reply(
                 405, f"method {method} not allowed", b"allow: GET, POST\r\n"
@@ -223,9 +298,6 @@ class HttpConnection(asyncio.Protocol):
             request.reply = route
             return
         request.target = route
-        declared = None
-        if request.content_length is not None:  # llhttp checked it is a number
-            declared = int(request.content_length)
         try:
             request.held = self.app.admit(declared)
             request.admitted = True
@@ -243,6 +315,8 @@ class HttpConnection(asyncio.Protocol):
             raise _Stopped
         request = self.reading
         assert request is not None
+        if request.body_left:
+            request.body_left -= len(body)
         if request.reply is not None:
             return  # refused or not an inference request: the body is dropped
         size = request.size + len(body)
@@ -288,9 +362,29 @@ class HttpConnection(asyncio.Protocol):
             self._start(request)
             return
         self.waiting.append(request)
-        if len(self.waiting) >= _MAX_PIPELINE and not self.paused_reading:
+        if len(self.waiting) >= self.limits.max_pipelined:
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.paused_reading:
             self.paused_reading = True
             self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        """Read on once at most half the pipeline waits: first what was held back (which
+        may fill it again), then the socket. Never from inside a feed, whose loop decides."""
+        if not self.paused_reading or self.stopped or self.closed or self.feeding:
+            return
+        half = self.limits.max_pipelined // 2
+        if len(self.waiting) > half:
+            return
+        if self.held:
+            data, self.held = self.held, b""
+            self._feed(data)
+            if self.held or self.stopped or len(self.waiting) > half:
+                return
+        self.paused_reading = False
+        self.transport.resume_reading()
 
     def _answer_early(self, request: _Request) -> None:
         """Answer a refused request without reading its body, then close."""
@@ -311,9 +405,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _stop(self) -> None:
         self.stopped = True
-        if not self.paused_reading:
-            self.paused_reading = True
-            self.transport.pause_reading()
+        self.held = b""
+        self._pause_reading()
 
     def _start(self, request: _Request) -> None:
         self.active = request
@@ -337,14 +430,7 @@ class HttpConnection(asyncio.Protocol):
         close = request.close or self.server.draining or (self.stopped and not self.waiting)
         if not self.closed:
             status, content_type, headers, body = reply
-            head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%sdate: %s\r\n%s\r\n" % (
-                _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
-                content_type,
-                len(body),
-                headers,
-                self.server.date,
-                b"connection: close\r\n" if close else b"",
-            )
+            head = response_head(status, content_type, headers, len(body), self.server.date, close)
             if request.method == "HEAD":
                 self.transport.write(head)
             elif len(body) < _JOIN_BELOW:
@@ -372,9 +458,7 @@ class HttpConnection(asyncio.Protocol):
         self.idle_since = self.loop.time()
         if self.waiting and not self.paused_writing:
             self._start(self.waiting.popleft())
-        if self.paused_reading and not self.stopped and len(self.waiting) < _MAX_PIPELINE // 2:
-            self.paused_reading = False
-            self.transport.resume_reading()
+        self._resume_reading()
 
     # --- timeouts (the server's sweep) --------------------------------------------------
 
@@ -388,6 +472,7 @@ class HttpConnection(asyncio.Protocol):
         elif (
             self.active is None
             and not self.waiting
+            and not self.held
             and (self.server.draining or now - self.idle_since > self.limits.keep_alive_s)
         ):
             self.transport.close()
@@ -400,59 +485,3 @@ class HttpConnection(asyncio.Protocol):
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("inference task failed", exc_info=task.exception())
-
-
-class HttpServer:
-    """The listening socket and its connections."""
-
-    def __init__(self, app: HttpApp) -> None:
-        self.app = app
-        self.loop = asyncio.get_running_loop()
-        self.connections: set[HttpConnection] = set()
-        self.closed_waiter: asyncio.Event | None = None
-        self.date = formatdate(usegmt=True).encode()
-        self._server: asyncio.base_events.Server | None = None
-        self._sweep: asyncio.TimerHandle | None = None
-
-    @property
-    def draining(self) -> bool:
-        return self.app.dataplane.draining
-
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        self._server = await self.loop.create_server(
-            lambda: HttpConnection(self),
-            host,
-            port,
-            backlog=2048,
-            reuse_port=reuse_port or None,
-        )
-        self._tick()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    def _tick(self) -> None:
-        self.date = formatdate(usegmt=True).encode()
-        now = self.loop.time()
-        for connection in list(self.connections):
-            connection.check_timeouts(now)
-        interval = min(1.0, self.app.limits.keep_alive_s / 2, self.app.limits.read_timeout_s / 2)
-        self._sweep = self.loop.call_later(interval, self._tick)
-
-    async def close(self, timeout_s: float) -> None:
-        """Stop listening, close idle connections, and wait (up to ``timeout_s``) for the
-        others to answer what they hold and close."""
-        if self._server is not None:
-            self._server.close()
-        if self._sweep is not None:
-            self._sweep.cancel()
-        for connection in list(self.connections):
-            connection.close_if_idle()
-        if self.connections:
-            self.closed_waiter = asyncio.Event()
-            try:
-                await asyncio.wait_for(self.closed_waiter.wait(), timeout_s)
-            except TimeoutError:
-                log.warning("%d connections still open at exit", len(self.connections))

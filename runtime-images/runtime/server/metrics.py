@@ -90,6 +90,11 @@ class Metrics:
             buckets=_BATCH,
             registry=r,
         )
+        self.connections_refused = Counter(
+            "infleet_serve_connections_refused",
+            "Connections answered 503 and closed because --max-connections were open.",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "infleet_serve_queue_depth_requests",
             "Requests waiting in the batch queue.",

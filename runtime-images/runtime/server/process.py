@@ -20,9 +20,13 @@ from infleet.runtime.server.command import ServeConfig
 from infleet.runtime.server.dataplane import DataPlane
 from infleet.runtime.server.engines import load_engine
 from infleet.runtime.server.errors import ServeError
-from infleet.runtime.server.http11 import HttpServer
+from infleet.runtime.server.listener import HttpServer
 from infleet.runtime.server.metrics import Metrics, multiprocess_values
 from infleet.runtime.server.workers import MetricsDir, ReadyBoard, WorkerSlot, slow_load_fault
+
+# open files beside the connections: the listening socket, engine and library files, logs,
+# the metrics directory's files
+_SPARE_FILES = 256
 
 log = logging.getLogger("infleet.serve")
 
@@ -69,6 +73,7 @@ def serve(
     ``metrics_dir``: with ``--workers N``, the directory :func:`use_metrics_dir
     <infleet.runtime.server.workers.use_metrics_dir>` set up before prometheus_client was
     imported; it is removed at exit."""
+    allow_open_files(config.max_connections + _SPARE_FILES)
     if config.workers > 1:
         if metrics_dir is None:
             raise ValueError("--workers above 1 needs the metrics directory of use_metrics_dir")
@@ -101,11 +106,16 @@ async def _main(
 ) -> int:
     loop = asyncio.get_running_loop()
     names = [served_name(config, manifest) for _, manifest in manifests]
-    dataplane = DataPlane(Metrics(multiprocess=peers is not None), peers, expected=names)
+    dataplane = DataPlane(
+        Metrics(multiprocess=peers is not None),
+        peers,
+        expected=names,
+        max_in_flight=config.max_in_flight,
+    )
     limits = HttpLimits(
         max_body_bytes=config.max_body_bytes,
-        max_in_flight=config.max_in_flight,
         max_buffered_bytes=config.max_buffered_bytes,
+        max_connections=config.max_connections,
         keep_alive_s=config.keep_alive_s,
         read_timeout_s=config.read_timeout_s,
     )
@@ -226,6 +236,30 @@ def _supervise(
         if not stopping:  # one worker gone on its own: stop the rest
             forward(signal.SIGTERM, None)
     return code
+
+
+def allow_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files towards ``wanted`` (at most to the hard limit).
+
+    Shells and container runtimes often start processes with a soft limit of 1024 and a far
+    higher hard one; left there, ``--max-connections`` would never be reached: accept()
+    fails with EMFILE first, and asyncio stops accepting for a second at a time. Go raises
+    the soft limit the same way at start-up.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open files are limited to %d (hard limit): fewer than --max-connections "
+            "allows; raise the limit (ulimit -Hn) or lower --max-connections",
+            target,
+        )
 
 
 def exit_now(code: int) -> NoReturn:

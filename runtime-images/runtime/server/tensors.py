@@ -1,7 +1,8 @@
 """The server's internal request/response types, independent of any wire format.
 
 The codec turns JSON or binary wire data into these; the data plane and the batcher only
-ever see them. Arrays are already shaped and typed (see ``datatypes``).
+ever see them. Arrays are already shaped and typed (see ``datatypes``). The metadata answers
+are the data plane's too; ``wire`` turns them into the REST models.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from infleet.runtime.manifest import TensorSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +48,20 @@ class InferResponse:
     model_version: str | None
     id: str | None
     outputs: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    """The protocol's platform name of the backend (``onnxruntime_onnx``, ``tensorrt_plan``)."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
