@@ -44,6 +44,7 @@ class Kube:
     batch: Any
     rbac: Any
     custom: Any
+    coordination: Any
     kubeconfig: Path
     cluster: LocalCluster | None
 
@@ -56,7 +57,7 @@ class Kube:
         api = kube_client(kubeconfig)
         return Kube(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
                     client.RbacAuthorizationV1Api(api), client.CustomObjectsApi(api),
-                    kubeconfig, cluster)
+                    client.CoordinationV1Api(api), kubeconfig, cluster)
 
 
 def wait_until(
