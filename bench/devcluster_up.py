@@ -16,7 +16,7 @@ from pathlib import Path
 
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.cluster import LocalCluster
-from infleet.devcluster.testing import rss_kib  # imports pytest: run from the dev venv
+from infleet.toolbox import rss_kib
 
 
 def measure(profile_name: str, settle: float) -> None:

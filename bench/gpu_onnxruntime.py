@@ -24,14 +24,15 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import httpx
 import numpy as np
+
+from infleet import toolbox
 
 MODELS = {
     "efficientnet-lite0": ("efficientnet-lite0.onnx", []),
@@ -127,18 +128,10 @@ def build(name: str, path: Path, args: argparse.Namespace, ladder: str) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+    response = httpx.post(url, json=body, timeout=60)
+    response.raise_for_status()
+    return response.json()
 
 
 def serve_check(engine_dir: Path, model: Path, name: str, args: argparse.Namespace) -> bool:
@@ -147,32 +140,29 @@ def serve_check(engine_dir: Path, model: Path, name: str, args: argparse.Namespa
     from infleet.api import AccuracyMetric
     from infleet.runtime.accuracy import deviation
 
-    port = free_port()
+    port = toolbox.free_port()
     log = args.work / "serve.log"
     cmd = [
         *infleet_cmd(), "serve", "--engine-dir", str(engine_dir), "--host", "127.0.0.1",
         "--port", str(port), "--device", "gpu",
     ]  # fmt: skip
     print("$", " ".join(cmd[len(infleet_cmd()) - 1 :]))
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    log.unlink(missing_ok=True)
+    proc = toolbox.spawn(cmd, log)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
+
+        def exited() -> None:
             if proc.poll() is not None:
-                print(f"  server exited {proc.returncode}:\n{log.read_text()[-2000:]}")
-                return False
-            try:
-                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                print(f"  not ready after 90 s:\n{log.read_text()[-2000:]}")
-                return False
-            time.sleep(0.25)
+                raise RuntimeError(f"server exited {proc.returncode}")
+
+        try:
+            toolbox.wait_until(
+                lambda: httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200,
+                90, "the server to turn ready", abort=exited)
+        except (RuntimeError, toolbox.WaitTimeout) as e:
+            print(f"  {e}:\n{log.read_text()[-2000:]}")
+            return False
         x = inputs_for(name, 4)["image"]
         body = {
             "id": "gpu-check",
@@ -203,11 +193,7 @@ def serve_check(engine_dir: Path, model: Path, name: str, args: argparse.Namespa
         )
         return ok
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        toolbox.stop_groups([proc.pid], 15, {proc.pid: proc})
 
 
 def bench(name: str, model: Path, engines: dict[str, Path], args: argparse.Namespace) -> list:

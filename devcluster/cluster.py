@@ -11,29 +11,26 @@ start. On a failed start the tail of every component's log is put in the error.
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
 import json
 import os
-import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
-from infleet.devcluster import apply, fleet, gateway, pki, stages, volumes
+from infleet import toolbox
+from infleet.devcluster import apply, fleet, gateway, health, pki, stages, volumes
 from infleet.devcluster.errors import ClusterStartError, ClusterStateError
 from infleet.devcluster.tools import Tools
+from infleet.toolbox import free_port  # noqa: F401 - other modules import it from here
 
 SERVICE_CIDR = "10.96.0.0/16"
 STOP_GRACE_SECONDS = 10.0
@@ -76,20 +73,6 @@ def kube_client(kubeconfig: Path) -> Any:
     return config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(kubeconfig)
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: SIGTERM when the starting process exits, so a
-    # crashed test session leaves nothing behind. (PR_SET_PDEATHSIG = 1; Linux only.)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)
 
 
 def kubeconfig_yaml(server: str, ca: Path, token: str, user: str, context: str) -> str:
@@ -195,7 +178,7 @@ class LocalCluster:
                 reason = str(e)
             raise ClusterStartError(f"the API server refused the CRD {name}: {reason}") from e
         try:
-            wait_for(
+            toolbox.wait_until(
                 lambda: any(
                     c.type == "Established" and c.status == "True"
                     for c in (ext.read_custom_resource_definition(name).status.conditions or [])
@@ -241,7 +224,7 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         for key in self.state.ports:
-            self.state.ports[key] = free_port()
+            self.state.ports[key] = toolbox.free_port()
         self._pki = pki.create(self.workdir / "pki")
         server = self.state.server
         users = {
@@ -274,15 +257,10 @@ class LocalCluster:
         (self.workdir / "state.json").write_text(json.dumps(asdict(self.state), indent=2) + "\n")
 
     def _start(self, component: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = (self.logs / f"{component}.log").open("ab")
-        try:
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=self.workdir, start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
-            )
-        finally:
-            log.close()
+        # die_with_parent: SIGTERM when the starting process exits, so a crashed test session
+        # leaves nothing behind.
+        proc = toolbox.spawn(argv, self.logs / f"{component}.log", env=env, cwd=self.workdir,
+                             preexec=toolbox.die_with_parent if self.die_with_parent else None)
         self._procs[component] = proc
         self.state.pids[component] = proc.pid
         self._save_state()
@@ -302,20 +280,14 @@ class LocalCluster:
         if not verify:  # the component's self-signed serving certificate
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(  # noqa: S310 - our own https/http URLs
-            url, headers={"Authorization": f"Bearer {self._pki.tokens['admin']}"}
-        )
-        last = ""
-        while time.monotonic() < deadline:
-            self._check_alive()
+        headers = {"Authorization": f"Bearer {self._pki.tokens['admin']}"}
+        with httpx.Client(verify=context, headers=headers, timeout=2) as client:
             try:
-                with urllib.request.urlopen(request, timeout=2, context=context) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError) as e:
-                last = str(e)
-            time.sleep(0.2)
-        raise self._failed(f"{component} not healthy at {url} in time (last error: {last})")
+                toolbox.wait_until(lambda: client.get(url).status_code == 200,
+                                   toolbox.remaining(deadline), f"{component} to answer {url}",
+                                   interval=0.2, abort=self._check_alive)
+            except toolbox.WaitTimeout as e:
+                raise self._failed(f"{component} not healthy in time: {e}") from None
 
     # -- component command lines -------------------------------------------------------------
     def _etcd_argv(self) -> list[str]:
@@ -327,7 +299,7 @@ class LocalCluster:
             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"infleet={peer_url}",
-            "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}",
+            "--listen-metrics-urls", f"http://127.0.0.1:{toolbox.free_port()}",
             # A throwaway cluster: no fsync, smaller snapshots, quiet logs.
             "--unsafe-no-fsync", "--snapshot-count", "10000", "--log-level", "warn",
             "--quota-backend-bytes", str(4 * 1024**3),
@@ -374,6 +346,10 @@ class LocalCluster:
             "--root-ca-file", str(self.workdir / "pki" / "ca.crt"),
             "--service-cluster-ip-range", SERVICE_CIDR,
             "--kube-api-qps", "500", "--kube-api-burst", "1000",
+            # kwok's Leases last longer than a kubelet's (infleet.devcluster.health): a node is
+            # Unknown only after six missed renewals, not after a slow moment of a busy machine.
+            "--node-monitor-grace-period", f"{health.NODE_GRACE_SECONDS}s",
+            "--node-startup-grace-period", f"{health.NODE_GRACE_SECONDS}s",
             "--profiling=false", "-v", "1",
         ]
 
@@ -396,7 +372,7 @@ class LocalCluster:
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector", f"{fleet.KWOK_ANNOTATION}=fake",
             "--cidr", "10.0.0.1/16", "--node-ip", "10.255.0.1",
-            "--node-lease-duration-seconds", "40",
+            "--node-lease-duration-seconds", str(health.KWOK_LEASE_SECONDS),
             "--server-address", f"127.0.0.1:{self.state.ports['kwok']}",
         ]
 
@@ -429,10 +405,11 @@ class LocalCluster:
             for name in names:
                 crd = {"apiVersion": "apiextensions.k8s.io/v1",
                        "kind": "CustomResourceDefinition", "metadata": {"name": name}}
-                wait_for(lambda crd=crd: any(  # type: ignore[misc]
+                toolbox.wait_until(lambda crd=crd: any(  # type: ignore[misc]
                     c["type"] == "Established" and c["status"] == "True"
                     for c in apply.get(api, crd).get("status", {}).get("conditions", [])
-                ), max(deadline - time.monotonic(), 1), f"CRD {name} to become Established")
+                ), toolbox.remaining(deadline, 1), f"CRD {name} to become Established",
+                    interval=0.2)
             for obj in [volumes.storage_class(), *gateway.objects(self.state.ports["gateway"])]:
                 apply.apply(api, obj)
         finally:
@@ -441,20 +418,16 @@ class LocalCluster:
     def _wait_gateway_programmed(self, deadline: float) -> None:
         api = self.api_client()
         probe = gateway.objects(self.state.ports["gateway"])[-1]
-        last: dict[str, Any] = {}
         try:
-            while time.monotonic() < deadline:
-                self._check_alive()
-                last = apply.get(api, probe)
-                if gateway.programmed(last):
-                    return
-                time.sleep(0.2)
+            toolbox.wait_until(
+                lambda: gateway.programmed(apply.get(api, probe)), toolbox.remaining(deadline),
+                f"Traefik to program the Gateway {gateway.NAMESPACE}/{gateway.NAME}",
+                lambda: str(apply.get(api, probe).get("status", {}).get("conditions")),
+                interval=0.2, abort=self._check_alive)
+        except toolbox.WaitTimeout as e:
+            raise self._failed(str(e)) from None
         finally:
             api.close()
-        raise self._failed(
-            f"Traefik did not program the Gateway {gateway.NAMESPACE}/{gateway.NAME} in time "
-            f"(its conditions: {last.get('status', {}).get('conditions')})"
-        )
 
     # -- nodes ---------------------------------------------------------------------------------
     def _create_nodes(self) -> None:
@@ -476,27 +449,33 @@ class LocalCluster:
             api.close()
 
     def _wait_nodes_ready(self, deadline: float) -> None:
+        """Every node Ready, untainted and freshly renewed (infleet.devcluster.health)."""
         from kubernetes import client
 
         api = self.api_client()
         core: Any = client.CoreV1Api(api)
+        coord: Any = client.CoordinationV1Api(api)
         want = self.profile.node_count()
-        ready = 0
+        problems: list[str] = ["not listed yet"]
+
+        def settled() -> bool:
+            nonlocal problems
+            # Raw JSON: the client's models take seconds of CPU for 2,000 nodes, CPU the
+            # cluster being waited for needs.
+            nodes = json.loads(core.list_node(_preload_content=False).data)["items"]
+            leases = json.loads(coord.list_namespaced_lease(
+                "kube-node-lease", _preload_content=False).data)["items"]
+            problems = health.unsettled(nodes, leases, datetime.now(UTC), want)
+            return not problems
+
         try:
-            while time.monotonic() < deadline:
-                self._check_alive()
-                items = core.list_node().items
-                ready = sum(
-                    1 for n in items
-                    if any(c.type == "Ready" and c.status == "True"
-                           for c in (n.status.conditions or []))
-                )
-                if ready >= want:
-                    return
-                time.sleep(0.5)
+            toolbox.wait_until(settled, toolbox.remaining(deadline),
+                               f"the {want} nodes to be Ready", lambda: "; ".join(problems),
+                               interval=1.0, abort=self._check_alive)
+        except toolbox.WaitTimeout as e:
+            raise self._failed(str(e)) from None
         finally:
             api.close()
-        raise self._failed(f"only {ready} of {want} nodes became Ready in time")
 
 
 def _without_in_cluster(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -509,45 +488,12 @@ def _without_in_cluster(env: dict[str, str] | os._Environ[str]) -> dict[str, str
 def stop_pids(
     pids: dict[str, int], procs: dict[str, subprocess.Popen[bytes]] | None = None
 ) -> None:
-    """SIGTERM every component (reverse start order), then SIGKILL what is left."""
+    """SIGTERM every component's process group (reverse start order; children such as the
+    executor's pods go too), then SIGKILL what is left after the grace period."""
     procs = procs or {}
-    order = [c for c in reversed(COMPONENTS) if c in pids]
-    for component in order:
-        _signal_group(pids[component], signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for component in order:
-        pid = pids[component]
-        while time.monotonic() < deadline and _alive(pid, procs.get(component)):
-            time.sleep(0.05)
-        if _alive(pid, procs.get(component)):
-            _signal_group(pid, signal.SIGKILL)
-        proc = procs.get(component)
-        if proc is not None:
-            proc.wait(timeout=5)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    # Each component leads its own session/process group (start_new_session): signal the group,
-    # so children (the executor's pods) go too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _alive(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
-    if proc is not None:
-        return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie of a process we did not start is gone for our purpose.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    order = [pids[c] for c in reversed(COMPONENTS) if c in pids]
+    by_pid = {pids[c]: proc for c, proc in procs.items() if c in pids}
+    toolbox.stop_groups(order, STOP_GRACE_SECONDS, by_pid)
 
 
 def load_state(workdir: Path) -> ClusterState | None:
@@ -555,21 +501,3 @@ def load_state(workdir: Path) -> ClusterState | None:
     if not path.exists():
         return None
     return ClusterState(**json.loads(path.read_text()))
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
-) -> None:
-    """Poll ``predicate`` until true; on timeout, raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-            last_error = None
-        except Exception as e:
-            last_error = e
-        time.sleep(interval)
-    detail = f" (last error: {last_error!r})" if last_error else ""
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")

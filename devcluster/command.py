@@ -126,14 +126,15 @@ def _up(name: str, profile_name: str, timeout: float) -> int:
 
 
 def _status(name: str) -> int:
-    from infleet.devcluster.cluster import COMPONENTS, _alive, load_state
+    from infleet import toolbox
+    from infleet.devcluster.cluster import COMPONENTS, load_state
 
     workdir = _workdir(name)
     state = load_state(workdir)
     if state is None:
         print(f"cluster {name!r} is not running (start it with `infleet dev up`)")
         return 1
-    down = [c for c in COMPONENTS if c in state.pids and not _alive(state.pids[c], None)]
+    down = [c for c in COMPONENTS if c in state.pids and not toolbox.alive(state.pids[c])]
     print(f"cluster {name!r}: profile {state.profile!r}, Kubernetes {state.kubernetes_version}, "
           f"API server {state.server}\nkubeconfig: {state.kubeconfig}\n"
           f"gateway: {state.gateway_url or 'none'}")

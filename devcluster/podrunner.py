@@ -7,7 +7,6 @@ A :class:`PodRunner` runs in a thread of its own. It talks to the API only throu
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -16,12 +15,14 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
+
+from infleet import toolbox
 from infleet.devcluster import mounts, podspec
 from infleet.devcluster.podspec import ContainerPlan, PodPlan, Probe, ProbeKind, RestartPolicy
 
@@ -44,14 +45,9 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _pdeathsig() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphans if the executor dies
-
-
 def _child_setup(read_only: tuple[str, ...]) -> Any:
     def setup() -> None:  # runs in the child between fork and exec
-        _pdeathsig()
+        toolbox.die_with_parent(signal.SIGKILL)  # no orphans if the executor dies
         if read_only:
             mounts.make_read_only(read_only)
 
@@ -171,18 +167,14 @@ class PodRunner:
             for path in read_only:  # a bind mount needs its target (a subPath may be new)
                 if not os.path.lexists(path):
                     Path(path).mkdir(parents=True)
-        with plan.log_path.open("ab") as out:
-            try:
-                c.proc = subprocess.Popen(
-                    list(plan.argv), env=dict(plan.env), cwd=plan.cwd, stdout=out,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, preexec_fn=_child_setup(read_only),
-                )
-            except (OSError, subprocess.SubprocessError) as e:
-                c.proc = None
-                c.terminated = {"exitCode": 128, "reason": "StartError",
-                                "message": f"{plan.argv[0]}: {e}"[:4096],
-                                "startedAt": c.started_at, "finishedAt": now()}
+        try:
+            c.proc = toolbox.spawn(plan.argv, plan.log_path, env=dict(plan.env), cwd=plan.cwd,
+                                   preexec=_child_setup(read_only))
+        except (OSError, subprocess.SubprocessError) as e:
+            c.proc = None
+            c.terminated = {"exitCode": 128, "reason": "StartError",
+                            "message": f"{plan.argv[0]}: {e}"[:4096],
+                            "startedAt": c.started_at, "finishedAt": now()}
 
     def _collect(self, c: Container) -> None:
         if c.proc is None or c.terminated is not None:
@@ -218,14 +210,8 @@ class PodRunner:
         if proc is None or proc.poll() is not None:
             self._collect(c)
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=max(grace if grace is not None else self.grace, 0.0))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        toolbox.stop_groups([proc.pid], max(grace if grace is not None else self.grace, 0.0),
+                            {proc.pid: proc})
         self._collect(c)
 
     def stop_all(self, grace: float) -> None:
@@ -379,14 +365,16 @@ class PodRunner:
 def run_probe(probe: Probe, env: dict[str, str], cwd: Path) -> bool:
     try:
         if probe.kind is ProbeKind.HTTP:
+            # Like the kubelet: 200-399 is success, redirects are not followed and an HTTPS
+            # probe does not verify the certificate.
             url = f"{probe.scheme.lower()}://{probe.host}:{probe.port}{probe.path}"
-            with urllib.request.urlopen(url, timeout=probe.timeout) as r:  # noqa: S310
-                return bool(200 <= r.status < 400)
+            status = httpx.get(url, timeout=probe.timeout, verify=False).status_code  # noqa: S501
+            return 200 <= status < 400
         if probe.kind is ProbeKind.TCP:
             with socket.create_connection((probe.host, probe.port), timeout=probe.timeout):
                 return True
         result = subprocess.run(list(probe.argv), env=env, cwd=cwd, capture_output=True,
                                 timeout=probe.timeout, check=False)
         return result.returncode == 0
-    except (OSError, subprocess.SubprocessError, ValueError):
+    except (OSError, subprocess.SubprocessError, ValueError, httpx.HTTPError):
         return False

@@ -397,7 +397,7 @@ def _serving_pod(name: str) -> dict:
 
 
 def test_local_pod_serves_on_its_own_address_and_turns_ready(kube: Kube, namespace: str) -> None:
-    import urllib.request
+    import httpx
 
     kube.core.create_namespaced_pod(namespace, _serving_pod("srv"))
 
@@ -409,8 +409,7 @@ def test_local_pod_serves_on_its_own_address_and_turns_ready(kube: Kube, namespa
     pod = wait_until(
         ready, 60, "the serving pod to turn Ready", lambda: pod_summary(kube, namespace, "srv")
     )
-    with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8080/", timeout=5) as r:
-        assert r.status == 200
+    assert httpx.get(f"http://{pod.status.pod_ip}:8080/", timeout=5).status_code == 200
 
 
 def test_deleting_a_running_local_pod_stops_its_process(kube: Kube, namespace: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import resource
 import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from support.cluster import (
     wait_for_pod_phase,
 )
 
+from infleet.devcluster import health
 from infleet.devcluster.cluster import COMPONENTS, LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -87,13 +89,21 @@ def test_second_cluster_runs_beside_the_first_and_stop_frees_everything(
 
 @pytest.mark.slow
 def test_large_profile_comes_up_with_every_node_ready(tmp_path: Path) -> None:
+    # start() returns only once every node is Ready with a Lease fresh enough that none can
+    # turn Unknown for two minutes (infleet.devcluster.health): the once-flaky check below
+    # (2100 of 2151 Ready, CI) is what that guarantees.
     started = time.monotonic()
     cluster: LocalCluster = start_cluster(tmp_path / "large", "large", timeout=900)
     try:
         elapsed = time.monotonic() - started
         k = Kube.connect(cluster.kubeconfig, cluster)
         nodes = k.core.list_node().items
+        leases = k.api.sanitize_for_serialization(
+            k.coordination.list_namespaced_lease("kube-node-lease").items)
         k.api.close()
+        oldest = max((datetime.now(UTC) - datetime.fromisoformat(
+            lease["spec"]["renewTime"].replace("Z", "+00:00"))).total_seconds()
+            for lease in leases)
         ready = [
             n
             for n in nodes
@@ -101,13 +111,14 @@ def test_large_profile_comes_up_with_every_node_ready(tmp_path: Path) -> None:
         ]
         assert len(nodes) == cluster.profile.node_count() >= 2000
         assert len(ready) == len(nodes)
+        assert oldest < health.NODE_GRACE_SECONDS - 60, oldest  # none close to turning Unknown
         classes = {n.metadata.labels["dev.infleet.dev/fleet-class"] for n in nodes}
         assert len(classes) >= 10
         rss = {c: rss_kib(pid) for c, pid in cluster.state.pids.items()}
         # Numbers for the issue note (pytest -s shows them); never asserted.
         print(
             f"\nlarge profile: {len(nodes)} nodes in {len(classes)} classes Ready in "
-            f"{elapsed:.1f}s; RSS MiB: "
+            f"{elapsed:.1f}s (oldest Lease {oldest:.0f}s); RSS MiB: "
             + ", ".join(f"{c}={v / 1024:.0f}" for c, v in rss.items())
             + f"; total={sum(rss.values()) / 1024:.0f} MiB; test process max RSS "
             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"

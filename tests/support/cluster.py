@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -30,8 +30,10 @@ from infleet.api.render import CRD_FILE, render_crd, render_peering_crds
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.cluster import LocalCluster
 from infleet.devcluster.errors import ClusterStartError, ToolsMissingError
+from infleet.toolbox import rss_kib, wait_until
 
-T = TypeVar("T")
+__all__ = ["Kube", "pod_summary", "process_alive", "rss_kib", "start_cluster",
+           "wait_for_pod_phase", "wait_until"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Kube:
     batch: Any
     rbac: Any
     custom: Any
+    coordination: Any
     kubeconfig: Path
     cluster: LocalCluster | None
 
@@ -56,40 +59,7 @@ class Kube:
         api = kube_client(kubeconfig)
         return Kube(api, client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api),
                     client.RbacAuthorizationV1Api(api), client.CustomObjectsApi(api),
-                    kubeconfig, cluster)
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str,
-    explain: Callable[[], str] | None = None, interval: float = 0.25,
-) -> T:
-    """Poll ``probe`` until it returns something truthy and return it.
-
-    On timeout, fail with ``what`` and, when given, ``explain()`` (the object's current state),
-    so a red test says what it was waiting for and what it saw instead.
-    """
-    import time
-
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-            last_error = None
-        except Exception as e:
-            last_error = e
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    detail = f"\nlast error: {last_error!r}" if last_error else ""
-    if explain is not None:
-        try:
-            detail += f"\nstate: {explain()}"
-        except Exception as e:
-            detail += f"\n(could not read state: {e!r})"
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+                    client.CoordinationV1Api(api), kubeconfig, cluster)
 
 
 def pod_summary(kube: Kube, namespace: str, name: str) -> str:
@@ -117,23 +87,6 @@ def process_alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in KiB (Linux /proc)."""
-    total = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines()
-                              if line.startswith("VmRSS:")))
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (OSError, StopIteration):
-            continue
-        todo.extend(int(c) for c in children)
-    return total
 
 
 def start_cluster(workdir: Path, profile: str, timeout: float = 300) -> LocalCluster:
