@@ -33,13 +33,16 @@ The rules, per tick:
    that long; and no class shrinks within ``stabilization_s`` of the last scale-up.
 5. *The mix*: scale-up adds the cheapest replicas that cover the shortfall on top of those
    running (the exact branch and bound, :func:`solve`, within min/max and each class's free
-   room); scale-down moves to the cheapest mix for the stabilized target plus
-   ``scale_down_tolerance``, when that is cheaper than the running mix. Traffic weights
-   follow the ready capacity of the mix (:func:`traffic_weights`).
+   room), and when those include a class that starts slower than others (a GPU pod),
+   replicas of the faster classes bridge its start-up; scale-down moves to the cheapest
+   mix for the stabilized target plus ``scale_down_tolerance``, when that is cheaper than
+   the running mix. Traffic weights follow the ready capacity of the mix
+   (:func:`traffic_weights`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -140,6 +143,9 @@ class ClassInput:
     """Further replicas that fit in the class's free allocatable resources."""
     observed: ClassObservation | None = None
     """Load over the last window; None when no pod of the class answered (or none runs)."""
+    startup_s: float = 0.0
+    """How long a new replica takes to become Ready (as the operator saw it): a class that
+    starts sooner bridges the start-up of a slower one."""
 
     def __post_init__(self) -> None:
         if min(self.replicas, self.ready_replicas, self.free_replicas) < 0:
@@ -485,6 +491,10 @@ def decide_scale(
         classes, settings, state, now, current, rooms, plan_caps, costs, target, within,
         bool(panics),
     )
+    if mode in (Mode.PANIC, Mode.SCALE_UP, Mode.INFEASIBLE):
+        chosen, bridged = _bridge(classes, settings, current, chosen, rooms, plan_caps, costs)
+        if bridged:
+            why = (why + "; " if why else "") + bridged
     # a class that broke the SLO must not be counted at more than it carried, this tick
     capacity = sum(n * q for n, q in zip(chosen, plan_caps, strict=True))
     scaled_up = any(n > m for n, m in zip(chosen, current, strict=True))
@@ -576,6 +586,46 @@ def _choose(
                 "re-mixed: no room to add on top of the running replicas", True
         return Mode.BOUNDS, list(best.replicas), "the running mix broke the bounds", True
     return _best_effort(options, rooms, caps, lo, hi, best, current)
+
+
+def _bridge(
+    classes: Sequence[ClassInput],
+    settings: AutoscaleSettings,
+    current: list[int],
+    chosen: list[int],
+    rooms: list[int],
+    caps: list[float],
+    costs: list[float],
+) -> tuple[list[int], str]:
+    """Replicas of classes that start sooner, to carry the load while the slower replicas
+    the plan added start (a GPU pod takes far longer than a CPU pod). They cover what the
+    slow replicas add, cheapest first, within room and maxReplicas; the scale-down rule
+    removes them once the stabilization window has passed."""
+    added = [n - m for n, m in zip(chosen, current, strict=True)]
+    slow = [i for i, a in enumerate(added) if a > 0]
+    if not slow:
+        return chosen, ""
+    latest = max(classes[i].startup_s for i in slow)
+    gap = sum(added[i] * caps[i] for i in slow if classes[i].startup_s >= latest)
+    fast = sorted(
+        (i for i, c in enumerate(classes) if c.startup_s < latest and caps[i] > 0),
+        key=lambda i: (costs[i] / caps[i], classes[i].startup_s),
+    )
+    out = list(chosen)
+    budget = settings.max_replicas - sum(out)
+    notes = []
+    for i in fast:
+        if gap <= 0 or budget <= 0:
+            break
+        take = min(rooms[i] - out[i], budget, math.ceil(gap / caps[i]))
+        if take > 0:
+            out[i] += take
+            budget -= take
+            gap -= take * caps[i]
+            notes.append(f"{classes[i].name} +{take}")
+    if not notes:
+        return chosen, ""
+    return out, ("bridging the start-up of the slower replicas with " + ", ".join(notes))
 
 
 def _best_effort(

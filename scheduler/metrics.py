@@ -260,7 +260,7 @@ class ClassObservation:
     in_flight: float
     window_s: float
     pods_known: int
-    """Pods whose scrapes at both ends answered."""
+    """Pods whose load was measured: both scrapes answered, or new since the last round."""
     pods_unknown: int
     """Pods that did not answer at one end or the other: load unknown, not zero."""
     within_slo: float | None = None
@@ -273,21 +273,36 @@ class ClassObservation:
 
 
 def observe_class(
-    before: Sequence[PodScrape], after: Sequence[PodScrape], slo_ms: float | None = None
+    before: Sequence[PodScrape],
+    after: Sequence[PodScrape],
+    slo_ms: float | None = None,
+    since: float | None = None,
 ) -> ClassObservation | None:
     """The class's load between two rounds of scrapes of its pods (matched by pod name).
 
-    A pod counts as known when both of its scrapes answered; every other pod in ``after``
-    is unknown. Rates are summed over known pods, each over its own interval, then scaled
-    by ``pods / known`` so that the unknown pods are taken to carry the same load as the
-    known ones. None when no pod is known: the class's load cannot be measured.
+    A pod whose scrapes both answered is known. A pod that answered now but is absent from
+    ``before`` is new (it was not serving at the last round): its counters began at zero
+    within the window, so all of them count, over the time since ``since`` (the last
+    round; by default the earliest scrape in ``before``). Every other pod in ``after`` is
+    unknown: it failed to answer at one end. Rates are summed over known and new pods, then
+    scaled by ``pods / answered`` so that the unknown pods are taken to carry the same load
+    as the others. None when no pod answered: the class's load cannot be measured.
     """
-    earlier = {s.pod: s for s in before if s.metrics is not None}
-    known: list[tuple[PodScrape, PodScrape]] = []
+    earlier = {s.pod: s for s in before}
+    if since is None and before:
+        since = min(s.at for s in before)
+    known: list[tuple[PodScrape | None, PodScrape]] = []
     unknown = 0
     for s in after:
         prev = earlier.get(s.pod)
-        if s.metrics is None or prev is None or s.at <= prev.at:
+        if s.metrics is None:
+            unknown += 1
+        elif prev is None:
+            if since is None or s.at <= since:
+                unknown += 1
+            else:
+                known.append((None, s))  # new: everything it counted is in the window
+        elif prev.metrics is None or s.at <= prev.at:
             unknown += 1
         else:
             known.append((prev, s))
@@ -298,10 +313,17 @@ def observe_class(
     window = 0.0
     hist: Histogram | None = None
     for prev, cur in known:
-        assert prev.metrics is not None and cur.metrics is not None
-        dt = cur.at - prev.at
+        assert cur.metrics is not None
+        b = cur.metrics
+        if prev is None:
+            assert since is not None
+            dt = cur.at - since
+            a = PodMetrics(MappingProxyType({}), Histogram.empty((math.inf,)), 0.0, 0.0, False)
+        else:
+            assert prev.metrics is not None
+            dt = cur.at - prev.at
+            a = prev.metrics
         window = max(window, dt)
-        a, b = prev.metrics, cur.metrics
 
         def delta(outcomes: frozenset[str] | None, a: PodMetrics = a, b: PodMetrics = b) -> float:
             now, then = b.count(outcomes), a.count(outcomes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -117,6 +118,20 @@ def test_gpu_only_once_the_cheap_class_is_full() -> None:
     # 3,000 rps + the 5% band against flapping = 32 CPU replicas
     d = decide_scale([cpu(0, free=39), gpu(1, o=obs(2500))], BASE, AutoscaleState(), 0.0)
     assert d.mode is Mode.SCALE_DOWN and d.replicas == {"x86": 32, "gpu": 0}
+
+
+def test_faster_classes_bridge_the_start_up_of_a_slow_one() -> None:
+    # 3,000 rps needs the GPU; its pod takes 40 s, the CPU pods 10 s: fill the CPU room too
+    c = ClassInput("x86", ClassProfile(100.0, 10.0), 0.085, 5, 5, 15,
+                   obs(2500, p99=400.0, pods=5), startup_s=10)
+    g = ClassInput("gpu", ClassProfile(5000.0, 1.0), 12.3, 0, 0, 4, startup_s=40)
+    d = decide_scale([c, g], BASE, AutoscaleState(), 0.0)
+    assert d.replicas == {"x86": 20, "gpu": 1}
+    assert "bridging the start-up of the slower replicas with x86 +15" in d.reason
+    # without start-up times nothing bridges
+    d = decide_scale([replace(c, startup_s=0), replace(g, startup_s=0)], BASE,
+                     AutoscaleState(), 0.0)
+    assert d.replicas == {"x86": 5, "gpu": 1}
 
 
 def test_class_that_cannot_meet_the_slo_at_batch_1_is_unused() -> None:
@@ -344,9 +359,11 @@ def test_never_above_max_or_free_never_below_min(
 def test_a_steady_load_gives_a_constant_mix_after_warm_up(
     fleet: tuple[list[ClassInput], AutoscaleSettings], demand: float, noise: float, rnd
 ) -> None:
+    """Warm-up: the scale-ups that the window's highest target asks for, then (a
+    stabilization window later) at most one move to the cheapest mix for it."""
     classes, s = fleet
     f = Fleet(classes, s)
-    warm_up = int((s.stabilization_s + s.stable_window_s) / TICK) + 2
+    warm_up = 2 * int((s.stabilization_s + s.stable_window_s) / TICK) + 2
     for _ in range(warm_up):
         f.tick(demand * (1 + rnd.uniform(-noise, noise)))
     settled = mix(f.decisions[-1])

@@ -146,3 +146,18 @@ def test_a_restarted_pod_starts_again_from_zero() -> None:
     after = [scrape("a", 10.0, server_text({Outcome.SUCCESS: 200}, [0.004] * 200))]
     o = observe_class(before, after)
     assert o is not None and o.rate_rps == pytest.approx(20) and o.requests == 200
+
+
+def test_a_new_pod_counts_everything_since_the_last_round() -> None:
+    """A pod that was not serving at the last round began counting from zero in the
+    window (a restarted operator has no last round: then it is unknown)."""
+    before = [scrape("a", 0.0, server_text({Outcome.SUCCESS: 1000}, [0.004] * 1000))]
+    after = [scrape("a", 10.0, server_text({Outcome.SUCCESS: 1500}, [0.004] * 1500)),
+             scrape("new", 10.0, server_text({Outcome.SUCCESS: 200}, [0.004] * 200))]
+    o = observe_class(before, after)
+    assert o is not None
+    assert (o.pods_known, o.pods_unknown) == (2, 0)
+    assert o.rate_rps == pytest.approx(50 + 20) and o.requests == 700
+    only_new = observe_class([], after[1:], since=5.0)
+    assert only_new is not None and only_new.rate_rps == pytest.approx(40)
+    assert observe_class([], after[1:]) is None  # no last round: nothing to measure from
