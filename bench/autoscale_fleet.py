@@ -147,7 +147,8 @@ class Fleet:
         pods = self.live(c)
         if n > len(pods):
             delay = 0.0 if warm else self.classes[c].startup_s
-            self.pods.extend(Pod(c, now, now + delay) for _ in range(n - len(pods)))
+            self.pods.extend(Pod(c, now, now + delay, busy_until=now + delay)
+                             for _ in range(n - len(pods)))
         elif n < len(pods):
             # like a ReplicaSet: pods not ready yet go first, then the newest
             for p in sorted(pods, key=lambda p: (p.ready(now), -p.created))[: len(pods) - n]:

@@ -31,10 +31,11 @@ The rules, per tick:
 4. *Stabilization*: the target in force is the highest of every tick's target over the
    last ``stabilization_s``, so capacity falls only when the smoothed demand stayed lower
    that long; and no class shrinks within ``stabilization_s`` of the last scale-up.
-5. *The mix*: scale-up adds the cheapest replicas that cover the shortfall on top of those
-   running (the exact branch and bound, :func:`solve`, within min/max and each class's free
-   room), and when those include a class that starts slower than others (a GPU pod),
-   replicas of the faster classes bridge its start-up; scale-down moves to the cheapest
+5. *The mix*: scale-up adds the cheapest replicas that cover the shortfall (to the target
+   plus ``scale_down_tolerance`` when that fits) on top of those running (the exact branch
+   and bound, :func:`solve`, within min/max and each class's free room), and when those
+   include a class that starts slower than others (a GPU pod), replicas of the faster
+   classes bridge its start-up; scale-down moves to the cheapest
    mix for the stabilized target plus ``scale_down_tolerance``, when that is cheaper than
    the running mix. Traffic weights follow the ready capacity of the mix
    (:func:`traffic_weights`).
@@ -87,8 +88,9 @@ class AutoscaleSettings:
     min_requests: float = 100.0
     """Requests a window needs before its p99 says anything (p99 of fewer is noise)."""
     scale_down_tolerance: float = 0.05
-    """Scale down only to a mix with this much capacity above the target: a band against
-    flapping when the target sits at a replica boundary."""
+    """A band against flapping when the target sits at a replica boundary: scale-up
+    provisions up to this much above the target (when it fits), scale-down only to a mix
+    with this much capacity above it."""
     low_load: float = 0.5
     """Below this share of its estimated capacity, a class's p99 says nothing about it."""
     refused_budget: float = 0.005
@@ -575,11 +577,16 @@ def _choose(
         more = [Option(o.name, o.capacity_rps, o.cost_per_hour, r - n)
                 for o, r, n in zip(options, rooms, current, strict=True)]
         placed = sum(current)
-        add = solve(more, max(0.0, target - cap_now), max(0, lo - placed), hi - placed)
-        if add.feasible:
-            chosen = [n + a for n, a in zip(current, add.replicas, strict=True)]
-            return (Mode.PANIC if panic else Mode.SCALE_UP), chosen, "", True
-    best = solve(options, target, lo, hi)
+        # Up to the top of the scale-down band when it fits: noise within the band then
+        # asks for no further scale-up, and scale-down uses the same band.
+        for aim in (target * (1 + settings.scale_down_tolerance), target):
+            add = solve(more, max(0.0, aim - cap_now), max(0, lo - placed), hi - placed)
+            if add.feasible:
+                chosen = [n + a for n, a in zip(current, add.replicas, strict=True)]
+                return (Mode.PANIC if panic else Mode.SCALE_UP), chosen, "", True
+    best = solve(options, target * (1 + settings.scale_down_tolerance), lo, hi)
+    if not best.feasible:
+        best = solve(options, target, lo, hi)
     if best.feasible:
         if within:  # scale-up on top did not fit: re-mix the whole fleet
             return (Mode.PANIC if panic else Mode.SCALE_UP), list(best.replicas), \
