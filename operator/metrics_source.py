@@ -175,12 +175,12 @@ class PrometheusSource:
         self._timeout_s = timeout_s
         self._clock = clock
 
-    async def _query(self, query: str, by: str) -> dict[str, float]:
-        """One instant query's vector, keyed by the value of label ``by``."""
+    async def _query(self, query: str, by: str, at: float) -> dict[str, float]:
+        """One instant query's vector at time ``at``, keyed by the value of label ``by``."""
         url = f"{self._base}/api/v1/query"
         try:
             async with asyncio.timeout(self._timeout_s):
-                r = await self._client.get(url, params={"query": query},
+                r = await self._client.get(url, params={"query": query, "time": f"{at:.3f}"},
                                            timeout=httpx.Timeout(self._timeout_s))
         except TimeoutError as e:
             raise MetricsError(f"Prometheus at {self._base}: no answer within "
@@ -211,7 +211,8 @@ class PrometheusSource:
         """Per class (the value of label ``by``): the window's load. Classes without a pod
         that is up are absent (nothing measured), never zero."""
         queries = promql(model, selector, by, window_s)
-        values = dict(zip(queries, await asyncio.gather(*(self._query(q, by) for q in
+        at = self._clock()  # every query at one instant: a scrape between them cannot skew
+        values = dict(zip(queries, await asyncio.gather(*(self._query(q, by, at) for q in
                                                           queries.values())), strict=True))
         out: dict[str, ClassObservation] = {}
         for cls, up in values["up"].items():
