@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from types import MappingProxyType
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from infleet.scheduler.errors import MetricsError
 
 # The names infleet serve exposes (runtime-images/runtime/server/metrics.py; a unit test
@@ -177,6 +175,10 @@ def parse_exposition(text: str, model: str) -> PodMetrics:
     in_flight = 0.0
     ready = False
     seen_latency = loaded = False
+    # imported here: `infleet serve` must choose prometheus_client's multiprocess mode
+    # before anything imports it, and the CLI imports the scheduler
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         families = list(text_string_to_metric_families(text))
     except (ValueError, IndexError, TypeError) as e:
