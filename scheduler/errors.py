@@ -4,6 +4,8 @@
     └── SchedulerError           anything the scheduler refuses
         ├── InventoryError       a node inventory (file or objects) that cannot be read
         ├── ProfileError         a latency/capacity profile file that cannot be read
+        ├── MetricsError         a serving pod's metrics that cannot be read
+        ├── AutoscaleStateError  a saved autoscaler state that cannot be restored
         ├── ClusterReadError     reading Nodes/Pods from the API server failed (retryable)
         └── HardwareError        hardware facts given to a build that describe no class key
 
@@ -26,6 +28,14 @@ class InventoryError(SchedulerError):
 
 class ProfileError(SchedulerError):
     """A class profile file that cannot be read."""
+
+
+class MetricsError(SchedulerError):
+    """Metrics text (or values) that cannot be read; the message names what is wrong."""
+
+
+class AutoscaleStateError(SchedulerError):
+    """A saved autoscaler state that cannot be restored (not JSON, or the wrong shape)."""
 
 
 class ClusterReadError(SchedulerError):

@@ -6,6 +6,8 @@
     ├── SchedulerError                      (infleet.scheduler.errors)
     │   ├── InventoryError                  a node inventory that cannot be read
     │   ├── ProfileError                    a latency/capacity profile that cannot be read
+    │   ├── MetricsError                    a serving pod's metrics that cannot be read
+    │   ├── AutoscaleStateError             a saved autoscaler state that cannot be restored
     │   ├── ClusterReadError                reading Nodes/Pods failed (retryable)
     │   └── HardwareError                   hardware facts that describe no class key
     ├── RuntimeFailure                      (infleet.runtime.errors) the data plane

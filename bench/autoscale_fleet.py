@@ -1,0 +1,243 @@
+"""The simulated fleet of bench/autoscale_sim.py: pods, per-request queueing, batching as
+`infleet serve` does it, routing by capacity, start-up delays, and the metrics each
+autoscaler reads. No policy lives here.
+
+Time moves in slices of ``dt`` seconds. In each slice every ready pod receives a Poisson
+number of requests (the class's weighted share of the trace's rate, split evenly over its
+ready pods), spread uniformly over the slice, and its engine runs them in time order:
+
+- a request that finds ``max_queue`` requests waiting is refused (429; an SLO miss);
+- the engine runs one batch at a time (the server's default ``--batch-concurrency 1``);
+  when it comes free it takes up to ``max_batch`` waiting requests in arrival order, and
+  when it is idle a request that arrives starts at once, alone (the server's "start at
+  once when no batch is running"; with one batch at a time the max queue delay never
+  binds, because a partial batch only waits while another one runs);
+- a batch of b requests takes a service time drawn from a lognormal distribution with the
+  median and p99 the class's engine profile measured at batch b (linear in b between the
+  measured sizes).
+
+A request's latency is its completion minus its arrival. Each pod keeps the counters that
+`infleet serve` exposes (requests by outcome, the latency histogram on the server's
+buckets, queue depth, in flight), its busy time (CPU utilisation for HPA) and the time its
+requests spent inside (concurrency for KPA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from infleet.api import LatencyPoint
+from infleet.scheduler.metrics import Histogram, PodMetrics
+
+# infleet serve's latency buckets (runtime-images/runtime/server/metrics.py, _LATENCY)
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BOUNDS = np.array(BUCKETS)
+Z99 = 2.3263478740408408  # the standard normal's 99th percentile
+
+
+@dataclass(frozen=True)
+class SimClass:
+    name: str
+    cost_per_hour: float
+    points: tuple[LatencyPoint, ...]
+    startup_s: float
+    room: int
+    """Replicas that fit in the class's nodes."""
+    source: str = ""
+
+    @property
+    def max_batch(self) -> int:
+        return max(p.batch_size for p in self.points)
+
+
+class ServiceTime:
+    """Batch service times of one class, from its profile points."""
+
+    def __init__(self, points: tuple[LatencyPoint, ...]) -> None:
+        pts = sorted(points, key=lambda p: p.batch_size)
+        self.sizes = np.array([p.batch_size for p in pts], dtype=float)
+        self.p50 = np.array([p.p50_ms for p in pts]) / 1000
+        self.p99 = np.maximum(np.array([p.p99_ms for p in pts]) / 1000, self.p50 * 1.0001)
+        top = int(self.sizes[-1])
+        b = np.arange(1, top + 1, dtype=float)
+        med = np.interp(b, self.sizes, self.p50)
+        hi = np.interp(b, self.sizes, self.p99)
+        self.mu = np.concatenate([[0.0], np.log(med)])
+        self.sigma = np.concatenate([[0.0], np.log(hi / med) / Z99])
+        self.mean = np.exp(self.mu + self.sigma**2 / 2)
+        self.top = top
+
+    def draw(self, b: int, rng: np.random.Generator) -> float:
+        return float(np.exp(self.mu[b] + self.sigma[b] * rng.standard_normal()))
+
+
+@dataclass
+class Pod:
+    cls: int
+    created: float
+    ready_at: float
+    deleted_at: float | None = None
+    queue: list[float] = field(default_factory=list)
+    head: int = 0
+    busy_until: float = 0.0
+    running: int = 0
+    # infleet serve's counters
+    success: int = 0
+    refused: int = 0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(len(BUCKETS) + 1))
+    hist_sum: float = 0.0
+    # what HPA and KPA read
+    busy_s: float = 0.0
+    inside_s: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        return self.deleted_at is None and now >= self.ready_at
+
+    @property
+    def depth(self) -> int:
+        return len(self.queue) - self.head
+
+    def metrics(self) -> PodMetrics:
+        cumulative = tuple(float(x) for x in np.cumsum(self.hist))
+        return PodMetrics(
+            requests=MappingProxyType({"success": float(self.success),
+                                       "overloaded": float(self.refused)}),
+            latency=Histogram((*BUCKETS, math.inf), cumulative, self.hist_sum),
+            queue_depth=float(self.depth),
+            in_flight=float(self.depth + self.running),
+            ready=True,
+        )
+
+
+@dataclass
+class SliceResult:
+    latencies: np.ndarray
+    refused: int
+
+
+class Fleet:
+    """Pods of every class and the router in front of them."""
+
+    def __init__(self, classes: list[SimClass], max_queue: int, rng: np.random.Generator,
+                 max_batch: int) -> None:
+        self.classes = classes
+        self.service = [ServiceTime(c.points) for c in classes]
+        self.max_batch = [min(max_batch, s.top) for s in self.service]
+        self.max_queue = max_queue
+        self.rng = rng
+        self.pods: list[Pod] = []
+        self.cost = 0.0  # replica-hours x cost
+
+    # --- scaling ------------------------------------------------------------------------
+
+    def live(self, c: int) -> list[Pod]:
+        return [p for p in self.pods if p.cls == c and p.deleted_at is None]
+
+    def replicas(self, c: int) -> int:
+        return len(self.live(c))
+
+    def ready_count(self, c: int, now: float) -> int:
+        return sum(1 for p in self.live(c) if p.ready(now))
+
+    def scale(self, c: int, n: int, now: float, *, warm: bool = False) -> None:
+        pods = self.live(c)
+        if n > len(pods):
+            delay = 0.0 if warm else self.classes[c].startup_s
+            self.pods.extend(Pod(c, now, now + delay, busy_until=now + delay)
+                             for _ in range(n - len(pods)))
+        elif n < len(pods):
+            # like a ReplicaSet: pods not ready yet go first, then the newest
+            for p in sorted(pods, key=lambda p: (p.ready(now), -p.created))[: len(pods) - n]:
+                p.deleted_at = now
+
+    # --- one slice ----------------------------------------------------------------------
+
+    def run(self, t0: float, t1: float, rate: float, weights: list[float]) -> SliceResult:
+        """Serve ``rate`` rps over [t0, t1), split over the classes by ``weights``."""
+        dt = t1 - t0
+        lat: list[np.ndarray] = []
+        refused = 0
+        total_w = sum(weights)
+        for c in range(len(self.classes)):
+            ready = [p for p in self.pods if p.cls == c and p.ready(t0)]
+            share = weights[c] / total_w if total_w > 0 else 0.0
+            if not ready:
+                continue
+            per_pod = rate * share * dt / len(ready)
+            for p in ready:
+                n = int(self.rng.poisson(per_pod)) if per_pod > 0 else 0
+                arrivals = np.sort(self.rng.uniform(t0, t1, n)) if n else np.empty(0)
+                got, r = self._serve(p, arrivals, t1)
+                refused += r
+                if len(got):
+                    lat.append(got)
+        # pods told to go finish what they hold, then leave
+        for p in self.pods:
+            if p.deleted_at is not None and (p.depth or p.busy_until > t0):
+                got, _ = self._serve(p, np.empty(0), t1)
+                if len(got):
+                    lat.append(got)
+        self.pods = [p for p in self.pods
+                     if p.deleted_at is None or p.depth or p.busy_until > t1]
+        for p in self.pods:
+            if p.deleted_at is None:
+                self.cost += self.classes[p.cls].cost_per_hour * dt / 3600
+        everything = np.concatenate(lat) if lat else np.empty(0)
+        return SliceResult(everything, refused)
+
+    def _serve(self, p: Pod, arrivals: np.ndarray, t1: float) -> tuple[np.ndarray, int]:
+        """Run the pod's engine over its queue and these arrivals until the first batch
+        that would start at or after t1. Returns the latencies completed and refusals."""
+        svc = self.service[p.cls]
+        top = self.max_batch[p.cls]
+        rng = self.rng
+        q = p.queue
+        f = p.busy_until
+        i, n = 0, len(arrivals)
+        out: list[float] = []
+        refused = 0
+        cap = self.max_queue
+        arr = arrivals.tolist()
+        while True:
+            while i < n and arr[i] <= f:
+                if len(q) - p.head >= cap:
+                    refused += 1
+                else:
+                    q.append(arr[i])
+                i += 1
+            if len(q) == p.head:
+                if i >= n:
+                    break
+                f = max(f, arr[i])
+                q.append(arr[i])
+                i += 1
+            if f >= t1:
+                break
+            b = min(top, len(q) - p.head)
+            s = svc.draw(b, rng)
+            end = f + s
+            batch = q[p.head:p.head + b]
+            p.head += b
+            for a in batch:
+                out.append(end - a)
+            p.busy_s += s
+            f = end
+            if p.head > 4096:  # keep the list short
+                del q[: p.head]
+                p.head = 0
+        p.busy_until = f
+        p.running = 0 if f <= t1 else 1
+        p.refused += refused
+        if out:
+            got = np.array(out)
+            p.success += len(got)
+            p.hist += np.bincount(np.searchsorted(BOUNDS, got, side="left"),
+                                  minlength=len(BUCKETS) + 1)
+            p.hist_sum += float(got.sum())
+            p.inside_s += float(got.sum())
+            return got, refused
+        return np.empty(0), refused
