@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["support.cluster"]
+pytest_plugins = ["support.cluster", "support.operator"]
 
 FAIL_ON_SKIP = "INFLEET_FAIL_ON_SKIP"
 _ALLOWED = pytest.StashKey[list[str]]()
