@@ -37,6 +37,8 @@ STOP_GRACE_SECONDS = 10.0
 # Order of start; stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
               "executor", "traefik")
+# Started on demand after the cluster is up (`infleet dev operator`), stopped first.
+ADDONS = ("operator",)
 
 
 @dataclass
@@ -254,7 +256,7 @@ class LocalCluster:
         self._save_state()
 
     def _save_state(self) -> None:
-        (self.workdir / "state.json").write_text(json.dumps(asdict(self.state), indent=2) + "\n")
+        save_state(self.state)
 
     def _start(self, component: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         # die_with_parent: SIGTERM when the starting process exits, so a crashed test session
@@ -491,7 +493,7 @@ def stop_pids(
     """SIGTERM every component's process group (reverse start order; children such as the
     executor's pods go too), then SIGKILL what is left after the grace period."""
     procs = procs or {}
-    order = [pids[c] for c in reversed(COMPONENTS) if c in pids]
+    order = [pids[c] for c in (*reversed(ADDONS), *reversed(COMPONENTS)) if c in pids]
     by_pid = {pids[c]: proc for c, proc in procs.items() if c in pids}
     toolbox.stop_groups(order, STOP_GRACE_SECONDS, by_pid)
 
@@ -501,3 +503,7 @@ def load_state(workdir: Path) -> ClusterState | None:
     if not path.exists():
         return None
     return ClusterState(**json.loads(path.read_text()))
+
+
+def save_state(state: ClusterState) -> None:
+    (Path(state.workdir) / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")

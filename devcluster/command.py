@@ -2,6 +2,8 @@
 
     infleet dev tools                 build (once) or locate the control-plane binaries
     infleet dev up [--profile dev]    start a cluster with a simulated fleet, apply the CRD
+    infleet dev operator [--stop]     run the operator (`infleet run -A`) against it in the
+                                      background with the dev configuration; `down` stops it
     infleet dev status                what runs, where its kubeconfig is
     eval "$(infleet dev env)"         point kubectl and helm of the same build at it (and
                                       INFLEET_GATEWAY at the Gateway)
@@ -20,6 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The dev cluster's operator configuration, beside the repository's examples.
+DEV_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "dev" / "operator-config.yaml"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="dev_command", metavar="ACTION", required=True)
@@ -30,13 +35,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--profile", default="dev",
                     help="fleet profile: dev, large, or a path to a profile YAML (default: dev)")
     up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    operator = sub.add_parser(
+        "operator", help="run the operator against the cluster in the background (idempotent)"
+    )
+    operator.add_argument("--config", type=Path, default=DEV_CONFIG,
+                          help="operator configuration (default: the dev one, in examples/dev/)")
+    operator.add_argument("--stop", action="store_true", help="stop it instead")
+    operator.add_argument("--timeout", type=float, default=60.0,
+                          help="seconds to wait for it to turn ready")
     status = sub.add_parser("status", help="show the cluster")
     env = sub.add_parser(
         "env", help="print shell exports (KUBECONFIG, PATH with kubectl and helm, "
         "INFLEET_GATEWAY) for eval"
     )
     down = sub.add_parser("down", help="stop the cluster and delete its data")
-    for action in (up, status, env, down):
+    for action in (up, operator, status, env, down):
         action.add_argument("--name", default="default",
                             help="cluster name, so several can run side by side (default: default)")
 
@@ -53,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         return _tools(args.check)
     if action == "up":
         return _up(args.name, args.profile, args.timeout)
+    if action == "operator":
+        return _operator(args.name, args.config, args.stop, args.timeout)
     if action == "status":
         return _status(args.name)
     if action == "env":
@@ -125,9 +140,65 @@ def _up(name: str, profile_name: str, timeout: float) -> int:
     return 0
 
 
+def _operator(name: str, config: Path, stop: bool, timeout: float) -> int:
+    import httpx
+
+    from infleet import toolbox
+    from infleet.api.config import load_operator_config
+    from infleet.devcluster.cluster import STOP_GRACE_SECONDS, load_state, save_state
+
+    workdir = _workdir(name)
+    state = load_state(workdir)
+    if state is None:
+        print(f"cluster {name!r} is not running (start it with `infleet dev up`)", file=sys.stderr)
+        return 1
+    pid = state.pids.get("operator")
+    running = pid is not None and toolbox.alive(pid)
+    log = workdir / "logs" / "operator.log"
+    if stop:
+        if pid is not None and running:
+            toolbox.stop_groups([pid], STOP_GRACE_SECONDS)
+        state.pids.pop("operator", None)
+        state.ports.pop("operator", None)
+        save_state(state)
+        print(f"operator of cluster {name!r} {'stopped' if running else 'was not running'}")
+        return 0
+    if running:
+        print(f"operator of cluster {name!r} already running (pid {pid}, "
+              f"http://127.0.0.1:{state.ports.get('operator')}/metrics; log {log})")
+        return 0
+    load_operator_config(config)  # refuse a bad configuration here, with its message
+    port = toolbox.free_port()
+    argv = [sys.executable, "-m", "infleet", "run", "--all-namespaces", "--standalone",
+            "--config", str(config.resolve()), "--kubeconfig", str(state.kubeconfig),
+            "--health-address", f"127.0.0.1:{port}"]
+    proc = toolbox.spawn(argv, log)
+    state.pids["operator"], state.ports["operator"] = proc.pid, port
+    save_state(state)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                print(f"operator of cluster {name!r} is running (pid {proc.pid}, config {config}, "
+                      f"metrics http://127.0.0.1:{port}/metrics, log {log}); "
+                      f"`infleet dev down` stops it with the cluster")
+                return 0
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    toolbox.stop_groups([proc.pid], STOP_GRACE_SECONDS, {proc.pid: proc})
+    state.pids.pop("operator", None)
+    state.ports.pop("operator", None)
+    save_state(state)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
+    print(f"the operator did not turn ready within {timeout:.0f}s; its log:\n{tail}",
+          file=sys.stderr)
+    return 1
+
+
 def _status(name: str) -> int:
     from infleet import toolbox
-    from infleet.devcluster.cluster import COMPONENTS, load_state
+    from infleet.devcluster.cluster import ADDONS, COMPONENTS, load_state
 
     workdir = _workdir(name)
     state = load_state(workdir)
@@ -142,6 +213,10 @@ def _status(name: str) -> int:
         pid = state.pids.get(component)
         alive = pid is not None and component not in down
         print(f"  {component:<24} {'running' if alive else 'STOPPED'}  pid {pid}")
+    for addon in ADDONS:
+        pid = state.pids.get(addon)
+        if pid is not None:
+            print(f"  {addon:<24} {'running' if toolbox.alive(pid) else 'STOPPED'}  pid {pid}")
     if down:
         print(f"components stopped: {', '.join(down)}; see {workdir / 'logs'}")
         return 1

@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# The main job on its embedded default: a local control plane with the simulated mixed fleet
-# of the `dev` profile, the CRD applied, the sample InferenceDeployment accepted, an invalid
-# one refused by the API server itself, and the plan infleet makes for the sample on that fleet.
+# The main job on its embedded default: the product on a local cluster.
+#
+#   1. a local control plane with the mixed fleet of the `dev` profile (one real x86 class
+#      whose pods run as processes here, the other classes simulated by kwok), the CRD and a
+#      Gateway API gateway (Traefik);
+#   2. the operator (`infleet run`, in the background: `infleet dev operator`);
+#   3. the sample: an engine store, a real model (EfficientNet-Lite0 written onto a claim by
+#      a Job) and the InferenceDeployment of examples/sample/deployment.yaml;
+#   4. wait until it is Available (a real inference has succeeded on every serving class),
+#      show `kubectl get idep` and the per-class status;
+#   5. one OIP request through the deployment's endpoint (the gateway), checked against
+#      ONNX Runtime on the same model here.
 #
 #   hack/try.sh            # uses (or starts) the dev cluster named "default"
 #   INFLEET_TRY_CLUSTER=demo hack/try.sh
 #
-# The cluster stays up afterwards; `.venv/bin/infleet dev down` stops it.
+# Everything stays up afterwards; `.venv/bin/infleet dev down` stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 name="${INFLEET_TRY_CLUSTER:-default}"
+wait_s="${INFLEET_TRY_TIMEOUT:-900}"
 infleet=.venv/bin/infleet
 if [[ ! -x "$infleet" ]]; then
     echo "try: $infleet is missing; run hack/bootstrap.sh first" >&2
@@ -30,12 +40,11 @@ eval "$("$infleet" dev env --name "$name")"
 step "the fleet: node classes as the labels describe them"
 kubectl get nodes -L nvidia.com/gpu.product,kubernetes.io/arch,node.kubernetes.io/instance-type
 
-step "the sample InferenceDeployment (examples/deployment.yaml)"
-kubectl apply -f examples/deployment.yaml
-kubectl get inferencedeployments -n default
+step "the operator"
+"$infleet" dev operator --name "$name"
 
-step "an invalid one is refused by the API server (CEL rule maxReplicas >= minReplicas)"
-if kubectl apply -f - <<'EOF'
+step "an invalid InferenceDeployment is refused by the API server (CEL: maxReplicas >= minReplicas)"
+if kubectl apply -f - <<'EOF2'
 apiVersion: infleet.dev/v1alpha1
 kind: InferenceDeployment
 metadata: {name: refused, namespace: default}
@@ -43,20 +52,52 @@ spec:
   model: {uri: "s3://models/m.onnx"}
   slo: {latencyP99Ms: 25}
   scaling: {minReplicas: 5, maxReplicas: 2}
-EOF
+EOF2
 then
     echo "try: the API server accepted an invalid InferenceDeployment" >&2
     exit 1
 fi
 
-step "what infleet plans for it on this fleet at 3,000 requests/s"
-"$infleet" plan -f examples/deployment.yaml --kubeconfig "$KUBECONFIG" \
-    --profiles examples/profiles-dev.yaml --config examples/operator-config.yaml --demand 3000
+step "the sample: engine store and model claims, the model written by a Job"
+kubectl apply -f examples/sample/storage.yaml
+kubectl apply -f examples/sample/model-job.yaml
+if ! kubectl wait -n default --for=condition=Complete job/sample-model --timeout="${wait_s}s"; then
+    kubectl describe -n default job/sample-model >&2
+    kubectl logs -n default job/sample-model >&2 || true
+    exit 1
+fi
+
+step "the sample InferenceDeployment (examples/sample/deployment.yaml)"
+kubectl apply -f examples/sample/deployment.yaml
+echo "waiting until it is Available (built, verified, served, a real inference answered on every"
+echo "serving class; a first build of each class takes a minute or two here) ..."
+if ! kubectl wait -n default --for=condition=Available idep/efficientnet --timeout="${wait_s}s"; then
+    kubectl get idep -n default -o wide >&2
+    kubectl get idep -n default efficientnet -o yaml >&2
+    "$infleet" dev operator --name "$name" >&2  # says where its log is
+    exit 1
+fi
+
+step "kubectl get idep"
+kubectl get idep -n default -o wide
+
+step "per class: backend, precision, engine, replicas, traffic weight"
+kubectl get idep -n default efficientnet -o json | .venv/bin/python hack/show-classes.py
+
+step "one OIP request through the deployment's endpoint (the gateway), checked against the model"
+endpoint=$(kubectl get idep -n default efficientnet -o jsonpath='{.status.endpoint}')
+reference="$(mktemp -d)/efficientnet-lite0.onnx"
+"$infleet" zoo efficientnet-lite0 --output "$reference" >/dev/null
+echo "endpoint $endpoint, called through the gateway at $INFLEET_GATEWAY"
+"$infleet" infer "$INFLEET_GATEWAY" efficientnet --host "${endpoint#http://}" --batch 4 \
+    --binary --reference "$reference" --metric cosine --max-deviation 0.01
+rm -rf "$(dirname "$reference")"
 
 cat <<EOF
 
-The cluster keeps running. Use it with:
+Everything keeps running. Use it with:
   eval "\$($infleet dev env --name $name)"
-  kubectl get nodes,inferencedeployments -A
+  kubectl get idep,deployments,jobs,pods -n default -o wide
+  $infleet infer \$INFLEET_GATEWAY efficientnet --host ${endpoint#http://}
 Stop it with: $infleet dev down --name $name
 EOF

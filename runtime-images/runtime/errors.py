@@ -37,6 +37,11 @@ class BackendUnavailable(RuntimeFailure):
     """The backend's library is missing, or the machine lacks its device or a capability."""
 
 
+class EndpointError(RuntimeFailure):
+    """An endpoint answered with something other than a v2 inference response
+    (``infleet infer``)."""
+
+
 class BuildError(RuntimeFailure):
     """An engine could not be built."""
 

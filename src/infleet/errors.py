@@ -12,6 +12,7 @@
     │   └── HardwareError                   hardware facts that describe no class key
     ├── RuntimeFailure                      (infleet.runtime.errors) the data plane
     │   ├── BackendUnavailable              a backend library or device is missing here
+    │   ├── EndpointError                   an endpoint's answer is no v2 inference response
     │   ├── BuildError                      `infleet build` could not produce an engine
     │   │   ├── FetchError                  the model or calibration data could not be fetched
     │   │   │   ├── SourceUnreachable       (retryable)
