@@ -35,7 +35,8 @@ def test_try_script_runs_the_product_on_the_sample_and_answers_through_the_gatew
         assert run.returncode == 0, out
         assert f"cluster '{name}' is up" in out
         # Every node of the dev profile is listed, the bad one refused, the sample applied.
-        assert out.count(" Ready ") == 13, out
+        fleet = out.split("the fleet:", 1)[1].split("== the operator", 1)[0]
+        assert fleet.count(" Ready ") == 13, out
         assert "scaling.maxReplicas must be greater than or equal to scaling.minReplicas" in out
         assert f"operator of cluster '{name}' is running" in out
         assert "job.batch/sample-model condition met" in out
