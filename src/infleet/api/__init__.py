@@ -27,6 +27,7 @@ from infleet.api.spec import (
     Precision,
     Scaling,
     Slo,
+    Validation,
 )
 from infleet.api.status import (
     ClassStatus,
@@ -73,5 +74,6 @@ __all__ = [
     "Scaling",
     "Slo",
     "SpecError",
+    "Validation",
     "parse_spec",
 ]
