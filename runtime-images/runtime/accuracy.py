@@ -6,9 +6,10 @@ the metric's meaning follows `infleet.api.AccuracyMetric`.
 Two things keep the gate honest on inputs that do not exercise the model. A **degenerate
 reference** (an output near zero, or the same for every validation sample) cannot tell a good
 engine from a bad one: a detector's sigmoid map is about 1e-8 everywhere on random inputs,
-where cosine measures rounding and max-abs-error passes anything. Reduced-precision rungs are
-then not judged (they fail, saying to give validation data), and the FP32 rung is judged
-against the **noise floor**: the deviation onnxruntime's own optimisation levels show on the
+where cosine measures rounding and max-abs-error passes anything. On synthetic inputs,
+reduced-precision rungs are then not judged (they fail, saying to give validation data); on
+real data the output is named and the data decide. The FP32 rung is judged against the
+**noise floor**: the deviation onnxruntime's own optimisation levels show on the
 same inputs. An FP32 rung is never failed on noise of that size (``FP32_NOISE_MARGIN``).
 """
 
@@ -78,9 +79,9 @@ def worst_deviation(
     return max(output_deviations(metric, reference, candidate), default=0.0)
 
 
-def degenerate(reference: np.ndarray) -> str | None:
+def degenerate(reference: np.ndarray, constant: bool = True) -> str | None:
     """Why one reference output cannot judge an engine, or None: near zero over every sample,
-    or (with two samples or more) the same for every sample."""
+    or (``constant``, with two samples or more) the same for every sample."""
     if reference.dtype.kind != "f" or reference.size == 0:
         return None
     ref = reference.astype(np.float64)
@@ -91,7 +92,7 @@ def degenerate(reference: np.ndarray) -> str | None:
     if scale <= NEAR_ZERO:
         return f"|values| <= {scale:.2g} over {len(rows)} samples"
     spread = float(np.max(np.ptp(rows, axis=0)))
-    if len(rows) >= 2 and spread <= NEAR_CONSTANT * scale:
+    if constant and len(rows) >= 2 and spread <= NEAR_CONSTANT * scale:
         return f"the same for all {len(rows)} samples (spread {spread:.2g} at scale {scale:.2g})"
     return None
 
@@ -108,8 +109,21 @@ class Reference:
 
     @classmethod
     def of(cls, names: Sequence[str], outputs: Sequence[np.ndarray], on: JudgedOn) -> Reference:
-        bad = {n: why for n, o in zip(names, outputs, strict=True) if (why := degenerate(o))}
+        # On real data an output that never changes is taken as the model's nature (anchors,
+        # a fixed image size); on synthetic inputs it more often means they saturate the model.
+        constant = on == JudgedOn.SYNTHETIC
+        bad = {
+            n: why
+            for n, o in zip(names, outputs, strict=True)
+            if (why := degenerate(o, constant))
+        }
         return cls(tuple(names), tuple(outputs), on, bad)
+
+    @property
+    def judges_reduced(self) -> bool:
+        """Whether reduced-precision rungs can be judged on it: not on a degenerate synthetic
+        reference. On real data a degenerate output is reported, and the user's data decide."""
+        return not (self.degenerate and self.judged_on == JudgedOn.SYNTHETIC)
 
     def hint(self) -> str:
         """The sentence that says so, or "" when every output can judge."""
@@ -175,7 +189,7 @@ def judge(
 
     ``noise`` is each output's deviation between the reference and onnxruntime's other
     optimisation levels (``needs_noise`` says when it is wanted). A reduced-precision rung on
-    a degenerate reference fails unjudged; an FP32 rung within FP32_NOISE_MARGIN times the
+    a degenerate synthetic reference fails unjudged; an FP32 rung within FP32_NOISE_MARGIN times the
     noise of every output it is over budget on passes.
     """
     worst = max(measured, default=0.0)
@@ -186,7 +200,7 @@ def judge(
     update: dict[str, object] = {"judged_on": reference.judged_on}
     if noise is not None:
         update["noise"] = max(noise, default=0.0)
-    if precision != Precision.FP32 and reference.degenerate:
+    if precision != Precision.FP32 and not reference.judges_reduced:
         update |= {"passed": False, "message": f"not judged: {hint}"}
     elif not rung.passed and precision == Precision.FP32 and noise is not None:
         allowed = [max(limit, FP32_NOISE_MARGIN * n) for n in noise]

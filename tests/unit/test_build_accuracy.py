@@ -140,3 +140,14 @@ def test_output_deviations_are_per_output() -> None:
     devs = output_deviations(AccuracyMetric.MAX_ABS_ERROR, [REF, labels], [REF + 0.5, labels])
     assert devs == [pytest.approx(0.5), 0.0]
     assert output_deviations(AccuracyMetric.COSINE, [REF], []) == [float("inf")]
+
+
+def test_on_real_data_a_degenerate_output_is_named_but_the_data_decide() -> None:
+    anchors = np.tile(RNG.random((1, 8)).astype(np.float32), (8, 1))
+    assert Reference.of(["anchors"], [anchors], JudgedOn.REAL).degenerate == {}
+    assert "anchors" in Reference.of(["anchors"], [anchors], JudgedOn.SYNTHETIC).degenerate
+    faint = Reference.of(["heatmap"], [FAINT], JudgedOn.REAL)
+    assert faint.degenerate and faint.judges_reduced
+    rung = judge(Budget(AccuracyMetric.COSINE, 0.01), Precision.INT8, faint, [0.02])
+    assert not rung.passed and rung.message.startswith("cosine deviation 0.02 over budget 0.01")
+    assert "the validation data give a degenerate reference for output heatmap" in rung.message
