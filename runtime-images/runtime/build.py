@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from infleet.api import AccuracyMetric, Backend, JudgedOn, LatencyPoint, Precision, RungResult
+from infleet.api import AccuracyMetric, Backend, LatencyPoint, Precision, RungResult
 from infleet.api.engine import BUILDER_VERSION
+from infleet.runtime import datasets, shapes
 from infleet.runtime import fetch as fetching
-from infleet.runtime import shapes
 from infleet.runtime.accuracy import Budget, Reference, judge, needs_noise, output_deviations
 from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder, load_built
 from infleet.runtime.errors import (
@@ -152,7 +152,17 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
     info = shapes.resolve(declared, request.inputs, request.dims)
     threads = request.threads or cpu_limit_threads()
     builders, versions = _builders(request.backends)
-    data = _data(request, info, store)
+    data = datasets.load(
+        info,
+        store.root / "data",
+        request.fetch_options,
+        calibration=datasets.Source(
+            request.calibration_uri, request.calibration_sha256, request.calibration_samples
+        ),
+        validation=datasets.Source(
+            request.validation_uri, request.validation_sha256, request.validation_samples
+        ),
+    )
     req_digest = request.digest(
         fetched.sha256, info, versions, data.calibration_sha, data.validation_sha
     )
@@ -220,104 +230,10 @@ def _cached_summary(store: EngineStore, digest: str) -> BuildSummary | None:
     return summary.model_copy(update={"cache_hit": True, "build_seconds": 0.0})
 
 
-@dataclass(frozen=True)
-class _Data:
-    """The samples a build calibrates INT8 on and judges every rung on."""
-
-    calibration: dict[str, np.ndarray]
-    validation: dict[str, np.ndarray]
-    judged_on: JudgedOn
-    calibration_sha: str | None
-    validation_sha: str | None
-    notes: tuple[str, ...]
-
-
-def _data(request: BuildRequest, info: ModelInfo, store: EngineStore) -> _Data:
-    """Calibration from --calibration, else synthetic; validation from --validation, else the
-    calibration file (its first samples), else synthetic (other samples than calibration's)."""
-    calibration = synthetic_inputs(info, request.calibration_samples, seed=0)
-    calibration_sha: str | None = None
-    validation_sha: str | None
-    source: str | None
-    if request.calibration_uri is not None:
-        calibration, calibration_sha = _load_npz(
-            request.calibration_uri, request.calibration_sha256, request, info, store,
-            request.calibration_samples,
-        )
-    if request.validation_uri is not None:
-        validation, validation_sha = _load_npz(
-            request.validation_uri, request.validation_sha256, request, info, store,
-            request.validation_samples,
-        )
-        source = request.validation_uri
-    elif request.calibration_uri is not None:
-        validation = {k: v[: request.validation_samples] for k, v in calibration.items()}
-        validation_sha, source = calibration_sha, request.calibration_uri
-    else:
-        validation = synthetic_inputs(info, request.validation_samples, seed=1)
-        validation_sha, source = None, None
-    cal_rows = len(next(iter(calibration.values())))
-    val_rows = len(next(iter(validation.values())))
-    cal_from = request.calibration_uri or "synthetic inputs"
-    notes = [f"calibration: {cal_rows} samples from {cal_from}"]
-    if source is None:
-        notes.append(
-            f"validation: synthetic inputs ({val_rows} samples): they show an engine computes "
-            "the model's function, not that it is accurate on real inputs; give --validation"
-        )
-    else:
-        notes.append(f"validation: {val_rows} samples from {source}")
-    on = JudgedOn.SYNTHETIC if source is None else JudgedOn.REAL
-    return _Data(calibration, validation, on, calibration_sha, validation_sha, tuple(notes))
-
-
-def _load_npz(
-    uri: str,
-    sha256: str | None,
-    request: BuildRequest,
-    info: ModelInfo,
-    store: EngineStore,
-    samples: int,
-) -> tuple[dict[str, np.ndarray], str]:
-    """An .npz of one array per model input (first axis = samples), fetched like a model and
-    checked against the engine's inputs; its first ``samples`` rows and its sha256."""
-    fetched = fetching.fetch(uri, store.root / "data", sha256, request.fetch_options)
-    try:
-        loaded = np.load(fetched.path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ModelError(f"{uri}: an .npy array, not an .npz of named arrays")
-        with loaded as npz:
-            missing = [t.name for t in info.inputs if t.name not in npz.files]
-            if missing:
-                raise ModelError(
-                    f"{uri}: no array named {', '.join(map(repr, missing))} for the model "
-                    f"input (it holds {', '.join(map(repr, npz.files)) or 'nothing'}; the .npz "
-                    "needs one array per input name, first axis = samples)"
-                )
-            data = {t.name: np.asarray(npz[t.name]) for t in info.inputs}
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{uri}: not a readable .npz file: {e}") from e
-    for t in info.inputs:
-        a = data[t.name]
-        fixed = all(d in (n, -1) for n, d in zip(a.shape[1:], t.spec().shape[1:], strict=False))
-        if a.dtype != t.dtype or a.ndim != len(t.dims) or not fixed:
-            raise ModelError(
-                f"{uri}: {t.name} is {a.dtype}{list(a.shape)}, "
-                f"the engine takes {t.dtype}{t.spec().shape} (-1: any number of samples)"
-            )
-    rows = {len(a) for a in data.values()}
-    if len(rows) != 1 or 0 in rows:
-        raise ModelError(
-            f"{uri}: the arrays must hold the same number of samples (at least one): "
-            + ", ".join(f"{k} has {len(v)}" for k, v in data.items())
-        )
-    return {k: v[:samples] for k, v in data.items()}, fetched.sha256
-
-
 def _build(
     request: BuildRequest,
     job: BuildJob,
-    data: _Data,
+    data: datasets.Data,
     store: EngineStore,
     builders: Mapping[Backend, EngineBuilder | BackendUnavailable],
     model_sha: str,
@@ -442,13 +358,21 @@ class _Gate:
         self.budget, self.reference, self.validation = budget, reference, validation
         self._job = job
         self._noise: list[float] | None = None
+        self._measured = False
 
-    def noise(self) -> list[float]:
-        if self._noise is None:
+    def noise(self) -> list[float] | None:
+        """Each output's noise floor; None when ORT could not run the other levels (the rung
+        is then judged on its budget alone)."""
+        if not self._measured:
             from infleet.runtime.builders.onnxruntime import other_levels
 
+            self._measured = True
             ref = self.reference.outputs
-            runs = other_levels(self._job.model_path, self.validation, self._job.threads)
+            try:
+                runs = other_levels(self._job.model_path, self.validation, self._job.threads)
+            except BuildError as e:
+                log.warning("no noise floor for the FP32 gate: %s", e)
+                return None
             per_level = [output_deviations(self.budget.metric, ref, r) for r in runs]
             self._noise = [max(devs) for devs in zip(*per_level, strict=True)]
         return self._noise
