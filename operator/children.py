@@ -172,6 +172,14 @@ def build_args(
     if calibration is not None and calibration.uri:
         args += ["--calibration", _mounted(calibration.uri),
                  "--calibration-samples", str(calibration.samples)]
+        if calibration.sha256:
+            args += ["--calibration-sha256", calibration.sha256]
+    validation = spec.accuracy.validation
+    if validation is not None:
+        args += ["--validation", _mounted(validation.uri),
+                 "--validation-samples", str(validation.samples)]
+        if validation.sha256:
+            args += ["--validation-sha256", validation.sha256]
     return args
 
 
@@ -199,9 +207,10 @@ def build_job(
         {"name": "store", "persistentVolumeClaim": {"claimName": config.store_claim}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
     ]
-    # Claims the model and calibration data live on, mounted read-only where _mounted()
-    # points (the store's own claim is the store volume mounted a second time).
-    uris = [spec.model.uri, spec.accuracy.calibration.uri if spec.accuracy.calibration else None]
+    # Claims the model, calibration and validation data live on, mounted read-only where
+    # _mounted() points (the store's own claim is the store volume mounted a second time).
+    uris = [spec.model.uri, spec.accuracy.calibration.uri if spec.accuracy.calibration else None,
+            spec.accuracy.validation.uri if spec.accuracy.validation else None]
     claims = list(dict.fromkeys(c for c in (_pvc_claim(u or "") for u in uris) if c))
     for i, claim in enumerate(claims):
         volume = "store" if claim == config.store_claim else f"data-{i}"

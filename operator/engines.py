@@ -70,10 +70,7 @@ def build_key(
         "ladder": [p.value for p in ladder],
         "metric": spec.accuracy.metric.value,
         "budget": spec.accuracy.max_deviation if reduced else None,
-        "calibration": (
-            spec.accuracy.calibration.model_dump(mode="json")
-            if spec.accuracy.calibration and reduced else None
-        ),
+        "calibration": _calibration(spec) if reduced else None,
         "maxBatch": spec.batching.max_batch_size,
         "hardware": hardware_fingerprint,
         "image": settings.image,
@@ -81,8 +78,36 @@ def build_key(
         "tuning": [settings.tuning_trials, settings.tuning_seconds],
         "builder": BUILDER_VERSION,
     }
+    # The data every rung is judged on changes verdicts at FP32 too (a degenerate synthetic
+    # reference, a real one): it enters every key. Only when there is some and the
+    # calibration entry does not already hold it, so that keys of specs written before
+    # validation data existed stay what they were.
+    judged_on = _validation(spec)
+    if judged_on is not None and (spec.accuracy.validation is not None or not reduced):
+        fields["validation"] = judged_on
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _calibration(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
+    calibration = spec.accuracy.calibration
+    if calibration is None:
+        return None
+    fields = calibration.model_dump(mode="json")
+    if fields["sha256"] is None:
+        del fields["sha256"]  # keeps the keys of specs written before the field existed
+    return fields
+
+
+def _validation(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
+    """The file the build judges every rung on (``infleet build``'s rule): the validation
+    data, else the calibration file; None for synthetic inputs."""
+    accuracy = spec.accuracy
+    if accuracy.validation is not None:
+        return accuracy.validation.model_dump(mode="json")
+    if accuracy.calibration is not None and accuracy.calibration.uri:
+        return {"uri": accuracy.calibration.uri, "sha256": accuracy.calibration.sha256}
+    return None
 
 
 class Outcome(StrEnum):

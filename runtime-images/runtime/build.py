@@ -30,9 +30,9 @@ import numpy as np
 
 from infleet.api import AccuracyMetric, Backend, LatencyPoint, Precision, RungResult
 from infleet.api.engine import BUILDER_VERSION
+from infleet.runtime import datasets, shapes
 from infleet.runtime import fetch as fetching
-from infleet.runtime import shapes
-from infleet.runtime.accuracy import Budget, verdict, worst_deviation
+from infleet.runtime.accuracy import Budget, Reference, judge, needs_noise, output_deviations
 from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder, load_built
 from infleet.runtime.errors import (
     AccuracyGateFailed,
@@ -79,6 +79,10 @@ class BuildRequest:
     calibration_uri: str | None = None
     calibration_sha256: str | None = None
     calibration_samples: int = 64
+    validation_uri: str | None = None
+    """.npz of real inputs the gate judges on; without it the calibration data, else
+    synthetic inputs (which cannot judge everything: see the README)."""
+    validation_sha256: str | None = None
     validation_samples: int = 16
     tuning_trials: int = 0
     tuning_seconds: float = 0.0
@@ -94,6 +98,7 @@ class BuildRequest:
         info: ModelInfo,
         versions: Mapping[Backend, str],
         calibration_sha: str | None,
+        validation_sha: str | None = None,
     ) -> str:
         """The request's key in the store's requests/: everything its outcome depends on, and
         not the class name (classes that differ only in instance type share engines).
@@ -109,6 +114,7 @@ class BuildRequest:
             "max_batch": self.max_batch,
             "shapes": shapes.input_shapes(info),
             "calibration": calibration_sha,
+            "validation": validation_sha,
             "samples": [self.calibration_samples, self.validation_samples],
             "tuning": [self.tuning_trials, self.tuning_seconds],
             "batch_sizes": list(self.batch_sizes),
@@ -146,8 +152,20 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
     info = shapes.resolve(declared, request.inputs, request.dims)
     threads = request.threads or cpu_limit_threads()
     builders, versions = _builders(request.backends)
-    calibration, calibration_sha, calibration_note = _calibration(request, info, store)
-    req_digest = request.digest(fetched.sha256, info, versions, calibration_sha)
+    data = datasets.load(
+        info,
+        store.root / "data",
+        request.fetch_options,
+        calibration=datasets.Source(
+            request.calibration_uri, request.calibration_sha256, request.calibration_samples
+        ),
+        validation=datasets.Source(
+            request.validation_uri, request.validation_sha256, request.validation_samples
+        ),
+    )
+    req_digest = request.digest(
+        fetched.sha256, info, versions, data.calibration_sha, data.validation_sha
+    )
     with store.lock(f"request-{req_digest}"):
         cached = _cached_summary(store, req_digest)
         if cached is not None:
@@ -159,7 +177,7 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
                 info=info,
                 target=target,
                 max_batch=_max_batch(request, info),
-                calibration=calibration,
+                calibration=data.calibration,
                 threads=threads,
                 work_dir=Path(work),
                 tuning_trials=request.tuning_trials,
@@ -167,8 +185,10 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
                 batch_sizes=request.batch_sizes,
                 int8_method=request.int8_method,
             )
-            summary = _build(request, job, store, builders, fetched.sha256, progress, started)
-        summary = summary.model_copy(update={"notes": [calibration_note, *summary.notes]})
+            summary = _build(
+                request, job, data, store, builders, fetched.sha256, progress, started
+            )
+        summary = summary.model_copy(update={"notes": [*data.notes, *summary.notes]})
         store.put_request(req_digest, json.loads(summary.model_dump_json()))
     return summary
 
@@ -210,59 +230,10 @@ def _cached_summary(store: EngineStore, digest: str) -> BuildSummary | None:
     return summary.model_copy(update={"cache_hit": True, "build_seconds": 0.0})
 
 
-def _calibration(
-    request: BuildRequest, info: ModelInfo, store: EngineStore
-) -> tuple[dict[str, np.ndarray], str | None, str]:
-    if request.calibration_uri is None:
-        data = synthetic_inputs(info, request.calibration_samples, seed=0)
-        return (
-            data,
-            None,
-            f"calibration and validation: synthetic inputs ({request.calibration_samples} samples)",
-        )
-    fetched = fetching.fetch(
-        request.calibration_uri,
-        store.root / "data",
-        request.calibration_sha256,
-        request.fetch_options,
-    )
-    try:
-        with np.load(fetched.path) as npz:
-            data = {t.name: np.asarray(npz[t.name]) for t in info.inputs}
-    except KeyError as e:
-        raise ModelError(
-            f"{request.calibration_uri}: no array named {e} for the model input"
-        ) from e
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{request.calibration_uri}: not a readable .npz file: {e}") from e
-    for t in info.inputs:
-        a = data[t.name]
-        fixed = all(d in (n, -1) for n, d in zip(a.shape[1:], t.spec().shape[1:], strict=False))
-        if a.dtype != t.dtype or a.ndim != len(t.dims) or not fixed:
-            raise ModelError(
-                f"{request.calibration_uri}: {t.name} is {a.dtype}{list(a.shape)}, "
-                f"the engine takes {t.dtype}{t.spec().shape} (-1: any number of samples)"
-            )
-    data = {k: v[: request.calibration_samples] for k, v in data.items()}
-    rows = len(next(iter(data.values())))
-    return (
-        data,
-        fetched.sha256,
-        f"calibration and validation: {rows} samples from {request.calibration_uri}",
-    )
-
-
-def _validation(
-    request: BuildRequest, info: ModelInfo, calibration: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    if request.calibration_uri is not None:
-        return {k: v[: request.validation_samples] for k, v in calibration.items()}
-    return synthetic_inputs(info, request.validation_samples, seed=1)
-
-
 def _build(
     request: BuildRequest,
     job: BuildJob,
+    data: datasets.Data,
     store: EngineStore,
     builders: Mapping[Backend, EngineBuilder | BackendUnavailable],
     model_sha: str,
@@ -294,22 +265,22 @@ def _build(
             f"the FP32 reference (onnxruntime) cannot run the operators {', '.join(missing)}, "
             "so no engine can be checked against it"
         )
-    validation = _validation(request, job.info, job.calibration)
-    progress("running the FP32 ONNX Runtime reference")
-    reference = reference_outputs(job.model_path, validation, job.threads)
-    budget = Budget(request.metric, request.max_deviation)
+    progress(f"running the FP32 ONNX Runtime reference on {data.judged_on} inputs")
+    outputs = reference_outputs(job.model_path, data.validation, job.threads)
+    reference = Reference.of([t.name for t in job.info.outputs], outputs, data.judged_on)
+    gate = _Gate(Budget(request.metric, request.max_deviation), reference, job, data.validation)
+    if hint := reference.hint():
+        progress(hint)
     for builder in ready:
-        candidates.append(
-            _walk_ladder(
-                request, job, store, builder, model_sha, budget, validation, reference, progress
-            )
-        )
+        candidates.append(_walk_ladder(request, job, store, builder, model_sha, gate, progress))
     passing = [c for c in candidates if c.manifest is not None]
     if not passing:
         raise _no_engine(candidates)
     winner, choice_notes = choose(passing)
     assert winner.manifest is not None
     notes = [*choice_notes, *(n for c in candidates for n in c.notes)]
+    if hint:
+        notes.insert(0, hint)
     for c in candidates:
         if c is not winner and c.rungs:
             notes.append(
@@ -377,18 +348,55 @@ def choose(passing: list[_Candidate]) -> tuple[_Candidate, list[str]]:
     ]
 
 
+class _Gate:
+    """The accuracy gate of one build: the budget, the reference and, measured once when an
+    FP32 rung first needs it, the reference's noise floor (ORT's own optimisation levels)."""
+
+    def __init__(
+        self, budget: Budget, reference: Reference, job: BuildJob, validation: _Feeds
+    ) -> None:
+        self.budget, self.reference, self.validation = budget, reference, validation
+        self._job = job
+        self._noise: list[float] | None = None
+        self._measured = False
+
+    def noise(self) -> list[float] | None:
+        """Each output's noise floor; None when ORT could not run the other levels (the rung
+        is then judged on its budget alone)."""
+        if not self._measured:
+            from infleet.runtime.builders.onnxruntime import other_levels
+
+            self._measured = True
+            ref = self.reference.outputs
+            try:
+                runs = other_levels(self._job.model_path, self.validation, self._job.threads)
+            except BuildError as e:
+                log.warning("no noise floor for the FP32 gate: %s", e)
+                return None
+            per_level = [output_deviations(self.budget.metric, ref, r) for r in runs]
+            self._noise = [max(devs) for devs in zip(*per_level, strict=True)]
+        return self._noise
+
+    def judge(self, precision: Precision, outputs: list[np.ndarray]) -> RungResult:
+        measured = output_deviations(self.budget.metric, self.reference.outputs, outputs)
+        noise = self.noise() if needs_noise(self.budget, precision, measured) else None
+        return judge(self.budget, precision, self.reference, measured, noise)
+
+
+_Feeds = Mapping[str, np.ndarray]
+
+
 def _walk_ladder(
     request: BuildRequest,
     job: BuildJob,
     store: EngineStore,
     builder: EngineBuilder,
     model_sha: str,
-    budget: Budget,
-    validation: Mapping[str, np.ndarray],
-    reference: list[np.ndarray],
+    gate: _Gate,
     progress: Progress,
 ) -> _Candidate:
     cand = _Candidate(builder.backend)
+    budget = gate.budget
     version = builder.version()
     for precision in request.ladder:
         limit = budget.limit(precision)
@@ -420,9 +428,7 @@ def _walk_ladder(
         )
         progress(f"{builder.backend} {precision}: engine {key.digest()}")
         with store.lock(key.digest()):
-            result = _rung(
-                request, job, store, builder, key, budget, validation, reference, progress
-            )
+            result = _rung(request, job, store, builder, key, gate, progress)
         rung, manifest, hit, emulated, notes, error = result
         cand.rungs.append(rung)
         cand.notes.extend(notes)
@@ -447,9 +453,7 @@ def _rung(
     store: EngineStore,
     builder: EngineBuilder,
     key: EngineKey,
-    budget: Budget,
-    validation: Mapping[str, np.ndarray],
-    reference: list[np.ndarray],
+    gate: _Gate,
     progress: Progress,
 ) -> _RungOutcome:
     """Build (or reuse) one engine and gate it.
@@ -457,6 +461,7 @@ def _rung(
     Returns (rung, manifest or None, cache hit, emulated, notes, the build error or None).
     """
     precision = key.precision
+    validation = gate.validation
     existing = store.get(key)
     notes: list[str] = []
     if existing is not None:
@@ -509,7 +514,7 @@ def _rung(
             else run_batches(loaded.engine, validation, job.max_batch)
         )
         outputs = [produced[t.name] for t in manifest.outputs]
-        rung = verdict(budget, precision, worst_deviation(budget.metric, reference, outputs))
+        rung = gate.judge(precision, outputs)
         if not rung.passed:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)

@@ -97,10 +97,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--store", required=True, type=Path, metavar="DIR", help="engine store directory"
     )
     p.add_argument(
-        "--calibration", metavar="URI", help=".npz of input arrays for calibration/validation"
+        "--calibration",
+        metavar="URI",
+        help=".npz of real inputs for INT8 calibration (one array per input name, first axis = "
+        "samples; fetched like the model); also the validation data without --validation",
     )
-    p.add_argument("--calibration-sha256")
+    p.add_argument("--calibration-sha256", metavar="HEX", help="expected sha256 (verified)")
     p.add_argument("--calibration-samples", type=int, default=64)
+    p.add_argument(
+        "--validation",
+        metavar="URI",
+        help=".npz of real inputs the accuracy gate judges every rung on (format as "
+        "--calibration); default: the calibration data, else synthetic inputs",
+    )
+    p.add_argument("--validation-sha256", metavar="HEX", help="expected sha256 (verified)")
     p.add_argument("--validation-samples", type=int, default=16)
     p.add_argument("--int8-method", default="auto", choices=["auto", "static", "dynamic"])
     p.add_argument(
@@ -194,6 +204,8 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise BuildError("--precision-ladder is empty")
     if args.max_batch < 1:
         raise BuildError("--max-batch must be at least 1")
+    if args.calibration_samples < 1 or args.validation_samples < 1:
+        raise BuildError("--calibration-samples and --validation-samples must be at least 1")
     backends = tuple(
         dict.fromkeys([Backend(args.backend), *(Backend(a) for a in args.alternative)])
     )
@@ -221,6 +233,8 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         calibration_uri=args.calibration,
         calibration_sha256=args.calibration_sha256,
         calibration_samples=args.calibration_samples,
+        validation_uri=args.validation,
+        validation_sha256=args.validation_sha256,
         validation_samples=args.validation_samples,
         tuning_trials=args.tuning_trials,
         tuning_seconds=args.tuning_seconds,

@@ -79,6 +79,10 @@ INVALID = [
     ("fp8 on onnxruntime", with_change("classes.overrides.0.precision", "fp8"), "spec.classes.overrides[0]", "fp8 needs backend tensorrt"),
     ("duplicate override", with_change("classes.overrides", [{"class": "x86-avx512vnni", "precision": "fp32"}] * 2), "spec.classes", "only once"),
     ("pinned replicas above max", with_change("replicas", 50), "spec", "replicas must lie between"),
+    ("calibration checksum without a file", with_change("accuracy.calibration", {"sha256": "a" * 64}), "spec.accuracy.calibration", "give accuracy.calibration.uri"),
+    ("validation without a file", with_change("accuracy.validation", {"samples": 8}), "spec.accuracy.validation.uri", "required"),
+    ("validation checksum short", with_change("accuracy.validation", {"uri": "s3://d/v.npz", "sha256": "ab"}), "spec.accuracy.validation.sha256", "pattern"),
+    ("validation URI scheme", with_change("accuracy.validation", {"uri": "ftp://d/v.npz"}), "spec.accuracy.validation.uri", "pattern"),
     ("spec not an object", with_change("slo", [25]), "spec.slo", "valid dictionary"),
 ]
 

@@ -174,6 +174,12 @@ VARIANTS = {
         {"name": "x", "shape": [-1, -1]}]}),
     "input given twice": _variant(model={"uri": "s3://m/x.onnx", "inputs": [
         {"name": "x", "shape": [-1, 3]}, {"name": "x", "shape": [-1, 4]}]}),
+    "calibration with checksum": _variant(accuracy={"metric": "cosine", "calibration": {
+        "uri": "s3://d/cal.npz", "sha256": "a" * 64}}),
+    "calibration checksum without a file": _variant(accuracy={"metric": "cosine",
+        "calibration": {"sha256": "a" * 64, "samples": 32}}),
+    "validation data": _variant(accuracy={"metric": "cosine", "validation": {
+        "uri": "pvc://data/val.npz", "sha256": "b" * 64, "samples": 32}}),
     "override inside allow": _variant(
         classes={"allow": ["a", "b"], "overrides": [{"class": "a", "precision": "fp16"}]}
     ),

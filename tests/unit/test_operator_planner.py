@@ -344,6 +344,48 @@ def test_a_tighter_budget_fails_an_fp32_engine_that_no_longer_meets_it() -> None
         is EngineState.READY
 
 
+def test_validation_and_calibration_data_reach_the_build_job_and_its_key() -> None:
+    data = {"metric": "cosine",
+            "calibration": {"uri": "pvc://data/cal.npz", "sha256": "c" * 64, "samples": 128},
+            "validation": {"uri": "s3://bucket/val.npz", "sha256": "d" * 64, "samples": 32}}
+    r = plan(snap(spec=spec(accuracy=data)))
+    job = next(j for j in kinds(r, "Job") if j["metadata"]["labels"][naming.CLASS_LABEL] == SIM)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    flags = {f: args[args.index(f) + 1] for f in (
+        "--calibration", "--calibration-sha256", "--calibration-samples",
+        "--validation", "--validation-sha256", "--validation-samples")}
+    assert flags == {"--calibration": "file:///mnt/pvc/data/cal.npz",
+                     "--calibration-sha256": "c" * 64, "--calibration-samples": "128",
+                     "--validation": "s3://bucket/val.npz", "--validation-sha256": "d" * 64,
+                     "--validation-samples": "32"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/mnt/pvc/data"}
+    # SIM (plain AVX2) builds FP32 only: the calibration file cannot change its outcome, the
+    # validation file can (it is what every rung is judged on).
+    base = keys_of(plan(snap()))
+    with_data = keys_of(r)
+    assert with_data[SIM] != base[SIM]
+    cal_only = {"metric": "cosine", "calibration": {"uri": "pvc://data/cal.npz", "samples": 9}}
+    other_val = {**data, "validation": {**data["validation"], "sha256": "e" * 64}}
+    assert keys_of(plan(snap(spec=spec(accuracy=other_val))))[SIM] != with_data[SIM]
+    # without validation data the calibration file is the validation data: it keys FP32 too
+    assert keys_of(plan(snap(spec=spec(accuracy=cal_only))))[SIM] != base[SIM]
+
+
+def test_an_fp32_engine_within_the_references_noise_is_not_over_a_later_budget() -> None:
+    keys = keys_of(plan(snap()))
+    measured = ok(SIM)
+    assert measured.summary is not None
+    rung = RungResult(precision="fp32", deviation=0.02, noise=0.015, passed=True,
+                      judged_on="synthetic", message="within noise")
+    measured = replace(measured, summary=measured.summary.model_copy(
+        update={"accuracy": [rung], "simulated": False, "engine_key": "d" * 32}))
+    tight = spec(accuracy={"metric": "cosine", "maxDeviation": 0.01})
+    sim = by_class(plan(snap(spec=tight, records={keys[SIM]: measured})))[SIM]
+    assert sim.engine.state is EngineState.READY
+    assert sim.engine.accuracy[0].judged_on == "synthetic"  # the status says what judged it
+
+
 def test_while_a_class_rebuilds_it_keeps_serving_its_previous_engine() -> None:
     keys = keys_of(plan(snap()))
     s, _ = converge(snap(records=served(keys)))

@@ -4,16 +4,15 @@ The engine is an ONNX file that ORT has already optimised (level ALL, for the bu
 CPU or for the CUDA provider on GPU classes); loading it skips the optimiser. On GPU classes
 FP16 is offered too (weights and activations converted, inputs and outputs kept FP32), and a
 session that ORT silently moved to the CPU (CUDA/cuDNN libraries not loadable) is an error,
-never a GPU engine gated and profiled on the CPU. INT8 uses
-onnxruntime.quantization: static QDQ with calibration data (convolutional models), or dynamic
-quantisation (transformer-style models made of MatMul/Gemm, where activation ranges vary per
-input and static ranges cost accuracy).
+never a GPU engine gated and profiled on the CPU. INT8 uses onnxruntime.quantization after
+the preparation in ``ort_quant`` (opset upgrade, pre-processing): static QDQ with calibration
+data (convolutional models), or dynamic quantisation (transformer-style models made of
+MatMul/Gemm, where activation ranges vary per input and static ranges cost accuracy).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,13 @@ import numpy as np
 
 from infleet.api import Backend, Precision
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
+from infleet.runtime.builders.ort_quant import not_quantisable, quantise
 from infleet.runtime.errors import BackendUnavailable, BuildError, ModelError, UnsupportedModel
 from infleet.runtime.hardware import HardwareTarget
 
 log = logging.getLogger(__name__)
 
 ENGINE_FILE = "engine.onnx"
-CALIBRATION_BATCH = 8
 
 
 def _ort() -> Any:
@@ -138,9 +137,10 @@ class OnnxRuntimeBuilder:
             "intra_op_threads": str(job.threads),  # the build pod's CPU limit; serve may differ
         }
         source = job.model_path
+        notes: list[str] = []
         if precision == Precision.INT8:
             method = int8_method(job)
-            source = self._quantize(job, method, out_dir)
+            source, notes = quantise(job, method)
             options["quantization"] = (
                 f"{method} (QDQ, u8 activations, s8 per-channel weights)"
                 if method == "static"
@@ -161,12 +161,14 @@ class OnnxRuntimeBuilder:
         except BackendUnavailable:
             raise
         except Exception as e:
+            if precision == Precision.INT8:
+                raise not_quantisable("onnxruntime cannot load the graph it quantised", e) from e
             raise _wrap(e, "optimising the graph") from e
         finally:
             if source != job.model_path:
                 source.unlink(missing_ok=True)
         options["providers_used"] = ",".join(session.get_providers())
-        return BuiltEngine(engine_file=ENGINE_FILE, options=options)
+        return BuiltEngine(engine_file=ENGINE_FILE, options=options, notes=tuple(notes))
 
     def _fp16(self, job: BuildJob) -> Path:
         """FP16 weights and compute for the CUDA provider; graph inputs/outputs stay FP32."""
@@ -181,77 +183,35 @@ class OnnxRuntimeBuilder:
             raise _wrap(e, "FP16 conversion") from e
         return out
 
-    def _quantize(self, job: BuildJob, method: str, out_dir: Path) -> Path:
-        from onnxruntime import quantization as q
-
-        pre = job.work_dir / "int8-pre.onnx"
-        out = job.work_dir / "int8.onnx"
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(max(level, logging.WARNING))  # the quantiser logs every tensor at INFO
-        try:
-            # Shape inference + basic folding first: the quantiser needs value shapes.
-            q.quant_pre_process(str(job.model_path), str(pre), skip_symbolic_shape=True)
-            vnni = bool(job.target.features & {"avx512vnni", "avxvnni", "amxint8"})
-            if method == "dynamic":
-                # Per-channel weight scales: measured on all-MiniLM-L6-v2, worst cosine
-                # deviation 0.019 against 0.095 with one scale per tensor.
-                q.quantize_dynamic(
-                    str(pre), str(out), weight_type=q.QuantType.QInt8, per_channel=True
-                )
-            else:
-                q.quantize_static(
-                    str(pre),
-                    str(out),
-                    _reader(q.CalibrationDataReader, job.calibration),
-                    quant_format=q.QuantFormat.QDQ,
-                    activation_type=q.QuantType.QUInt8,
-                    weight_type=q.QuantType.QInt8,
-                    per_channel=True,
-                    # Without VNNI, u8*s8 products can saturate the 16-bit accumulation of
-                    # AVX2's vpmaddubsw; ORT's guidance is 7-bit weights there.
-                    reduce_range=not vnni,
-                    calibrate_method=q.CalibrationMethod.MinMax,
-                )
-        except Exception as e:
-            raise _wrap(e, f"{method} INT8 quantisation") from e
-        finally:
-            root.setLevel(level)
-            pre.unlink(missing_ok=True)
-        return out
-
 
 def reference_outputs(model_path: Path, feeds: Feeds, threads: int) -> list[np.ndarray]:
     """The FP32 reference every engine is compared with: the model itself on ORT's CPU provider,
     optimiser limited to basic, every output in the model's order."""
+    return _run_at(model_path, feeds, threads, "basic")
+
+
+def other_levels(model_path: Path, feeds: Feeds, threads: int) -> list[list[np.ndarray]]:
+    """The model's outputs at ORT's other optimisation levels (none, all) on the CPU provider:
+    how far these are from the reference is the noise floor of an FP32 comparison."""
+    return [_run_at(model_path, feeds, threads, level) for level in ("disable", "all")]
+
+
+def _run_at(model_path: Path, feeds: Feeds, threads: int, level: str) -> list[np.ndarray]:
     ort = _ort()
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.graph_optimization_level = levels[level]
     opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         return list(session.run(None, dict(feeds)))
     except Exception as e:
-        raise _wrap(e, "running the FP32 reference") from e
-
-
-def _reader(base: type, data: Feeds) -> Any:
-    """A CalibrationDataReader feeding the calibration samples in small batches."""
-
-    class Reader(base):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._batches = iter_batches(data, CALIBRATION_BATCH)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
-    return Reader()
-
-
-def iter_batches(data: Feeds, batch: int) -> Iterator[dict[str, np.ndarray]]:
-    rows = len(next(iter(data.values())))
-    for start in range(0, rows, batch):
-        yield {k: v[start : start + batch] for k, v in data.items()}
+        raise _wrap(e, f"running the FP32 reference (optimisation {level})") from e
 
 
 def _wrap(e: Exception, doing: str) -> BuildError:

@@ -45,8 +45,8 @@ class GraphBuilder:
         )
         return self.op("Reshape", x, shape)
 
-    def model(self, name: str, inputs: list[Any], outputs: list[Any]) -> Any:
+    def model(self, name: str, inputs: list[Any], outputs: list[Any], opset: int = OPSET) -> Any:
         graph = self.helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
-        model = self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", OPSET)])
+        model = self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", opset)])
         model.ir_version = 8  # readable by every onnxruntime >= 1.14
         return model

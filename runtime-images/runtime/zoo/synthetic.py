@@ -86,6 +86,91 @@ def small_cnn(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def conv_bn_relu(out: Path, opset: int, seed: int = 0) -> Path:
+    """image FP32 [batch, 3, 32, 32] -> logits FP32 [batch, 10], written at ``opset``: two
+    Conv+BatchNormalization+Relu blocks, global pooling, Flatten, Gemm, as exporters write
+    classifiers at opsets 11-17 (paddle2onnx and older torch.onnx default to 11-12).
+
+    Each convolution's output channels have weight scales spread over three decades, so one
+    scale per tensor would flatten the small channels to zero: INT8 needs per-channel (per-axis)
+    QDQ here, which exists from opset 13 on.
+    """
+    from onnx import TensorProto, helper
+
+    r = _rng(seed)
+    g = GraphBuilder()
+    x = "image"
+    for cin, cout in ((3, 8), (8, 16)):
+        spread = np.logspace(-2, 1, cout).reshape(-1, 1, 1, 1)
+        w = r.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9)) * spread
+        conv = g.op("Conv", x, g.const(w), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+        bn = g.op(
+            "BatchNormalization",
+            conv,
+            g.const(r.uniform(0.5, 2.0, cout)),  # scale
+            g.const(r.standard_normal(cout) * 0.1),  # bias
+            g.const(r.standard_normal(cout) * 0.1 * spread.ravel()),  # running mean
+            g.const(r.uniform(0.5, 2.0, cout) * spread.ravel() ** 2),  # running variance
+        )
+        x = g.op("Relu", bn)
+    x = g.op("Flatten", g.op("GlobalAveragePool", x), axis=1)
+    g.op("Gemm", x, g.const(r.standard_normal((10, 16))), g.const(np.zeros(10)), transB=1)
+    g.nodes[-1].output[0] = "logits"
+    model = g.model(
+        f"conv_bn_relu_opset{opset}",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        opset=opset,
+    )
+    _save(model, out)
+    return out
+
+
+def faint_detector(out: Path, seed: int = 0) -> Path:
+    """pixels FP32 [batch, 3, 16, 16] (raw 0-255 values) -> heatmap FP32 [batch, 1, 16, 16]:
+    a conv, ReLU, a 1x1 conv with a strongly negative bias and a sigmoid, like a text
+    detector's probability map.
+
+    On real images (``pixels()``) the map spans (0, 1). On synthetic standard-normal inputs the
+    pre-activation sits near -16, where the sigmoid is about 1e-7 everywhere: a degenerate
+    reference, on which onnxruntime's own optimisation levels already differ by a cosine
+    deviation near 1e-3 (its sigmoid kernel's absolute error is ~1e-8).
+    """
+    from onnx import TensorProto, helper
+
+    r = _rng(seed)
+    g = GraphBuilder()
+    w = 0.002 + 0.01 * r.standard_normal((8, 3, 3, 3))
+    h = g.op("Relu", g.op("Conv", "pixels", g.const(w), kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    logit = g.op(
+        "Conv", h, g.const(np.ones((1, 8, 1, 1))), g.const(np.array([-16.0])), kernel_shape=[1, 1]
+    )
+    g.op("Sigmoid", logit)
+    g.nodes[-1].output[0] = "heatmap"
+    model = g.model(
+        "faint_detector",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", 1, 16, 16])],
+    )
+    _save(model, out)
+    return out
+
+
+def pixels(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """``n`` images as a detector sees them: smooth blobs of raw 0-255 pixel values."""
+    r = _rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        cy, cx, width = r.uniform(0.2, 0.8), r.uniform(0.2, 0.8), r.uniform(0.1, 0.4)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
+        for c in range(3):
+            images[i, c] = np.clip(
+                255 * blob * r.uniform(0.5, 1.0) + r.normal(0, 8, blob.shape), 0, 255
+            )
+    return images
+
+
 def open_spatial_cnn(out: Path, seed: int = 0) -> Path:
     """x FP32 [N, 3, ?, ?] -> softmax FP32 [N, 2]: a text-direction classifier as paddle2onnx
     exports one (PaddleOCR's), whose height and width are open and both named ``?``.

@@ -27,6 +27,7 @@ from infleet.api.spec import (
     Precision,
     Scaling,
     Slo,
+    Validation,
 )
 from infleet.api.status import (
     ClassStatus,
@@ -34,6 +35,7 @@ from infleet.api.status import (
     EngineState,
     EngineStatus,
     InferenceDeploymentStatus,
+    JudgedOn,
     LatencyPoint,
     ObservedLoad,
     Phase,
@@ -62,6 +64,7 @@ __all__ = [
     "InferenceDeploymentSpec",
     "InferenceDeploymentStatus",
     "InputShape",
+    "JudgedOn",
     "LatencyPoint",
     "ModelSource",
     "ObservedLoad",
@@ -71,5 +74,6 @@ __all__ = [
     "Scaling",
     "Slo",
     "SpecError",
+    "Validation",
     "parse_spec",
 ]

@@ -125,9 +125,39 @@ class Calibration(ApiModel):
     """Calibration data for INT8/FP8 engines."""
 
     uri: Annotated[str | None, Field(pattern=MODEL_URI, max_length=2048)] = None
-    """An .npz file of named input arrays; synthetic inputs are used when absent."""
+    """An .npz of real model inputs, one array per input name with the samples along the first
+    axis, fetched like the model (https://, s3://, pvc://, file://); synthetic inputs when
+    absent. Without `accuracy.validation` its first samples are the validation data too."""
+    sha256: Annotated[str | None, Field(pattern=SHA256_HEX)] = None
+    """Expected SHA-256 of the file; a mismatch fails the build."""
     samples: Annotated[int, Field(ge=1, le=100_000)] = 256
     """How many calibration samples to use."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.sha256) || has(self.uri)",
+            message="accuracy.calibration.sha256 checks a file: give accuracy.calibration.uri",
+            holds=lambda c: c.sha256 is None or c.uri is not None,
+            field_path=".sha256",
+        ),
+    )
+
+
+class Validation(ApiModel):
+    """Real inputs the accuracy gate judges every engine on.
+
+    Synthetic inputs show that an engine computes the model's function; they cannot show that
+    it is accurate on the inputs it will serve, and on some models (a detector whose map is
+    near zero on noise) they give a reference that judges nothing. Give real inputs here.
+    """
+
+    uri: Annotated[str, Field(pattern=MODEL_URI, max_length=2048)]
+    """An .npz of real model inputs, one array per input name with the samples along the first
+    axis (the format of `accuracy.calibration.uri`), fetched like the model."""
+    sha256: Annotated[str | None, Field(pattern=SHA256_HEX)] = None
+    """Expected SHA-256 of the file; a mismatch fails the build."""
+    samples: Annotated[int, Field(ge=1, le=100_000)] = 64
+    """How many validation samples to compare on."""
 
 
 class Accuracy(ApiModel):
@@ -139,6 +169,9 @@ class Accuracy(ApiModel):
     """Largest deviation allowed, in the metric's units. Without it INT8 and FP8 are never tried."""
     calibration: Calibration | None = None
     """Calibration data for INT8/FP8; synthetic inputs when absent."""
+    validation: Validation | None = None
+    """Real inputs every rung is judged on; the calibration file, else synthetic inputs, when
+    absent. Each rung's status says which it was judged on."""
 
     cel_rules = (
         CelRule(

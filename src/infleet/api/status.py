@@ -55,6 +55,22 @@ class Condition(StatusModel):
     """The spec generation this condition describes."""
 
 
+class JudgedOn(StrEnum):
+    """What the accuracy gate compared an engine with the reference on."""
+
+    REAL = "real"
+    """The validation data given (spec.accuracy.validation, else its calibration data)."""
+    SYNTHETIC = "synthetic"
+    """Random inputs: they show an engine computes the same function as the model, not that
+    it is accurate on the inputs it will serve."""
+
+
+FP32_NOISE_MARGIN = 2.0
+"""An FP32 rung over its budget still passes when, output by output, it deviates from the
+reference by at most this many times what onnxruntime's own optimisation levels do (the
+reference's noise floor): that is rounding, not a loss of precision."""
+
+
 class RungResult(StatusModel):
     """The accuracy gate's verdict on one precision rung."""
 
@@ -66,6 +82,25 @@ class RungResult(StatusModel):
     """Whether the rung met the accuracy budget."""
     message: str = ""
     """Why it failed or was skipped."""
+    judged_on: JudgedOn | None = None
+    """Whether the rung was judged on real validation data or on synthetic inputs (absent for
+    rungs skipped before any comparison)."""
+    noise: float | None = None
+    """The deviation, in the metric, between the reference and onnxruntime's own other
+    optimisation levels on the same inputs (measured when an FP32 rung was over its budget)."""
+
+    def admits(self, limit: float) -> bool:
+        """Whether this rung's measured deviation is acceptable under ``limit``: within it, or,
+        for FP32, within FP32_NOISE_MARGIN times the reference's own noise."""
+        if self.deviation is None:
+            return False
+        if self.deviation <= limit:
+            return True
+        return (
+            self.precision == Precision.FP32
+            and self.noise is not None
+            and self.deviation <= FP32_NOISE_MARGIN * self.noise
+        )
 
 
 class LatencyPoint(StatusModel):
