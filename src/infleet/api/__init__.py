@@ -29,6 +29,7 @@ from infleet.api.spec import (
     Slo,
 )
 from infleet.api.status import (
+    AutoscalerStatus,
     ClassStatus,
     Condition,
     EngineState,
@@ -50,6 +51,7 @@ __all__ = [
     "VERSION",
     "Accuracy",
     "AccuracyMetric",
+    "AutoscalerStatus",
     "Backend",
     "Batching",
     "Calibration",
