@@ -151,6 +151,8 @@ def record(state: OperatorState, ref: Ref, result: Reconcile) -> None:
     if d is None:
         return
     mem.state = d.state
+    log.log(logging.INFO if d.changed else logging.DEBUG, "%s/%s: autoscaler: %s", ref[0],
+            ref[1], d.reason)
     metrics.AUTOSCALER_DECISIONS.labels(d.mode.value).inc()
     ns, name = ref
     for c in d.classes:
