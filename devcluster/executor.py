@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 from infleet.devcluster import mounts, podspec
 from infleet.devcluster.controllers import EndpointsController, VolumeProvisioner
+from infleet.devcluster.cpus import CpuPool
 from infleet.devcluster.podrunner import HOST_IP, PodRunner, now
 from infleet.devcluster.podspec import PodPlan
 
@@ -72,6 +73,7 @@ class Executor:
         self.endpoints = EndpointsController(self.api, self.stopping)
         self.provisioner = VolumeProvisioner(self.api, self.stopping, workdir / "claims")
         self.read_only_mounts = read_only_mounts
+        self.cpu_pool = CpuPool()
         self.annotated: set[str] = set()
         venv_bin = str(Path(sys.executable).parent)
         self.base_path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])

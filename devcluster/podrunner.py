@@ -24,6 +24,7 @@ import httpx
 
 from infleet import toolbox
 from infleet.devcluster import mounts, podspec
+from infleet.devcluster.cpus import CpuPool
 from infleet.devcluster.podspec import ContainerPlan, PodPlan, Probe, ProbeKind, RestartPolicy
 
 log = logging.getLogger("infleet.devcluster.executor")
@@ -34,6 +35,7 @@ class PodHost(Protocol):
     """What a pod runner needs from the executor."""
 
     read_only_mounts: bool  # whether read-only mounts can be enforced here (mounts.supported)
+    cpu_pool: CpuPool  # exclusive CPUs of Guaranteed containers
 
     def patch_status(self, plan: PodPlan, status: dict[str, Any]) -> None: ...
     def delete_pod_object(self, plan: PodPlan) -> None: ...
@@ -45,11 +47,13 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _child_setup(read_only: tuple[str, ...]) -> Any:
+def _child_setup(read_only: tuple[str, ...], cpus: tuple[int, ...] = ()) -> Any:
     def setup() -> None:  # runs in the child between fork and exec
         toolbox.die_with_parent(signal.SIGKILL)  # no orphans if the executor dies
         if read_only:
             mounts.make_read_only(read_only)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
     return setup
 
@@ -58,6 +62,8 @@ def _child_setup(read_only: tuple[str, ...]) -> Any:
 class Container:
     plan: ContainerPlan
     proc: subprocess.Popen[bytes] | None = None
+    cpus: tuple[int, ...] = ()
+    """The CPUs it holds from the executor's pool while it runs."""
     started_at: str = ""
     restarts: int = 0
     ready: bool = False
@@ -167,10 +173,13 @@ class PodRunner:
             for path in read_only:  # a bind mount needs its target (a subPath may be new)
                 if not os.path.lexists(path):
                     Path(path).mkdir(parents=True)
+        if plan.cpus and not c.cpus:
+            c.cpus = self.executor.cpu_pool.take(plan.cpus)
         try:
             c.proc = toolbox.spawn(plan.argv, plan.log_path, env=dict(plan.env), cwd=plan.cwd,
-                                   preexec=_child_setup(read_only))
+                                   preexec=_child_setup(read_only, c.cpus))
         except (OSError, subprocess.SubprocessError) as e:
+            self._release(c)
             c.proc = None
             c.terminated = {"exitCode": 128, "reason": "StartError",
                             "message": f"{plan.argv[0]}: {e}"[:4096],
@@ -182,6 +191,7 @@ class PodRunner:
         code = c.proc.returncode
         if code is None:
             return
+        self._release(c)
         if code < 0:  # killed by a signal: report it as the shell would, 128 + signal
             code = 128 - code
         plan = c.plan
@@ -204,6 +214,11 @@ class PodRunner:
         if not c.terminated["message"]:
             del c.terminated["message"]
         c.ready = False
+
+    def _release(self, c: Container) -> None:
+        if c.cpus:
+            self.executor.cpu_pool.give(c.cpus)
+            c.cpus = ()
 
     def _stop(self, c: Container, grace: float | None = None) -> None:
         proc = c.proc

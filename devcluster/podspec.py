@@ -31,6 +31,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from infleet.devcluster.cpus import exclusive_cpus
+
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -98,6 +100,8 @@ class ContainerPlan:
     fallback_to_logs: bool
     log_path: Path
     readiness: Probe | None = None
+    cpus: int = 0
+    """Whole CPUs of its own (a Guaranteed container's integer limit; 0: shared)."""
 
 
 @dataclass(frozen=True)
@@ -357,6 +361,7 @@ def _container(
         fallback_to_logs=c.get("terminationMessagePolicy") == "FallbackToLogsOnError",
         log_path=pod_dir / "logs" / f"{name}.log",
         readiness=readiness,
+        cpus=exclusive_cpus(c),
     )
 
 

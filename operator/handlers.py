@@ -19,7 +19,7 @@ import kopf
 
 from infleet.api import GROUP, PLURAL, VERSION, parse_spec
 from infleet.api.errors import SpecError
-from infleet.operator import metrics, naming, observed, reconcile
+from infleet.operator import autoscaler, metrics, naming, observed, reconcile
 from infleet.operator.engines import parse_record
 from infleet.operator.errors import ApiError
 from infleet.operator.state import OperatorState
@@ -181,6 +181,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 await reconcile.reconcile(state, ix, dict(body))
                 failures = 0
                 wait = state.config.reconcile_interval_seconds
+                tick = autoscaler.seconds_to_next_tick(state, ref)
+                if tick is not None:
+                    wait = min(wait, tick)
             except ApiError as e:
                 # Transient (timeouts, 5xx, conflicts) and permanent refusals alike are
                 # retried with a growing backoff: a refusal may come from RBAC or a webhook
@@ -202,3 +205,4 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 break
             await state.wait(ref, wait, stopped.wait())
         state.forget(ref)
+        autoscaler.forget(state, ref)

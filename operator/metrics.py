@@ -40,6 +40,39 @@ DEPLOYMENTS = Gauge(
     ["phase"],
 )
 
+_PER_CLASS = ["namespace", "deployment", "class"]
+AUTOSCALER_DECISIONS = Counter(
+    "infleet_operator_autoscaler_decisions_total",
+    "Autoscaler decisions by mode (hold, scale-up, panic, scale-down, bounds, no-metrics, "
+    "infeasible)",
+    ["mode"],
+)
+AUTOSCALER_REPLICAS = Gauge(
+    "infleet_operator_autoscaler_replicas",
+    "Replicas the autoscaler decided, per deployment and class",
+    _PER_CLASS,
+)
+AUTOSCALER_CAPACITY = Gauge(
+    "infleet_operator_autoscaler_capacity_per_replica_rps",
+    "Capacity of one replica at the SLO the autoscaler uses (profile x learnt correction)",
+    _PER_CLASS,
+)
+AUTOSCALER_OBSERVED_RPS = Gauge(
+    "infleet_operator_autoscaler_observed_rps",
+    "Request rate the autoscaler observed over its last window",
+    _PER_CLASS,
+)
+AUTOSCALER_OBSERVED_P99 = Gauge(
+    "infleet_operator_autoscaler_observed_p99_seconds",
+    "p99 latency the autoscaler observed over its last window",
+    _PER_CLASS,
+)
+AUTOSCALER_TARGET_RPS = Gauge(
+    "infleet_operator_autoscaler_target_rps",
+    "Capacity the autoscaler provisions for (smoothed demand, headroom, stabilized)",
+    ["namespace", "deployment"],
+)
+
 
 class HealthServer:
     """``/healthz`` answers while the event loop runs; ``/readyz`` once kopf has started

@@ -13,8 +13,11 @@ the status, the Events and the classes to send a test inference. Per class:
    rebuilds a class, the class keeps serving its previous engine; replicas come from the
    capacity planner over the classes with a ready engine, and a class shrinks only once the
    new mix's Ready capacity covers the target;
-4. routing: HTTPRoute weights proportional to the Ready capacity of the classes whose test
-   inference passed (simulated classes take no traffic: no process serves there).
+4. scaling: unless ``spec.replicas`` pins the count, the SLO autoscaler (:mod:`.scaling`,
+   when the snapshot carries its view) overrides the replicas of the real classes;
+5. routing: HTTPRoute weights proportional to the Ready capacity of the classes whose test
+   inference passed (simulated classes take no traffic: no process serves there), at the
+   capacity per replica the autoscaler learnt.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from infleet.api import (
     EngineStatus,
     InferenceDeploymentSpec,
     InferenceDeploymentStatus,
+    ObservedLoad,
     Precision,
 )
 from infleet.api.config import OperatorConfig
 from infleet.api.engine import BuildSummary
 from infleet.api.spec import DEFAULT_FP16_DEVIATION
-from infleet.operator import children, engines, naming, status
+from infleet.operator import children, engines, naming, scaling, status
 from infleet.operator.diff import needs_apply
 from infleet.operator.engines import BuildJobState, EngineResult, Outcome
 from infleet.operator.observed import ServingPod, ServingSet
@@ -84,6 +88,8 @@ class Snapshot:
     """The Gateway API's HTTPRoute kind is served by this cluster."""
     previous: InferenceDeploymentStatus
     now: datetime
+    autoscale: scaling.View | None = None
+    """The autoscaler's memory and this tick's load; None: the autoscaler is off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +126,8 @@ class Reconcile:
     probes: tuple[ProbeTarget, ...]
     waiting_on: tuple[str, ...] = ()
     """Build keys this deployment waits for (a finished Job of one of them re-triggers it)."""
+    scale: scaling.Outcome | None = None
+    """What the autoscaler decided or held (None: it governs no class)."""
 
 
 @dataclass(slots=True)
@@ -138,6 +146,8 @@ class _Class:
     profile: ClassProfile | None = None
     desired: int = 0
     weight: int = 0
+    correction: float = 1.0
+    """Factor on the profile's capacity per replica, learnt by the autoscaler."""
     verified: bool = False
     events: list[Event] = field(default_factory=list)
 
@@ -192,6 +202,7 @@ def plan(s: Snapshot) -> Reconcile:
     for c in work:
         cp = by_name.get(c.cls.name)
         c.desired = cp.replicas if cp is not None and placement.feasible else 0
+    scale = _autoscale(s, work, {cp.name: cp.free_replicas for cp in placement.classes})
     _hold_until_ready(s, work, placement.feasible)
 
     # Serving objects, then routing.
@@ -217,9 +228,14 @@ def plan(s: Snapshot) -> Reconcile:
         if job.owner_uid == s.owner.uid and key not in jobs_needed and job.active:
             delete.append(ObjectRef("batch/v1", "Job", job.name, ns))
 
-    new_status = _status(s, work, placement.problems, placement.notes)
+    new_status = _status(s, work, placement.problems, placement.notes, scale)
     events = [e for c in work for e in c.events]
-    events += status.transition_events(s.previous, new_status)
+    transitions = status.transition_events(s.previous, new_status)
+    if scale is not None and scale.decision is not None and scale.decision.changed:
+        # One Event for the new mix, with the decision's reason, instead of one per class.
+        transitions = [e for e in transitions if e.reason != "Scaled"]
+        events.append(Event("Normal", "Scaled", scale.decision.reason[:1000]))
+    events += transitions
     changed = [m for m in apply if needs_apply(m, s.children.get((m["kind"],
                                                                   m["metadata"]["name"])))]
     return Reconcile(
@@ -229,7 +245,38 @@ def plan(s: Snapshot) -> Reconcile:
         events=tuple(events),
         probes=tuple(_probe_targets(s, work)),
         waiting_on=tuple(sorted(c.key for c in work if c.state is EngineState.BUILDING)),
+        scale=scale,
     )
+
+
+def _autoscale(s: Snapshot, work: list[_Class], rooms: Mapping[str, int]
+               ) -> scaling.Outcome | None:
+    """The autoscaler's replicas for the real classes with an engine to serve."""
+    if s.autoscale is None or s.spec.replicas is not None:
+        return None
+    governed: list[scaling.Governed] = []
+    mine: list[_Class] = []
+    for c in work:
+        sm = c.serving_summary
+        if c.decision.excluded or c.profile is None or sm is None or sm.simulated:
+            continue
+        current = s.serving.get(c.cls.name)
+        governed.append(scaling.Governed(
+            name=c.cls.name, profile=c.profile, cost_per_hour=c.decision.cost_per_hour,
+            replicas=current.replicas if current else 0,
+            ready_replicas=current.ready_replicas if current else 0,
+            room=rooms.get(c.cls.name, 0), has_deployment=current is not None,
+            planned=c.desired,
+        ))
+        mine.append(c)
+    if not governed:
+        return None
+    others = sum(c.desired for c in work if c not in mine)
+    outcome = scaling.decide(s.autoscale, s.spec, governed, others)
+    for c in mine:
+        c.desired = outcome.replicas[c.cls.name]
+        c.correction = outcome.corrections.get(c.cls.name, 1.0)
+    return outcome
 
 
 def _engine(s: Snapshot, c: _Class, apply: list[Manifest], delete: list[ObjectRef]) -> None:
@@ -386,7 +433,8 @@ def _weights(s: Snapshot, work: list[_Class]) -> None:
         sm = c.serving_summary
         c.verified = bool(probe and probe.ok and sm and probe.engine_key == sm.engine_key)
         real = sm is not None and not sm.simulated
-        caps.append(len(_ready_pods(s, c)) * _capacity(c) if real and c.verified else 0.0)
+        caps.append(len(_ready_pods(s, c)) * _capacity(c) * c.correction
+                    if real and c.verified else 0.0)
     for c, w in zip(work, traffic_weights(caps), strict=True):
         c.weight = w
 
@@ -424,10 +472,23 @@ def _probe_targets(s: Snapshot, work: list[_Class]) -> list[ProbeTarget]:
 
 
 def _status(
-    s: Snapshot, work: list[_Class], problems: tuple[str, ...], notes: tuple[str, ...]
+    s: Snapshot, work: list[_Class], problems: tuple[str, ...], notes: tuple[str, ...],
+    scale: scaling.Outcome | None,
 ) -> InferenceDeploymentStatus:
     class_statuses = []
+    before = {c.name: c.observed for c in s.previous.classes}
+    tick = s.autoscale.tick if s.autoscale is not None else None
+    decision = scale.decision if scale is not None else None
+    moved = False
     for c in work:
+        observed = before.get(c.cls.name, ObservedLoad())
+        if (tick is not None and scale is not None and decision is not None
+                and c.cls.name in scale.replicas):
+            cap = _capacity(c) * c.correction if c.profile else None
+            new = scaling.observed_load(observed, tick.observed.get(c.cls.name), cap,
+                                        tick.min_requests)
+            moved |= new is not observed
+            observed = new
         current = s.serving.get(c.cls.name)
         result_summary = _ready_summary(c.result)
         sm = result_summary or c.serving_summary
@@ -460,8 +521,13 @@ def _status(
             ready_replicas=current.ready_replicas if current else 0,
             desired_replicas=c.desired,
             weight=c.weight,
+            observed=observed,
         ))
-    return status.summarize(s, class_statuses, problems, notes)
+    stamp = s.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    auto = scaling.autoscaler_status(
+        s.previous.autoscaler if s.spec.replicas is None else None, decision,
+        bool(decision and decision.changed), stamp, moved)
+    return status.summarize(s, class_statuses, problems, notes, auto)
 
 
 def _engine_message(c: _Class, summary: BuildSummary | None) -> str:

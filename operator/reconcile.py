@@ -27,7 +27,7 @@ from infleet.api import (
 )
 from infleet.api.errors import SpecError
 from infleet.api.spec import NAME_RULE
-from infleet.operator import metrics, naming, planner, probe
+from infleet.operator import autoscaler, children, metrics, naming, planner, probe
 from infleet.operator.children import Owner
 from infleet.operator.engines import EngineResult
 from infleet.operator.observed import (
@@ -139,12 +139,15 @@ async def snapshot(
         if route is not None and owned:
             child_bodies[("HTTPRoute", name)] = route
     pods_seen: list[ServingPod] = _one(ix.serving_pods, (namespace, name))
+    owner = Owner(name, namespace, meta["uid"])
+    scale_view = await autoscaler.view(state, (namespace, name), spec,
+                                       children.served_name(owner, spec), pods_seen)
     try:
         previous = InferenceDeploymentStatus.model_validate(body.get("status") or {})
     except ValidationError:
         previous = InferenceDeploymentStatus()
     return planner.Snapshot(
-        owner=Owner(name, namespace, meta["uid"]),
+        owner=owner,
         generation=int(meta.get("generation") or 0),
         spec=spec,
         classes=await asyncio.to_thread(node_classes, ix, namespace, name),
@@ -159,6 +162,7 @@ async def snapshot(
         gateway_api=gateway,
         previous=previous,
         now=now,
+        autoscale=scale_view,
     )
 
 
@@ -186,6 +190,9 @@ async def reconcile(
         snap = await snapshot(state, ix, body, spec)
         result = await asyncio.to_thread(planner.plan, snap)
         await _apply(state, result)
+        # Remembered once applied: a refused write leaves the last decision in force, and
+        # the next tick decides again from what the Deployments really have.
+        autoscaler.record(state, ref, result)
         new_status = status_body(result.status)
         if new_status != body.get("status"):
             await state.kube.apply_status(API_VERSION, KIND, ref[0], ref[1], new_status)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from infleet.api.config import OperatorConfig
+from infleet.operator.autoscaler import Memory
 from infleet.operator.kube import KubeClient
 from infleet.operator.planner import ProbeResult
 from infleet.scheduler.policy import ClusterPolicy
@@ -39,6 +40,8 @@ class OperatorState:
     """(namespace, build key) -> deployments waiting for that build."""
     probes: dict[Ref, dict[str, ProbeResult]] = field(default_factory=dict)
     node_signatures: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    autoscale: dict[Ref, Memory] = field(default_factory=dict)
+    """The autoscaler's memory per deployment."""
     gateway_api: bool | None = None
     gateway_checked: float = 0.0
     started: bool = False
@@ -78,5 +81,6 @@ class OperatorState:
     def forget(self, ref: Ref) -> None:
         self.pokes.pop(ref, None)
         self.probes.pop(ref, None)
+        self.autoscale.pop(ref, None)
         for waiters in self.waiting.values():
             waiters.discard(ref)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from infleet.api import (
+    AutoscalerStatus,
     ClassStatus,
     Condition,
     EngineState,
@@ -44,7 +45,7 @@ def _condition(
 
 def summarize(
     s: Snapshot, classes: list[ClassStatus], problems: Sequence[str],
-    notes: Sequence[str] = (),
+    notes: Sequence[str] = (), autoscaler: AutoscalerStatus | None = None,
 ) -> InferenceDeploymentStatus:
     placed = [c for c in classes if not c.excluded]
     failed = [c for c in placed if c.engine.state is EngineState.FAILED]
@@ -126,9 +127,17 @@ def summarize(
         classes_in_use=sum(1 for c in placed if c.desired_replicas > 0),
         replicas=sum(c.replicas for c in classes),
         ready_replicas=sum(c.ready_replicas for c in classes),
-        p99_ms=s.previous.p99_ms,
+        desired_replicas=sum(c.desired_replicas for c in classes),
+        autoscaler=autoscaler,
+        p99_ms=_p99(classes),
         selector=selector,
     )
+
+
+def _p99(classes: Sequence[ClassStatus]) -> float | None:
+    """The worst observed p99 over the classes (a bound on the fleet's)."""
+    seen = [c.observed.p99_ms for c in classes if c.observed.p99_ms is not None]
+    return max(seen) if seen else None
 
 
 def transition_events(

@@ -30,6 +30,7 @@ from infleet.api.spec import (
     Validation,
 )
 from infleet.api.status import (
+    AutoscalerStatus,
     ClassStatus,
     Condition,
     EngineState,
@@ -52,6 +53,7 @@ __all__ = [
     "VERSION",
     "Accuracy",
     "AccuracyMetric",
+    "AutoscalerStatus",
     "Backend",
     "Batching",
     "Calibration",

@@ -92,6 +92,25 @@ class GatewayConfig(_Config):
     """False: never write HTTPRoutes, serve through the all-classes Service only."""
 
 
+class AutoscalerConfig(_Config):
+    """How the SLO autoscaler samples load (the decision rules' knobs per deployment are in
+    its spec: SLO, min/max replicas, headroom, scale-down stabilization)."""
+
+    enabled: bool = True
+    """False: replicas come from the placement alone (min replicas, or spec.replicas)."""
+    interval_seconds: Annotated[float, Field(ge=0.5, le=600)] = 15.0
+    """Time between two decisions: the window over which rate and p99 are measured."""
+    stable_window_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    """Demand is averaged over this long (the latest window alone when it needs more)."""
+    scrape_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """A pod (or Prometheus) that has not answered within this long is unknown."""
+    min_requests: Annotated[float, Field(ge=1, le=1_000_000)] = 100.0
+    """Requests a window needs before its p99 counts (p99 of fewer is noise)."""
+    prometheus_window_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    """The range of ``rate()`` when the load comes from Prometheus (at least twice its
+    scrape interval)."""
+
+
 class OperatorConfig(_Config):
     """Settings that apply to every InferenceDeployment in the cluster."""
 
@@ -110,7 +129,10 @@ class OperatorConfig(_Config):
     build: BuildConfig = BuildConfig()
     gateway: GatewayConfig = GatewayConfig()
     metrics_source: Annotated[str, Field(pattern=r"^(pods|https?://.+)$")] = "pods"
-    """`pods` scrapes serving pods directly; a URL names a Prometheus server."""
+    """`pods` scrapes serving pods directly; a URL names a Prometheus server that scrapes
+    them (with the pod labels ``namespace``, ``pod``, ``infleet_dev_deployment`` and
+    ``infleet_dev_class``, as the README's scrape configuration sets them)."""
+    autoscaler: AutoscalerConfig = AutoscalerConfig()
     reconcile_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     """Longest time between two reconciles of one deployment when nothing changes (drift)."""
     probe_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0

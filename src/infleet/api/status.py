@@ -141,12 +141,39 @@ class EngineStatus(StatusModel):
 
 
 class ObservedLoad(StatusModel):
-    """Live load measured on a class's serving pods."""
+    """Live load measured on a class's serving pods over the autoscaler's last window."""
 
     rps: float = 0.0
-    """Requests per second."""
+    """Requests per second that wanted the engine (answered, refused or failed)."""
     p99_ms: float | None = None
-    """Observed 99th-percentile latency in milliseconds."""
+    """Observed 99th-percentile latency in milliseconds; absent when too few requests."""
+    refused_rps: float = 0.0
+    """Requests per second refused (queue full, overloaded)."""
+    queue_depth: float = 0.0
+    """Requests queued over the class's pods at the end of the window."""
+    pods_unknown: int = 0
+    """Pods that did not answer the scrape (their load is extrapolated, never taken as 0)."""
+    capacity_rps: float | None = None
+    """Capacity of one replica at the SLO that the autoscaler uses: the engine profile's,
+    corrected from what the class was seen to carry."""
+
+
+class AutoscalerStatus(StatusModel):
+    """The autoscaler's last decision and what it rests on."""
+
+    mode: str = ""
+    """hold, scale-up, panic, scale-down, bounds, no-metrics, infeasible or pinned."""
+    reason: str = ""
+    """One sentence: why these replicas."""
+    demand_rps: float | None = None
+    """Demand over the last window (all classes)."""
+    target_rps: float | None = None
+    """Capacity the autoscaler provisions for: smoothed demand plus headroom, the highest of
+    the stabilization window."""
+    capacity_rps: float | None = None
+    """Capacity of the decided mix at the SLO."""
+    last_scale_time: str | None = None
+    """RFC 3339 time the autoscaler last changed the replicas."""
 
 
 class ClassStatus(StatusModel):
@@ -176,7 +203,7 @@ class ClassStatus(StatusModel):
     ready_replicas: int = 0
     """Serving replicas that are ready."""
     desired_replicas: int = 0
-    """Replicas the planner wants."""
+    """Replicas the planner wants (the autoscaler's decision, or the pinned spec.replicas)."""
     weight: int = 0
     """Share of traffic routed to this class, in percent."""
     observed: ObservedLoad = ObservedLoad()
@@ -202,6 +229,10 @@ class InferenceDeploymentStatus(StatusModel):
     """Serving replicas over all classes (scale subresource)."""
     ready_replicas: int = 0
     """Ready serving replicas over all classes."""
+    desired_replicas: int = 0
+    """Replicas wanted over all classes."""
+    autoscaler: AutoscalerStatus | None = None
+    """The autoscaler's last decision (absent until its first, or while spec.replicas pins)."""
     p99_ms: float | None = None
     """Observed 99th-percentile latency over all classes, in milliseconds."""
     selector: str = ""
