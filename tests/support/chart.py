@@ -64,3 +64,53 @@ def objects(rendered: str) -> list[dict[str, Any]]:
 
 def of_kind(docs: Sequence[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [dict(d) for d in docs if d["kind"] == kind]
+
+
+# --- applying a render to the test cluster -----------------------------------------------------
+
+
+def kubectl(kube: Any, *args: str, stdin: str | None = None, kubeconfig: Path | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The cluster's own kubectl (the same build as its API server)."""
+    from infleet.devcluster import tools
+
+    binary = tools.bin_dir() / "kubectl"
+    result = subprocess.run([str(binary), "--kubeconfig", str(kubeconfig or kube.kubeconfig),
+                             *args], input=stdin, capture_output=True, text=True, timeout=120,
+                            check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
+    return result
+
+
+def apply(kube: Any, docs: Sequence[Mapping[str, Any]]) -> None:
+    kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump_all(list(docs)))
+
+
+def delete(kube: Any, docs: Sequence[Mapping[str, Any]]) -> None:
+    kubectl(kube, "delete", "--ignore-not-found", "--wait=false", "-f", "-",
+            stdin=yaml.safe_dump_all(list(docs)), check=False)
+
+
+def service_account_kubeconfig(kube: Any, namespace: str, name: str, path: Path,
+                               seconds: int = 3600) -> Path:
+    """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` with a token from
+    the TokenRequest API (what the kubelet projects into its pods), nothing else."""
+    token = kube.core.create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": seconds}}).status.token
+    config = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    user = f"system:serviceaccount:{namespace}:{name}"
+    config["users"] = [{"name": user, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = user
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def can_i(kube: Any, kubeconfig: Path, verb: str, resource: str, namespace: str | None) -> bool:
+    args = ["auth", "can-i", verb, resource]
+    args += ["-n", namespace] if namespace else ["--all-namespaces"]
+    out = kubectl(kube, *args, kubeconfig=kubeconfig, check=False).stdout.strip()
+    assert out in ("yes", "no"), out
+    return out == "yes"
