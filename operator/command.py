@@ -119,6 +119,10 @@ async def _main(args: argparse.Namespace, config: Any, health: tuple[str, int]) 
         settings.watching.reconnect_backoff = 1.0
         settings.networking.request_timeout = 60
         settings.execution.max_workers = 8
+        # The CRDs exist before the operator starts (the chart installs them), so kopf need not
+        # watch CustomResourceDefinitions and Namespaces for new ones: the chart's RBAC grants
+        # neither, and kopf would warn about the missing permission at every start.
+        settings.scanning.disabled = True
 
     ready = asyncio.Event()
     stop = asyncio.Event()

@@ -20,6 +20,7 @@ EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["option
 def test_one_image_per_backend() -> None:
     assert [d.name for d in DOCKERFILES] == [
         "onnxruntime.Dockerfile",
+        "operator.Dockerfile",
         "tensorrt.Dockerfile",
         "tvm.Dockerfile",
     ]
@@ -33,10 +34,41 @@ def test_dockerfile_matches_the_tree(dockerfile: Path) -> None:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source} is missing"
     installed = re.findall(r'"\.\[([a-z,]+)\]"', text)
-    assert installed, f"{dockerfile.name} installs no infleet extras"
+    if dockerfile.name == "operator.Dockerfile":
+        # the operator needs the base dependencies only (kopf, kubernetes, pydantic, httpx)
+        assert installed == [] and re.search(r'wheel-dir /wheels "\."$', text, re.MULTILINE)
+    else:
+        assert installed, f"{dockerfile.name} installs no infleet extras"
+        backend = dockerfile.name.removesuffix(".Dockerfile")
+        if backend == "tensorrt":  # TensorRT is the NVIDIA base image's, checked on import
+            assert "gpu" in ",".join(installed).split(",") and "import tensorrt" in text
+        else:
+            assert backend in ",".join(installed).split(","), (dockerfile.name, installed)
+        assert re.search(r"^FROM .* AS build$", text, re.MULTILINE), "multi-stage"
+        assert "serve" in ",".join(installed)
     for extra in ",".join(installed).split(","):
-        assert extra in EXTRAS, f"{dockerfile.name}: extra {extra!r} is not in pyproject"
-    assert "serve" in ",".join(installed)
+        if extra:
+            assert extra in EXTRAS, f"{dockerfile.name}: extra {extra!r} is not in pyproject"
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("0", "root"), "image must run non-root"
     assert re.search(r'^ENTRYPOINT \["infleet"\]', text, re.MULTILINE)
+
+
+def test_entrypoints_match_what_the_chart_and_the_operator_run() -> None:
+    # The chart's StatefulSet and the operator's build Jobs and serving pods all run
+    # command ["infleet"], the console script pyproject declares.
+    import yaml
+
+    from infleet.api import Backend
+    from infleet.api.config import OperatorConfig
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["infleet"] == "infleet.cli:main"
+    sts = (ROOT / "charts" / "infleet" / "templates" / "statefulset.yaml").read_text()
+    assert "command: [infleet]" in sts
+    values = yaml.safe_load((ROOT / "charts" / "infleet" / "values.yaml").read_text())
+    assert values["image"]["repository"].endswith("/operator")
+    images = OperatorConfig().images
+    for backend in Backend:
+        assert f"runtime-{backend.value}:" in images.for_backend(backend)
+        assert (ROOT / "runtime-images" / f"{backend.value}.Dockerfile").is_file()
