@@ -169,17 +169,7 @@ class OnnxRuntimeBuilder:
         return BuiltEngine(engine_file=ENGINE_FILE, options=options)
 
     def _fp16(self, job: BuildJob) -> Path:
-        """FP16 weights and compute for the CUDA provider; graph inputs/outputs stay FP32."""
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        out = job.work_dir / "fp16.onnx"
-        try:
-            model = convert_float_to_float16(onnx.load(str(job.model_path)), keep_io_types=True)
-            onnx.save(model, str(out))
-        except Exception as e:
-            raise _wrap(e, "FP16 conversion") from e
-        return out
+        return fp16_model(job)
 
     def _quantize(self, job: BuildJob, method: str, out_dir: Path) -> Path:
         from onnxruntime import quantization as q
@@ -219,6 +209,21 @@ class OnnxRuntimeBuilder:
             root.setLevel(level)
             pre.unlink(missing_ok=True)
         return out
+
+
+def fp16_model(job: BuildJob) -> Path:
+    """FP16 weights and compute (the CUDA provider's, TensorRT-RTX's strongly typed FP16);
+    graph inputs/outputs stay FP32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = job.work_dir / "fp16.onnx"
+    try:
+        model = convert_float_to_float16(onnx.load(str(job.model_path)), keep_io_types=True)
+        onnx.save(model, str(out))
+    except Exception as e:
+        raise _wrap(e, "FP16 conversion") from e
+    return out
 
 
 def reference_outputs(model_path: Path, feeds: Feeds, threads: int) -> list[np.ndarray]:
