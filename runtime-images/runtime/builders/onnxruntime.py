@@ -55,11 +55,16 @@ def providers_for(target: HardwareTarget) -> list[str]:
 CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
-def _with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
-    return [(p, CUDA_PROVIDER_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
+def _with_options(
+    providers: list[str], extra: dict[str, str] | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
+    cuda = {**CUDA_PROVIDER_OPTIONS, **(extra or {})}
+    return [(p, cuda) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
-def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
+def cuda_session(
+    ort: Any, path: str, opts: Any, providers: list[str], cuda_options: dict[str, str] | None = None
+) -> Any:
     """An InferenceSession that really runs on the first provider asked for.
 
     ORT does not fail when the CUDA provider cannot be created (libcudart/libcublas/libcudnn
@@ -67,7 +72,7 @@ def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
     then be gated and profiled as the GPU engine. Here that raises BackendUnavailable.
     """
     wants_cuda = providers[0] == "CUDAExecutionProvider"
-    session = ort.InferenceSession(path, opts, providers=_with_options(providers))
+    session = ort.InferenceSession(path, opts, providers=_with_options(providers, cuda_options))
     used = list(session.get_providers())
     if wants_cuda and (not used or used[0] != "CUDAExecutionProvider"):
         raise BackendUnavailable(
