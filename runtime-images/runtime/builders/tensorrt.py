@@ -281,15 +281,17 @@ class TensorRtBuilder:
         cache_file = (
             job.work_dir.parent / f"timing-{impl.value}-{job.target.key.fingerprint()}.cache"
         )
-        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if not rtx:  # RTX: timing-cache calls are deprecated no-ops (it tunes at load)
+            saved = cache_file.read_bytes() if cache_file.is_file() else b""
+            config.set_timing_cache(config.create_timing_cache(saved), ignore_mismatch=False)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             said = "; ".join(logger.messages[-5:]) or "see its log above"
             raise BuildError(f"{LABEL[impl]}: the builder returned no engine ({said})")
         data = bytes(plan)
         (out_dir / ENGINE_FILE).write_bytes(data)
-        cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+        if not rtx:
+            cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
         # The gate runs the plan on this machine's GPU next: a plan it cannot run (RTX on a
         # compute capability it does not list) is the build's capability error, said here.
         lib.check_runs_here(trt, impl, data, logger, f"the {len(data)}-byte plan for {target_cc}")
@@ -298,7 +300,7 @@ class TensorRtBuilder:
             "tensorrt_flags": precision.value,
             "tensorrt_impl": impl.value,
             "tensorrt_compute_target": target_cc,
-            "timing_cache": cache_file.name,
+            "timing_cache": "" if rtx else cache_file.name,
         }
         notes.append(
             f"{LABEL[impl]} {trt.__version__}: {lib.select(job.target.compute_capability).reason}"

@@ -148,6 +148,11 @@ def check_runs_here(trt: Any, impl: TensorRtImpl, plan: bytes, logger: Any, what
     before = len(logger.messages)
     validity, diagnostics = runtime.get_engine_validity(plan)
     if validity == trt.EngineValidity.INVALID:
+        # The verdict carries flags only; TensorRT words the reason when asked to deserialize
+        # (on the H200 it returned None and logged "cannot run on this GPU, which has compute
+        # capability 9.0. Supported compute capabilities: ..."), so ask, for the message.
+        if runtime.deserialize_cuda_engine(plan) is not None:
+            return
         said = "; ".join(logger.messages[before:]) or "no message"
         flags = [
             d.name
