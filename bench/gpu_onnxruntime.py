@@ -1,6 +1,6 @@
 """ONNX Runtime's CUDA execution provider end to end, on a machine with an NVIDIA GPU.
 
-CI has no GPU: this is run by hand (hack/device/ort-gpu.sh does it on a lent H100) and its
+CI has no GPU: this is run by hand (hack/device/gpu.sh does it on a lent H100) and its
 output is what the README's `infleet build` section quotes. It needs onnxruntime-gpu and the
 two zoo models as ONNX files (written with `infleet.runtime.zoo` on a machine with the
 `infleet[zoo]` weights; the GPU machine needs no network):

@@ -18,6 +18,7 @@ from infleet.api.spec import DEFAULT_FP16_DEVIATION
 from infleet.scheduler.classes import NodeClass
 from infleet.scheduler.hardware import HardwareKey
 from infleet.scheduler.inventory import Resources
+from infleet.scheduler.tensorrt_impl import ALL_IMPLS, TensorRtImpl, choose
 
 GIB = 2**30
 _WIDTH = {Precision.FP32: 4, Precision.FP16: 2, Precision.INT8: 1, Precision.FP8: 1}
@@ -83,6 +84,10 @@ class ClusterPolicy:
     memory_gib_hour: float = 0.005
     gpu_hour: Mapping[str, float] = field(default_factory=lambda: DEFAULT_GPU_HOUR)
     default_gpu_hour: float = 3.0
+    tensorrt_impls: tuple[TensorRtImpl, ...] = ALL_IMPLS
+    """The TensorRT implementations the cluster's TensorRT builder image carries: full
+    TensorRT, TensorRT-RTX or both. A GPU class that none of them runs on gets the ONNX Runtime
+    CUDA provider instead (the reason says which and why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,8 @@ class ClassDecision:
     cost_per_hour: float
     cost_estimated: bool
     """True when the cost comes from DEFAULT_GPU_HOUR and friends, not the configuration."""
+    tensorrt_impl: TensorRtImpl | None = None
+    """With backend TensorRT: the implementation that builds and runs the class's engine."""
 
     @property
     def excluded(self) -> bool:
@@ -147,27 +154,34 @@ def _cc(compute: tuple[int, int] | None) -> str:
     return f"{compute[0]}.{compute[1]}" if compute else "unknown"
 
 
-def default_choice(hw: HardwareKey) -> tuple[Backend, tuple[Precision, ...], str]:
-    """DESIGN.md's table: backend, precision ladder and why."""
+def default_choice(
+    hw: HardwareKey, impls: tuple[TensorRtImpl, ...] = ALL_IMPLS
+) -> tuple[Backend, tuple[Precision, ...], str]:
+    """DESIGN.md's table: backend, precision ladder and why. On NVIDIA classes, TensorRT with
+    the first of ``impls`` that runs on the GPU; the ONNX Runtime CUDA provider, saying why,
+    where none does."""
     fp8, int8, fp16, fp32 = Precision.FP8, Precision.INT8, Precision.FP16, Precision.FP32
     if hw.is_gpu:
         cc = hw.compute
+        trt = choose(impls, cc)
+        if trt.impl is None:
+            # Tensor cores (7.0+) make the CUDA provider's FP16 worth a rung; older GPUs not.
+            ort_ladder = (fp16, fp32) if cc is not None and cc >= (7, 0) else (fp32,)
+            return Backend.ONNXRUNTIME, ort_ladder, f"ONNX Runtime (CUDA): {trt.reason}"
         if cc is None:
             return (
                 Backend.TENSORRT,
                 (fp16, fp32),
                 "TensorRT: NVIDIA GPU, compute capability unknown (no GPU Feature Discovery "
-                "labels), INT8/FP8 not planned",
+                f"labels), INT8/FP8 not planned; {trt.reason}",
             )
-        if cc >= (8, 9):
-            return Backend.TENSORRT, (fp8, int8, fp16, fp32), f"TensorRT: NVIDIA compute {_cc(cc)}"
-        if cc >= (7, 0):
-            return Backend.TENSORRT, (int8, fp16, fp32), f"TensorRT: NVIDIA compute {_cc(cc)}"
-        return (
-            Backend.ONNXRUNTIME,
-            (fp32,),
-            f"ONNX Runtime (CUDA): compute {_cc(cc)} is below TensorRT's 7.0",
+        ladder = tuple(
+            p for p in (fp8, int8, fp16, fp32) if _trt_precision_problem(trt.impl, cc, p) is None
         )
+        why = f"TensorRT: NVIDIA compute {_cc(cc)}, {trt.reason}"
+        if trt.impl == TensorRtImpl.RTX:
+            why += "; no INT8 rung: TensorRT-RTX has no INT8 calibration (Q/DQ models only)"
+        return Backend.TENSORRT, ladder, why
     feats = set(hw.cpu_features)
     if hw.arch == "amd64":
         if feats & {"AMXINT8", "AVX512VNNI", "AVXVNNI"}:
@@ -181,34 +195,52 @@ def default_choice(hw: HardwareKey) -> tuple[Backend, tuple[Precision, ...], str
     return Backend.ONNXRUNTIME, (fp32,), f"ONNX Runtime: generic {hw.arch} CPU"
 
 
-def _default_ladder(backend: Backend, hw: HardwareKey) -> tuple[Precision, ...]:
-    chosen, ladder, _ = default_choice(hw)
+def _trt_precision_problem(
+    impl: TensorRtImpl, compute: tuple[int, int] | None, p: Precision
+) -> str | None:
+    if p == Precision.FP8 and (compute is None or compute < (8, 9)):
+        return f"FP8 skipped: needs compute >= 8.9 (this class: {_cc(compute)})"
+    if p == Precision.INT8 and impl == TensorRtImpl.RTX:
+        # RTX builds strongly typed networks only: INT8 comes from Q/DQ nodes in the model,
+        # never from calibration, and the builder calibrates.
+        return "INT8 skipped: TensorRT-RTX has no INT8 calibration (Q/DQ models only)"
+    if p == Precision.INT8 and compute is None:
+        return "INT8 skipped: compute capability unknown"
+    return None
+
+
+def _default_ladder(
+    backend: Backend, hw: HardwareKey, impls: tuple[TensorRtImpl, ...] = ALL_IMPLS
+) -> tuple[Precision, ...]:
+    chosen, ladder, _ = default_choice(hw, impls)
     if chosen == backend:
         return ladder
     full = (Precision.FP8, Precision.INT8, Precision.FP16, Precision.FP32)
-    return tuple(p for p in full if precision_problem(backend, hw, p) is None)
+    return tuple(p for p in full if precision_problem(backend, hw, p, impls) is None)
 
 
-def backend_problem(backend: Backend, hw: HardwareKey) -> str | None:
+def backend_problem(
+    backend: Backend, hw: HardwareKey, impls: tuple[TensorRtImpl, ...] = ALL_IMPLS
+) -> str | None:
     if backend == Backend.TENSORRT:
         if not hw.is_gpu:
             return "TensorRT needs an NVIDIA GPU"
-        if hw.compute is not None and hw.compute < (7, 0):
-            return f"TensorRT needs compute >= 7.0 (this class: {_cc(hw.compute)})"
+        trt = choose(impls, hw.compute)
+        if trt.impl is None:
+            return f"TensorRT cannot run on this class: {trt.reason}"
     if backend == Backend.TVM and hw.is_gpu:
         return "infleet's TVM builder targets CPUs; this class serves on its GPU"
     return None
 
 
-def precision_problem(backend: Backend, hw: HardwareKey, p: Precision) -> str | None:
+def precision_problem(
+    backend: Backend, hw: HardwareKey, p: Precision, impls: tuple[TensorRtImpl, ...] = ALL_IMPLS
+) -> str | None:
     """Why ``backend`` cannot build ``p`` on this hardware; None when it can."""
     up = p.value.upper()
     if backend == Backend.TENSORRT:
-        if p == Precision.FP8 and (hw.compute is None or hw.compute < (8, 9)):
-            return f"FP8 skipped: needs compute >= 8.9 (this class: {_cc(hw.compute)})"
-        if p == Precision.INT8 and hw.compute is None:
-            return "INT8 skipped: compute capability unknown"
-        return None
+        impl = choose(impls, hw.compute).impl or TensorRtImpl.FULL
+        return _trt_precision_problem(impl, hw.compute, p)
     if p == Precision.FP8:
         return "FP8 skipped: TensorRT only"
     if backend == Backend.ONNXRUNTIME:
@@ -287,6 +319,7 @@ def decide(
     reasons: list[str] = []
     sel = most_specific(policy.class_defaults, name)
     defaults = policy.class_defaults[sel] if sel else ClassDefaults()
+    impls = policy.tensorrt_impls
 
     def result(
         backend: Backend | None, ladder: tuple[Precision, ...], exclusion: str | None
@@ -306,19 +339,20 @@ def decide(
             reasons.append("excluded: " + exclusion)
         elif estimated:
             reasons.append(f"cost {cost:.2f}/h estimated (no costPerHour in operator config)")
+        impl = choose(impls, hw.compute).impl if backend == Backend.TENSORRT else None
         return ClassDecision(
-            name, backend, ladder, tuple(reasons), exclusion, replica, cost, estimated
+            name, backend, ladder, tuple(reasons), exclusion, replica, cost, estimated, impl
         )
 
     allow = spec.classes.allow
     if allow is not None and most_specific(frozenset(allow), name) is None:
         return result(None, (), "not in spec.classes.allow")
 
-    backend, ladder, why = default_choice(hw)
+    backend, ladder, why = default_choice(hw, impls)
     reasons.append(why)
     if defaults.backend is not None and defaults.backend != backend:
         backend = defaults.backend
-        ladder = _default_ladder(backend, hw)
+        ladder = _default_ladder(backend, hw, impls)
         reasons.append(f"{_BACKEND_NAME[backend]}: operator config classes.{sel}")
     if defaults.precision_ladder:
         ladder = defaults.precision_ladder
@@ -331,13 +365,13 @@ def decide(
         o = overrides[osel]
         if o.backend is not None and o.backend != backend:
             backend = o.backend
-            ladder = _default_ladder(backend, hw)
+            ladder = _default_ladder(backend, hw, impls)
             reasons.append(f"{_BACKEND_NAME[backend]}: spec.classes.overrides[{osel}]")
         if o.precision is not None:
             ladder = (o.precision,)
             reasons.append(f"{o.precision.value.upper()} pinned: spec.classes.overrides[{osel}]")
 
-    problem = backend_problem(backend, hw)
+    problem = backend_problem(backend, hw, impls)
     if problem:
         return result(backend, (), problem)
     ops = model.unsupported_ops.get(backend, ())
@@ -350,7 +384,7 @@ def decide(
     dropped: list[str] = []
     gpu_mem = cls.gpu_memory_bytes if hw.is_gpu else 0
     for p in ladder:
-        why_not = precision_problem(backend, hw, p)
+        why_not = precision_problem(backend, hw, p, impls)
         up = p.value.upper()
         if why_not is None and p in _LOW and budget is None:
             why_not = f"{up} skipped: no accuracy budget (spec.accuracy.maxDeviation)"
@@ -378,4 +412,3 @@ def decide(
             f"FP16 gated at default {metric.value} <= {DEFAULT_FP16_DEVIATION[metric]:g}"
         )
     return result(backend, tuple(kept), None)
-

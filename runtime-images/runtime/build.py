@@ -39,6 +39,7 @@ from infleet.runtime.errors import (
     BackendUnavailable,
     BuildError,
     ModelError,
+    UnsupportedHardware,
     UnsupportedModel,
 )
 from infleet.runtime.hardware import cpu_limit_threads, target_for
@@ -318,6 +319,8 @@ def _no_engine(candidates: list[_Candidate]) -> BuildError:
     )
     if failures and all(isinstance(f, UnsupportedModel) for f in failures):
         return UnsupportedModel(f"no backend can build this model: {tried}")
+    if failures and all(isinstance(f, UnsupportedHardware) for f in failures):
+        return UnsupportedHardware(f"no backend can run on this hardware: {tried}")
     if any(r.deviation is not None for c in candidates for r in c.rungs):
         return AccuracyGateFailed(f"no precision rung passed the accuracy gate: {tried}")
     return BuildError(f"no engine could be built: {tried}")

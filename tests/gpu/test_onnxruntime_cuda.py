@@ -2,7 +2,7 @@
 reference, profiled on the GPU), then the server's engine loaded with ``--device gpu``.
 
 CI has no GPU: there these tests are skipped, and they are not CI coverage. They run where
-onnxruntime-gpu sees a GPU (`pytest -m gpu tests/gpu`); hack/device/ort-gpu.sh and
+onnxruntime-gpu sees a GPU (`pytest -m gpu tests/gpu`); hack/device/gpu.sh and
 bench/gpu_onnxruntime.py are the end-to-end check that ran on an H100.
 """
 

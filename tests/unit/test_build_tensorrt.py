@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from infleet.api import Precision
-from infleet.runtime.builders import get_builder
+from infleet.runtime.builders import get_builder, tensorrt_lib
 from infleet.runtime.builders.tensorrt import (
     CalibrationBatches,
     capability_problem,
@@ -25,6 +26,7 @@ from infleet.runtime.hardware import target_for
 from infleet.runtime.onnxmodel import ModelInfo, TensorInfo
 from infleet.runtime.shapes import resolve
 from infleet.scheduler.hardware import cpu_key, gpu_key
+from infleet.scheduler.tensorrt_impl import TensorRtImpl, choose
 
 INFO = ModelInfo(
     path=Path("m.onnx"),
@@ -90,11 +92,52 @@ def test_capabilities() -> None:
 
 
 def test_missing_tensorrt_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Injected fault: tensorrt made unimportable even on a machine that has it.
+    # Injected fault: both TensorRT libraries made unimportable even on a machine that has them.
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
+    monkeypatch.delenv("INFLEET_TENSORRT_IMPL", raising=False)
     builder = get_builder(__import__("infleet.api", fromlist=["Backend"]).Backend.TENSORRT)
-    with pytest.raises(BackendUnavailable, match="tensorrt cannot be imported"):
+    with pytest.raises(BackendUnavailable, match="neither tensorrt nor tensorrt_rtx_bindings"):
         builder.version()
     # The operator check says "not checked" rather than guessing what the parser supports.
-    with pytest.raises(BackendUnavailable, match="tensorrt cannot be imported"):
+    with pytest.raises(BackendUnavailable, match="neither tensorrt nor tensorrt_rtx_bindings"):
         builder.unsupported_ops(frozenset({("", "Conv")}))
+    # Forced to one library that is missing: that library is named.
+    monkeypatch.setenv("INFLEET_TENSORRT_IMPL", "tensorrt-rtx")
+    with pytest.raises(BackendUnavailable, match="tensorrt_rtx_bindings cannot be imported"):
+        builder.version()
+    monkeypatch.setenv("INFLEET_TENSORRT_IMPL", "tensorrt-9")
+    with pytest.raises(BackendUnavailable, match="is not one of tensorrt, tensorrt-rtx"):
+        builder.version()
+
+
+def test_rtx_refuses_int8_calibration_and_keeps_the_rest() -> None:
+    l4 = target_for(gpu_key("amd64", "NVIDIA-L4", 23034, (8, 9)))
+    rtx = TensorRtImpl.RTX
+    assert capability_problem(Precision.INT8, l4, rtx) == (
+        "TensorRT-RTX has no INT8 calibration (strongly typed: give a model with Q/DQ nodes)"
+    )
+    assert capability_problem(Precision.FP16, l4, rtx) is None
+    assert capability_problem(Precision.FP8, l4, rtx) is None
+    assert capability_problem(Precision.INT8, l4) is None  # full TensorRT calibrates
+
+
+def test_the_builder_picks_the_library_by_the_policys_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INFLEET_TENSORRT_IMPL", raising=False)
+    choice = tensorrt_lib.select((9, 0))
+    have = tensorrt_lib.installed()
+    assert choice == choose(have, (9, 0))  # the same function the scheduler plans with
+    monkeypatch.setenv("INFLEET_TENSORRT_IMPL", "tensorrt-rtx")
+    forced = tensorrt_lib.select((9, 0))
+    assert forced.impl == TensorRtImpl.RTX and "INFLEET_TENSORRT_IMPL" in forced.reason
+
+
+def test_rtx_compute_targets_by_name() -> None:
+    # The enum's members as TensorRT-RTX 1.7 has them (read from its bindings).
+    members = ("CURRENT", "NONE", "SM75", "SM80", "SM86", "SM89", "SM120", "SM121")
+    fake = SimpleNamespace(ComputeCapability=SimpleNamespace(**{m: m for m in members}))
+    assert tensorrt_lib.compute_target(fake, (8, 9)) == "SM89"
+    assert tensorrt_lib.compute_target(fake, (12, 0)) == "SM120"
+    assert tensorrt_lib.compute_target(fake, None) == "CURRENT"
+    assert tensorrt_lib.compute_target(fake, (9, 0)) is None  # no SM90 target: RTX's defaults
+    assert tensorrt_lib.compute_target(SimpleNamespace(), (8, 9)) is None  # full TensorRT

@@ -54,11 +54,16 @@ def providers_for(target: HardwareTarget) -> list[str]:
 CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
-def _with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
-    return [(p, CUDA_PROVIDER_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
+def _with_options(
+    providers: list[str], extra: dict[str, str] | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
+    cuda = {**CUDA_PROVIDER_OPTIONS, **(extra or {})}
+    return [(p, cuda) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
-def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
+def cuda_session(
+    ort: Any, path: str, opts: Any, providers: list[str], cuda_options: dict[str, str] | None = None
+) -> Any:
     """An InferenceSession that really runs on the first provider asked for.
 
     ORT does not fail when the CUDA provider cannot be created (libcudart/libcublas/libcudnn
@@ -66,7 +71,7 @@ def cuda_session(ort: Any, path: str, opts: Any, providers: list[str]) -> Any:
     then be gated and profiled as the GPU engine. Here that raises BackendUnavailable.
     """
     wants_cuda = providers[0] == "CUDAExecutionProvider"
-    session = ort.InferenceSession(path, opts, providers=_with_options(providers))
+    session = ort.InferenceSession(path, opts, providers=_with_options(providers, cuda_options))
     used = list(session.get_providers())
     if wants_cuda and (not used or used[0] != "CUDAExecutionProvider"):
         raise BackendUnavailable(
@@ -171,17 +176,22 @@ class OnnxRuntimeBuilder:
         return BuiltEngine(engine_file=ENGINE_FILE, options=options, notes=tuple(notes))
 
     def _fp16(self, job: BuildJob) -> Path:
-        """FP16 weights and compute for the CUDA provider; graph inputs/outputs stay FP32."""
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        return fp16_model(job)
 
-        out = job.work_dir / "fp16.onnx"
-        try:
-            model = convert_float_to_float16(onnx.load(str(job.model_path)), keep_io_types=True)
-            onnx.save(model, str(out))
-        except Exception as e:
-            raise _wrap(e, "FP16 conversion") from e
-        return out
+
+def fp16_model(job: BuildJob) -> Path:
+    """FP16 weights and compute (the CUDA provider's, TensorRT-RTX's strongly typed FP16);
+    graph inputs/outputs stay FP32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = job.work_dir / "fp16.onnx"
+    try:
+        model = convert_float_to_float16(onnx.load(str(job.model_path)), keep_io_types=True)
+        onnx.save(model, str(out))
+    except Exception as e:
+        raise _wrap(e, "FP16 conversion") from e
+    return out
 
 
 def reference_outputs(model_path: Path, feeds: Feeds, threads: int) -> list[np.ndarray]:

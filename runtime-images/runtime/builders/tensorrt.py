@@ -3,10 +3,12 @@ profile for the dynamic batch, a timing cache, and a serialized plan. The gate a
 run the plan through the server's engine (``server/engines/tensorrt_engine.py``), and the
 calibrator's CUDA calls go through the server's helpers (``server/engines/cuda.py``).
 
-Written against the TensorRT 10 Python API. The pure parts (profile shapes, calibration
-batching, capability checks) are separate functions, tested without a GPU; the calls into
-``tensorrt`` and CUDA run only on an NVIDIA build node. When ``tensorrt`` cannot be imported the
-builder says so (BackendUnavailable); it never falls back to another backend silently.
+Written against the TensorRT 10 Python API, which full TensorRT and TensorRT-RTX share
+(``tensorrt_lib`` says which one builds and how they differ). The pure parts (profile shapes,
+calibration batching, capability checks) are separate functions, tested without a GPU; the
+calls into the library and CUDA run only on an NVIDIA build node. When neither library can be
+imported the builder says so (BackendUnavailable); a plan the build node's GPU cannot run is
+UnsupportedHardware with TensorRT's own reason; it never falls back to another backend silently.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ from typing import Any
 import numpy as np
 
 from infleet.api import Backend, Precision
+from infleet.runtime.builders import tensorrt_lib as lib
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, Feeds, op_label
-from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
+from infleet.runtime.errors import (
+    BackendUnavailable,
+    BuildError,
+    UnsupportedHardware,
+    UnsupportedModel,
+)
 from infleet.runtime.hardware import HardwareTarget
 from infleet.runtime.onnxmodel import ModelInfo
+from infleet.scheduler.tensorrt_impl import LABEL, TensorRtImpl
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +44,6 @@ MIN_COMPUTE = {
     Precision.INT8: (7, 0),
     Precision.FP8: (8, 9),
 }
-
-
-def _trt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise BackendUnavailable(
-            "tensorrt cannot be imported: TensorRT engines are built on an NVIDIA node from the "
-            f"tensorrt image (pip install 'infleet[tensorrt]' on a CUDA host) [{e}]"
-        ) from e
-    return tensorrt
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,10 @@ def make_calibrator(trt: Any, batches: CalibrationBatches, cache_file: Path) -> 
     return EntropyCalibrator()
 
 
-def capability_problem(precision: Precision, target: HardwareTarget) -> str | None:
-    """Why ``precision`` cannot be built for ``target``'s GPU; None when it can."""
+def capability_problem(
+    precision: Precision, target: HardwareTarget, impl: TensorRtImpl = TensorRtImpl.FULL
+) -> str | None:
+    """Why ``precision`` cannot be built for ``target``'s GPU with ``impl``; None when it can."""
     if not target.gpu:
         return "TensorRT needs an NVIDIA GPU class"
     need = MIN_COMPUTE[precision]
@@ -164,6 +164,8 @@ def capability_problem(precision: Precision, target: HardwareTarget) -> str | No
             f"{precision} needs compute capability {need[0]}.{need[1]}+, "
             f"{target.gpu} has {have[0]}.{have[1]}"
         )
+    if impl == TensorRtImpl.RTX and precision == Precision.INT8:
+        return "TensorRT-RTX has no INT8 calibration (strongly typed: give a model with Q/DQ nodes)"
     return None
 
 
@@ -175,32 +177,55 @@ def has_fp8_qdq(info_ops: frozenset[str], model: Any) -> bool:
     return any(i.data_type in fp8 for i in model.graph.initializer)
 
 
+def _impl_for(target: HardwareTarget) -> TensorRtImpl:
+    choice = lib.select(target.compute_capability)
+    if choice.impl is None:
+        raise UnsupportedHardware(
+            f"no TensorRT implementation runs on {target.gpu}: {choice.reason}"
+        )
+    return choice.impl
+
+
 class TensorRtBuilder:
     backend = Backend.TENSORRT
 
     def version(self) -> str:
-        return str(_trt().__version__)
+        impl, trt = lib.any_impl()
+        return lib.version_of(impl, trt)
 
     def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
         return ()  # one optimisation profile: any batch from 1 to max_batch
 
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
-        return capability_problem(precision, target)
+        impl = lib.select(target.compute_capability).impl or TensorRtImpl.FULL
+        return capability_problem(precision, target, impl)
 
     def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
-        trt = _trt()
+        _, trt = lib.any_impl()
         logger = trt.Logger(trt.Logger.WARNING)
         parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
         # The parser knows the default domain (and its plugins' ops) by op type alone.
         return tuple(sorted(op_label(d, o) for d, o in ops if not parser.supports_operator(o)))
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:
-        trt = _trt()
-        logger = trt.Logger(trt.Logger.WARNING)
+        impl = _impl_for(job.target)
+        trt = lib.import_impl(impl)
+        rtx = impl == TensorRtImpl.RTX
+        logger = lib.make_logger(trt)
         builder = trt.Builder(logger)
         network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(job.model_path)):
+        notes: list[str] = []
+        model_path = job.model_path
+        if rtx and precision == Precision.FP16:
+            # Strongly typed: the network's types are the model's, so FP16 is a converted model.
+            from infleet.runtime.builders.onnxruntime import fp16_model
+
+            model_path = fp16_model(job)
+            notes.append(
+                "tensorrt-rtx: FP16 from the model converted to FP16 (FP32 inputs/outputs)"
+            )
+        if not parser.parse_from_file(str(model_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise UnsupportedModel(f"tensorrt: the ONNX parser refused the model: {errors[:600]}")
         config = builder.create_builder_config()
@@ -210,8 +235,17 @@ class TensorRtBuilder:
         for name, s in shapes.items():
             profile.set_shape(name, s.min, s.opt, s.max)
         config.add_optimization_profile(profile)
-        notes: list[str] = []
-        if precision in (Precision.FP16, Precision.INT8, Precision.FP8):
+        target_cc = "default"
+        if rtx:
+            cc = lib.compute_target(trt, job.target.compute_capability)
+            if cc is not None:
+                config.num_compute_capabilities = 1
+                config.set_compute_capability(cc, 0)
+                target_cc = cc.name
+        if rtx:
+            if precision == Precision.INT8:
+                raise UnsupportedHardware(capability_problem(precision, job.target, impl) or "")
+        elif precision in (Precision.FP16, Precision.INT8, Precision.FP8):
             # Layers without a low-precision kernel stay FP32; FP16 is the fallback below INT8.
             config.set_flag(trt.BuilderFlag.FP16)
         if precision == Precision.INT8:
@@ -242,18 +276,33 @@ class TensorRtBuilder:
                 raise UnsupportedModel(
                     "tensorrt: FP8 needs a model with FP8 Q/DQ nodes (explicit quantisation)"
                 )
-            config.set_flag(trt.BuilderFlag.FP8)
-        cache_file = job.work_dir.parent / f"timing-{job.target.key.fingerprint()}.cache"
-        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+            if not rtx:  # RTX takes FP8 from the Q/DQ nodes alone
+                config.set_flag(trt.BuilderFlag.FP8)
+        cache_file = (
+            job.work_dir.parent / f"timing-{impl.value}-{job.target.key.fingerprint()}.cache"
+        )
+        if not rtx:  # RTX: timing-cache calls are deprecated no-ops (it tunes at load)
+            saved = cache_file.read_bytes() if cache_file.is_file() else b""
+            config.set_timing_cache(config.create_timing_cache(saved), ignore_mismatch=False)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            raise BuildError("tensorrt: the builder returned no engine (see its log above)")
-        (out_dir / ENGINE_FILE).write_bytes(bytes(plan))
-        cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+            said = "; ".join(logger.messages[-5:]) or "see its log above"
+            raise BuildError(f"{LABEL[impl]}: the builder returned no engine ({said})")
+        data = bytes(plan)
+        (out_dir / ENGINE_FILE).write_bytes(data)
+        if not rtx:
+            cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+        # The gate runs the plan on this machine's GPU next: a plan it cannot run (RTX on a
+        # compute capability it does not list) is the build's capability error, said here.
+        lib.check_runs_here(trt, impl, data, logger, f"the {len(data)}-byte plan for {target_cc}")
         options = {
             "profile": ";".join(f"{n}:{s.min}/{s.opt}/{s.max}" for n, s in shapes.items()),
             "tensorrt_flags": precision.value,
-            "timing_cache": cache_file.name,
+            "tensorrt_impl": impl.value,
+            "tensorrt_compute_target": target_cc,
+            "timing_cache": "" if rtx else cache_file.name,
         }
+        notes.append(
+            f"{LABEL[impl]} {trt.__version__}: {lib.select(job.target.compute_capability).reason}"
+        )
         return BuiltEngine(ENGINE_FILE, options, (), tuple(notes))

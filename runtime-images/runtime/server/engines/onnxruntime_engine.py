@@ -12,7 +12,9 @@ from infleet.runtime import errors as runtime_errors
 from infleet.runtime.builders.onnxruntime import cuda_session
 from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server.engines.base import EngineOptions, check_names, run_padded
-from infleet.runtime.server.errors import BackendUnavailable, EngineError
+from infleet.runtime.server.engines.ort_cuda_bound import BoundSession, pool_size
+from infleet.runtime.server.engines.ort_cuda_bound import mode as bound_mode
+from infleet.runtime.server.errors import BackendUnavailable, ConfigError, EngineError
 
 # ORT's "tensor(float)" style names -> v2 datatypes, to check the manifest against the model
 _ORT_TYPES = {
@@ -95,9 +97,32 @@ class OnnxRuntimeEngine:
         largest = manifest.max_batch_size
         self._sessions = {largest: self._session}
         self.warm_batch_sizes: tuple[int, ...] = ()
+        self._bound: dict[int, BoundSession] = {}
         if device == "CUDAExecutionProvider" and batchable and largest > 1:
             self._sessions[1] = cuda_session(ort, str(engine_path), so, providers)
             self.warm_batch_sizes = (1, largest)
+            self._bind(ort, str(engine_path), so, providers)
+
+    def _bind(self, ort: Any, path: str, so: Any, providers: list[str]) -> None:
+        """IOBinding (and CUDA graphs) for the fixed-shape sessions, when asked for."""
+        try:
+            how = bound_mode()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        if how is None:
+            return
+        graph = how == "graph"
+        for batch in self.warm_batch_sizes:
+            if not BoundSession.possible(batch, self.inputs, self.outputs):
+                continue
+            session = self._sessions[batch]
+            if graph:  # capture needs its own session, created with the option
+                session = cuda_session(ort, path, so, providers, {"enable_cuda_graph": "1"})
+                self._sessions[batch] = session
+            self._bound[batch] = BoundSession(
+                ort, session, batch, self.inputs, self.outputs, pool_size(graph)
+            )
+        self.description += f", {how}"
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.warm_batch_sizes:
@@ -105,13 +130,18 @@ class OnnxRuntimeEngine:
         return self._run(self._session, inputs)
 
     def _run_fixed(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._run(self._sessions[len(next(iter(inputs.values())))], inputs)
+        batch = len(next(iter(inputs.values())))
+        bound = self._bound.get(batch)
+        if bound is not None:
+            return bound.run(inputs)
+        return self._run(self._sessions[batch], inputs)
 
     def _run(self, session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = session.run(self._output_names, dict(inputs))
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
+        self._bound.clear()
         self._sessions.clear()
         del self._session
 

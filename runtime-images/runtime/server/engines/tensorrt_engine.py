@@ -1,10 +1,12 @@
 """TensorRT: a serialized plan (TensorRT 10 named-tensor API) on an NVIDIA GPU.
 
-tensorrt and cuda-python only install on machines with the NVIDIA stack, so this module is
-written against the documented API and is loaded only behind :func:`capability`, which says
-in one line what is missing. Host buffers are copied to device buffers that are grown on
-demand and reused across batches; every batch sets the input shapes (dynamic batch comes
-from the builder's optimisation profile) and reads the output shapes back.
+The plan is full TensorRT's or TensorRT-RTX's, as the manifest's ``tensorrt_impl`` option says
+(full TensorRT for manifests that predate the option). Those libraries and cuda-python only
+install on machines with the NVIDIA stack, so this module is written against the documented
+API and is loaded only behind :func:`capability`, which says in one line what is missing.
+Host buffers are copied to device buffers that are grown on demand and reused across batches;
+every batch sets the input shapes (dynamic batch comes from the builder's optimisation
+profile) and reads the output shapes back.
 """
 
 from __future__ import annotations
@@ -16,16 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
+from infleet.runtime import errors as runtime_errors
+from infleet.runtime.builders import tensorrt_lib as lib
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.server.datatypes import numpy_dtype
 from infleet.runtime.server.engines.base import EngineOptions, check_names
 from infleet.runtime.server.engines.cuda import check, cudart
 from infleet.runtime.server.errors import BackendUnavailable, ConfigError, EngineError
+from infleet.scheduler.tensorrt_impl import LABEL, MODULE, TensorRtImpl
 
 
-def capability() -> str | None:
-    """None when TensorRT can run here, else the reason it cannot."""
-    for module, extra in (("tensorrt", "tensorrt"), ("cuda", "tensorrt")):
+def impl_of(manifest: EngineManifest) -> TensorRtImpl:
+    value = manifest.options.get("tensorrt_impl", TensorRtImpl.FULL.value)
+    try:
+        return TensorRtImpl(value)
+    except ValueError:
+        raise ConfigError(
+            f"the manifest names an unknown TensorRT implementation {value!r}"
+        ) from None
+
+
+def capability(impl: TensorRtImpl = TensorRtImpl.FULL) -> str | None:
+    """None when ``impl``'s plans can run here, else the reason they cannot."""
+    for module, extra in ((MODULE[impl], "tensorrt"), ("cuda", "tensorrt")):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install 'infleet[{extra}]')"
     err, count = cudart().cudaGetDeviceCount()
@@ -38,22 +53,32 @@ class TensorRtEngine:
     text_strings = False
 
     def __init__(self, manifest: EngineManifest, engine_path: Path, options: EngineOptions):
-        reason = capability()
+        impl = impl_of(manifest)
+        reason = capability(impl)
         if reason is not None:
             raise BackendUnavailable(f"cannot run the TensorRT engine {engine_path.name}: {reason}")
         if options.device == "cpu":
             raise ConfigError("a TensorRT engine needs a GPU; --device cpu is not possible")
-        import tensorrt as trt
+        trt = lib.import_impl(impl)
 
         self._trt = trt
         self._cudart = cudart()
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = lib.make_logger(trt)
+        plan = engine_path.read_bytes()
+        try:
+            # RTX says up front when this GPU cannot run the plan (compute capability it does
+            # not list, old driver): a clear refusal instead of a None engine further on.
+            lib.check_runs_here(trt, impl, plan, self._logger, engine_path.name)
+        except runtime_errors.UnsupportedHardware as e:
+            raise BackendUnavailable(str(e)) from e
         runtime = trt.Runtime(self._logger)
-        self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        before = len(self._logger.messages)
+        self._engine = runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
+            said = "; ".join(self._logger.messages[before:]) or "no message"
             raise EngineError(
-                f"TensorRT {trt.__version__} cannot deserialize {engine_path.name} "
-                "(built with another TensorRT version or for another GPU?)"
+                f"{LABEL[impl]} {trt.__version__} cannot deserialize {engine_path.name} "
+                f"(built with another version or for another GPU?): {said}"
             )
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
@@ -65,7 +90,7 @@ class TensorRtEngine:
         self._stream = check(self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity)
         self._lock = threading.Lock()  # one execution context: one batch at a time
-        self.description = f"tensorrt {trt.__version__}"
+        self.description = f"{impl.value} {trt.__version__}"
         # An engine built with one optimisation profile: TensorRT picks tactics at build time.
         self.warm_batch_sizes: tuple[int, ...] = ()
 
