@@ -50,7 +50,8 @@ def test_a_backend_that_is_not_installed_is_unchecked_not_supported(tmp_path: Pa
     support = check(_model(tmp_path / "m.onnx", helper.make_node("MatMul", ["x", "w"], ["y"])))
     if importlib.util.find_spec("tensorrt") is None:
         assert Backend.TENSORRT not in support.unsupported
-        assert "tensorrt cannot be imported" in support.unchecked[Backend.TENSORRT]
+        why = support.unchecked[Backend.TENSORRT]
+        assert "tensorrt nor tensorrt_rtx_bindings can be imported" in why
     else:
         assert Backend.TENSORRT in support.unsupported
 
