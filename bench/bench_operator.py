@@ -21,6 +21,7 @@ with a peak RSS <= 300 MB.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -50,36 +51,57 @@ from infleet.devcluster.cluster import LocalCluster  # noqa: E402
 from infleet.runtime.server.samples import small_cnn  # noqa: E402
 
 
+def say(message: str) -> None:
+    """Progress on stderr, flushed: a run takes minutes and must not look hung."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def cluster(profile: str, workdir: Path) -> tuple[LocalCluster, Kube]:
-    c = LocalCluster(workdir, tools.locate(), fleet.load_profile(profile),
-                     name=f"bench-operator-{profile}", die_with_parent=True)
+    c = LocalCluster(
+        workdir,
+        tools.locate(),
+        fleet.load_profile(profile),
+        name=f"bench-operator-{profile}",
+        die_with_parent=True,
+    )
+    say(f"starting the {profile} cluster")
+    t0 = time.monotonic()
     c.start(timeout=1200)
+    say(f"{profile} cluster up after {time.monotonic() - t0:.0f} s")
     c.apply_crd(render_crd())
     return c, Kube.connect(c.kubeconfig, c)
 
 
 def namespace(kube: Kube, name: str) -> str:
     kube.core.create_namespace({"metadata": {"name": name}})
-    wait_until(lambda: kube.core.read_namespaced_service_account("default", name), 30,
-               f"the default ServiceAccount of {name}")
+    wait_until(
+        lambda: kube.core.read_namespaced_service_account("default", name),
+        30,
+        f"the default ServiceAccount of {name}",
+    )
     return name
 
 
 def spec(sha: str, allow: list[str]) -> dict[str, Any]:
-    return {"model": {"uri": "pvc://infleet-models/cnn.onnx", "sha256": sha, "name": "cnn"},
-            "slo": {"latencyP99Ms": 10000}, "batching": {"maxBatchSize": 4},
-            "scaling": {"minReplicas": 1, "maxReplicas": 4}, "classes": {"allow": allow}}
+    return {
+        "model": {"uri": "pvc://infleet-models/cnn.onnx", "sha256": sha, "name": "cnn"},
+        "slo": {"latencyP99Ms": 10000},
+        "batching": {"maxBatchSize": 4},
+        "scaling": {"minReplicas": 1, "maxReplicas": 4},
+        "classes": {"allow": allow},
+    }
 
 
 def first_children(kube: Kube, ns: str, name: str, placed: int) -> bool:
     jobs = kube.batch.list_namespaced_job(ns).items
     services = kube.core.list_namespaced_service(
-        ns, label_selector=f"infleet.dev/deployment={name}").items
+        ns, label_selector=f"infleet.dev/deployment={name}"
+    ).items
     return len(jobs) >= placed and len(services) >= 1
 
 
@@ -102,18 +124,29 @@ def bench_dev(runs: int, workdir: Path) -> None:
             try:
                 t0 = time.monotonic()
                 apply_deployment(kube, deployment("cnn", ns, spec(sha, [local])))
-                wait_until(lambda ns=ns: first_children(kube, ns, "cnn", 1), 60,
-                           "the first children", op.tail, interval=0.02)
+                wait_until(
+                    lambda ns=ns: first_children(kube, ns, "cnn", 1),
+                    60,
+                    "the first children",
+                    op.tail,
+                    interval=0.02,
+                )
                 children.append(time.monotonic() - t0)
                 wait_available(kube, ns, "cnn")
                 ready.append(time.monotonic() - t0)
+                say(
+                    f"run {i + 1}/{runs}: children {children[-1]:.3f} s, "
+                    f"Available {ready[-1]:.1f} s"
+                )
             finally:
                 op.stop()
         print(f"\ndev fleet, {runs} runs, one deployment on {local} (real build + serve)")
         print(f"{'':34} {'p50 s':>8} {'p95 s':>8}")
-        for label, xs in (("API round trip (one ConfigMap)", baseline),
-                          ("apply -> children created", children),
-                          ("apply -> Available (real class)", ready)):
+        for label, xs in (
+            ("API round trip (one ConfigMap)", baseline),
+            ("apply -> children created", children),
+            ("apply -> Available (real class)", ready),
+        ):
             print(f"{label:34} {statistics.median(xs):8.3f} {pct(xs, 0.95):8.3f}")
     finally:
         c.stop()
@@ -150,10 +183,12 @@ def bench_many(count: int, workdir: Path) -> None:
             for i in range(count):
                 apply_deployment(kube, deployment(f"m{i:03d}", ns, spec(sha, classes)))
             applied = time.monotonic() - t0
+            say(f"{count} deployments applied in {applied:.1f} s; waiting for reconciles")
 
             def done() -> bool:
                 items = kube.custom.list_namespaced_custom_object(
-                    "infleet.dev", "v1alpha1", ns, "inferencedeployments")["items"]
+                    "infleet.dev", "v1alpha1", ns, "inferencedeployments"
+                )["items"]
                 return sum(reconciled(i.get("status") or {}) for i in items) == count
 
             wait_until(done, 1800, f"{count} deployments to reconcile", op.tail, interval=1.0)
@@ -163,10 +198,14 @@ def bench_many(count: int, workdir: Path) -> None:
         finally:
             op.stop()
         placed = sum(1 for c in example.get("classes", []) if not c.get("excluded"))
-        print(f"\nlarge fleet ({len(list(c.profile.classes))} fleet classes, "
-              f"{c.profile.node_count()} nodes): {count} deployments x {placed} classes")
-        print(f"  applied in {applied:.1f} s; all reconciled after {took:.1f} s "
-              f"(target <= 180 s); operator peak RSS {rss:.0f} MiB (target <= 300)")
+        print(
+            f"\nlarge fleet ({len(list(c.profile.classes))} fleet classes, "
+            f"{c.profile.node_count()} nodes): {count} deployments x {placed} classes"
+        )
+        print(
+            f"  applied in {applied:.1f} s; all reconciled after {took:.1f} s "
+            f"(target <= 180 s); operator peak RSS {rss:.0f} MiB (target <= 300)"
+        )
     finally:
         c.stop()
 
@@ -186,6 +225,9 @@ def main() -> int:
     parser.add_argument("--skip-dev", action="store_true")
     parser.add_argument("--skip-many", action="store_true")
     args = parser.parse_args()
+    # A SIGTERM (a time-out, a CI cancel) unwinds through the finally blocks, so the clusters
+    # and operators started here stop with the bench instead of running on.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="infleet-bench-operator-") as tmp:
         if not args.skip_dev:
             bench_dev(args.runs, Path(tmp))

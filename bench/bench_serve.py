@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shlex
 import socket
@@ -182,6 +183,43 @@ async def http_level(port: int, request: bytes, clients: int, warm: float, secs:
     return latencies, errors, time.perf_counter() - started
 
 
+def _http_level_child(conn, port: int, request: bytes, clients: int, warm: float, secs: float):
+    conn.send(asyncio.run(http_level(port, request, clients, warm, secs)))
+    conn.close()
+
+
+def load_level(port: int, request: bytes, clients: int, warm: float, secs: float, procs: int):
+    """http_level, its clients spread over ``procs`` processes.
+
+    One asyncio process tops out near 20k small requests a second on its own parsing and
+    syscalls: past that it measures itself, not the server (on the H200, 17k req/s against a
+    27k in-process ceiling). Several processes, each with a share of the connections, lift
+    that limit; latencies are pooled, the run's length is the longest process's.
+    """
+    procs = max(1, min(procs, clients))
+    if procs == 1:
+        return asyncio.run(http_level(port, request, clients, warm, secs))
+    ctx = multiprocessing.get_context("fork")
+    children = []
+    for i in range(procs):
+        share = clients // procs + (i < clients % procs)
+        here, there = ctx.Pipe(duplex=False)
+        child = ctx.Process(
+            target=_http_level_child, args=(there, port, request, share, warm, secs)
+        )
+        child.start()
+        children.append((child, here))
+    latencies: list[float] = []
+    errors, longest = 0, 0.0
+    for child, here in children:
+        lat, err, took = here.recv()
+        child.join()
+        latencies += lat
+        errors += err
+        longest = max(longest, took)
+    return latencies, errors, longest
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,7 +248,9 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def run_server_levels(name, cmd, ready_path, port, x, levels, warm, secs, encodings, cpus):
+def run_server_levels(
+    name, cmd, ready_path, port, x, levels, warm, secs, encodings, cpus, client_procs=1
+):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = Path(tempfile.mkstemp(prefix=f"bench-{name.split()[0]}-", suffix=".log")[1])
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
@@ -222,7 +262,7 @@ def run_server_levels(name, cmd, ready_path, port, x, levels, warm, secs, encodi
         for encoding in encodings:
             request = build_request(port, "/v2/models/cnn/infer", x, encoding == "binary")
             for n in levels:
-                lat, errors, secs_run = asyncio.run(http_level(port, request, n, warm, secs))
+                lat, errors, secs_run = load_level(port, request, n, warm, secs, client_procs)
                 r = summarize(name, encoding, n, lat, secs_run, errors)
                 print_row(r)
                 results.append(r)
@@ -255,6 +295,12 @@ def main() -> int:
     p.add_argument("--server-cpus", help="pin the servers (and the raw run) to these CPUs: 0-1")
     p.add_argument("--client-cpus", help="pin the HTTP load generator to these CPUs: 2-3")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="spread the HTTP load generator's connections over this many processes",
+    )
     p.add_argument(
         "--serve-args",
         action="append",
@@ -341,6 +387,7 @@ def main() -> int:
                 args.seconds,
                 ["binary", "json"] if n == 0 else ["binary"],
                 server_cpus,
+                args.client_procs,
             )
 
     if "kserve" not in skip:
@@ -366,6 +413,7 @@ def main() -> int:
                 args.seconds,
                 ["binary", "json"],
                 server_cpus,
+                args.client_procs,
             )
 
     report(results, levels)
@@ -410,7 +458,7 @@ def report(results: list[Result], levels: list[int]) -> None:
     if raw_top and inf_top:
         print(
             f"  infleet (binary) / raw at saturation (best level each): "
-            f"{inf_top / raw_top:.2f}x  (target >= 0.85x)"
+            f"{inf_top / raw_top:.2f}x  (targets: CPU >= 0.85x, GPU >= 0.8x)"
         )
     for n in levels:
         i, k = get("infleet", "binary", n), get("kserve", "binary", n)
@@ -424,7 +472,7 @@ def report(results: list[Result], levels: list[int]) -> None:
     if r and i:
         print(
             f"  conc {low}: p50 infleet {i.p50_ms:.2f} ms vs raw {r.p50_ms:.2f} ms: "
-            f"{i.p50_ms - r.p50_ms:+.2f} ms  (target <= +1 ms)"
+            f"{i.p50_ms - r.p50_ms:+.2f} ms  (targets: CPU <= +1 ms, GPU <= +0.3 ms)"
         )
 
 

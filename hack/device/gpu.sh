@@ -16,6 +16,7 @@
 #   ort    bench/gpu_onnxruntime.py: infleet build/serve on ORT CUDA, the profiles (gpu.json, gpu.log)
 #   serve  bench/bench_serve.py on the GPU: in-process layouts vs infleet serve --workers N
 #          (serve-MODE.json/.log), once per BINDING_MODES (off iobinding graph: the ORT engine's
+#          CLIENT_PROCS load-generator processes, 4 by default;
 #          INFLEET_ORT_CUDA_BINDING); SERVE_ARGS overrides the configurations (';'-separated)
 #   cpu    (not by default) bench_serve on 2 pinned cores with the machine's CPU onnxruntime
 # CI has no GPU and never runs this.
@@ -71,7 +72,7 @@ from pathlib import Path
 from infleet.runtime.zoo import minilm_l6
 minilm_l6(Path('.device/payload/models/minilm-l6.onnx'))"
     fi
-    (cd .device/payload && sha256sum whl/* models/*) > "$dir/files.sha256"
+    (cd .device/payload && find whl models -type f | sort | xargs sha256sum) > "$dir/files.sha256"
     tar -C .device/payload -cf "$dir/payload.tar" .
     split -b "$PIECE" -d "$dir/payload.tar" "$dir/$name.piece."
     local n=0 f
@@ -154,6 +155,7 @@ run() {
         for m in ${BINDING_MODES:-off}; do  # INFLEET_ORT_CUDA_BINDING: off, iobinding, graph
             INFLEET_ORT_CUDA_BINDING=$m timeout 280 python3 bench/bench_serve.py --model small \
                 --skip kserve --seconds "${SERVE_SECONDS:-3}" --levels "${SERVE_LEVELS:-1,16,64}" \
+                --client-procs "${CLIENT_PROCS:-4}" \
                 "${serve_args[@]}" --json "$out/serve-$m.json" 2>&1 |
                 tee "$out/serve-$m.log" || echo "bench_serve ($m) failed: $?"
         done

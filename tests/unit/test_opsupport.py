@@ -104,3 +104,24 @@ def test_a_file_that_is_not_onnx_is_a_model_error(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00\x01 not a protobuf \xff" * 10)
     with pytest.raises(ModelError, match="not a readable ONNX model"):
         model_ops(bad)
+
+
+def test_the_kernel_list_read_in_a_child_is_the_one_read_here() -> None:
+    # The GPU build of onnxruntime is asked in a child process (its registry walk can crash);
+    # on this CPU build both ways run, and must agree kernel for kernel.
+    from infleet.runtime.builders.onnxruntime import kernels_here, kernels_in_child
+
+    here = kernels_here()
+    assert ("", "Conv") in here and ("com.microsoft", "FusedMatMul") in here
+    assert kernels_in_child() == here
+
+
+def test_a_child_that_dies_leaves_the_op_check_to_the_session_load(tmp_path: Path) -> None:
+    # Fault injected on purpose: a "python" that dies of SIGSEGV, as the GPU build did.
+    from infleet.runtime.builders.onnxruntime import kernels_in_child
+
+    crash = tmp_path / "python"
+    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    assert kernels_in_child(str(crash)) is None
+    assert kernels_in_child(str(tmp_path / "absent")) is None

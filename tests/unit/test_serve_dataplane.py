@@ -279,6 +279,29 @@ def test_engines_that_take_some_batch_sizes_pad_up_and_slice_above(tmp_path) -> 
     assert seen == [4] and out["y"].shape == (3, 1)
 
 
+def test_padding_buffers_are_reused_and_never_change_an_answer() -> None:
+    # The padded batch lives in a buffer this thread reuses: each answer must still be its
+    # own rows', also right after a larger batch, and an engine that hands its input back
+    # (identity) must not see its earlier answer overwritten by the next batch.
+    from infleet.runtime.server.engines.base import run_padded
+
+    handed: list[np.ndarray] = []
+
+    def identity(feed):
+        handed.append(feed["x"])
+        return {"y": feed["x"]}
+
+    rng = np.random.default_rng(0)
+    first = rng.standard_normal((3, 2)).astype(np.float32)
+    out1 = run_padded(identity, {"x": first}, (1, 4))
+    second = rng.standard_normal((2, 2)).astype(np.float32)
+    out2 = run_padded(identity, {"x": second}, (1, 4))
+    assert handed[0] is handed[1]  # one buffer, reused
+    np.testing.assert_array_equal(out1["y"], first)  # not overwritten by the second batch
+    np.testing.assert_array_equal(out2["y"], second)
+    assert np.isfinite(handed[1]).all()  # padding rows are real rows, never garbage
+
+
 class _DeclaresSizes:
     """A real CPU engine that declares the warm batch sizes a CUDA engine would."""
 

@@ -12,7 +12,11 @@ MatMul/Gemm, where activation ranges vary per input and static ranges cost accur
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +100,63 @@ def int8_method(job: BuildJob) -> str:
     return "static"
 
 
+_KERNELS_SCRIPT = """
+import json
+from onnxruntime.capi import onnxruntime_pybind11_state as state
+print(json.dumps(sorted({(d.domain or "", d.op_name) for d in state.get_all_opkernel_def()
+                         if d.provider == "CPUExecutionProvider"})))
+"""
+
+
+@functools.cache
+def cpu_kernels() -> frozenset[tuple[str, str]] | None:
+    """(domain, op) of every CPU-provider kernel of this onnxruntime; None if it cannot say.
+
+    The GPU build's ``get_all_opkernel_def`` walks the registries of every provider it was
+    compiled with, TensorRT's included; where TensorRT's libraries are absent (they are on
+    the H200 here) it crashed the process (SIGSEGV, onnxruntime-gpu 1.31.1). So with a GPU
+    build the list is read in a child process, and a child that dies leaves the op check to
+    the session load (which names the op) instead of killing the build.
+    """
+    ort = _ort()  # BackendUnavailable when missing
+    if ort.get_available_providers() == ["CPUExecutionProvider"]:
+        return kernels_here()
+    return kernels_in_child()
+
+
+def kernels_here() -> frozenset[tuple[str, str]]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return frozenset(
+        (d.domain or "", d.op_name)
+        for d in state.get_all_opkernel_def()
+        if d.provider == "CPUExecutionProvider"
+    )
+
+
+def kernels_in_child(python: str = sys.executable) -> frozenset[tuple[str, str]] | None:
+    try:
+        done = subprocess.run(
+            [python, "-c", _KERNELS_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("could not list onnxruntime's CPU kernels (%s); the session load checks ops", e)
+        return None
+    if done.returncode != 0:
+        err = done.stderr.strip()[-200:]
+        log.warning(
+            "listing onnxruntime's CPU kernels failed (exit %s%s); the session load checks ops",
+            done.returncode,
+            f": {err}" if err else "",
+        )
+        return None
+    return frozenset((d, o) for d, o in json.loads(done.stdout))
+
+
 class OnnxRuntimeBuilder:
     backend = Backend.ONNXRUNTIME
 
@@ -124,14 +185,9 @@ class OnnxRuntimeBuilder:
     def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
         # The CPU provider's kernels: on GPU classes the CUDA provider hands an op it lacks to
         # the CPU, so these are the ops ORT cannot run anywhere.
-        _ort()  # BackendUnavailable when missing
-        from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-        kernels = {
-            (d.domain or "", d.op_name)
-            for d in state.get_all_opkernel_def()
-            if d.provider == "CPUExecutionProvider"
-        }
+        kernels = cpu_kernels()
+        if kernels is None:  # not knowable here: the session's own load reports such ops
+            return ()
         return tuple(sorted(op_label(d, o) for d, o in ops if (_default(d), o) not in kernels))
 
     def build(self, job: BuildJob, precision: Precision, out_dir: Path) -> BuiltEngine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,39 @@ def run_padded(
     size = next(b for b in sizes if b >= rows)
     if size == rows:
         return run(inputs)
-    padded = {
-        n: np.concatenate([a, np.repeat(a[-1:], size - rows, axis=0)]) for n, a in inputs.items()
+    padded = {n: _pad(n, a, size) for n, a in inputs.items()}
+    out = run(padded)
+    # The buffers are reused by the next batch: an output that is a view of one (an engine
+    # that hands an input back) is copied out first.
+    return {
+        n: a[:rows].copy() if any(np.may_share_memory(a, b) for b in padded.values()) else a[:rows]
+        for n, a in out.items()
     }
-    return {n: a[:rows] for n, a in run(padded).items()}
+
+
+_PAD_BUFFERS = 8
+_pad_local = threading.local()
+
+
+def _pad(name: str, a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` in the first rows of a ``size``-row buffer kept by this thread for that shape.
+
+    A fresh padded array per batch cost more than the GPU's run: for EfficientNet-Lite0 at
+    batch 16 (9.6 MB) a padded batch of 2-8 rows took 3.5 ms against 2.5 ms unpadded on the
+    H200, the difference being allocation (page faults) and copies. The buffer is reused: its
+    tail rows are copies of a real row (the last row at first, rows of earlier batches
+    later), always valid inputs, and their outputs are dropped. One buffer set per thread, as
+    batches may run concurrently; a few shapes per thread, the oldest dropped first.
+    """
+    buffers: dict[tuple[object, ...], np.ndarray] = _pad_local.__dict__.setdefault("buffers", {})
+    key = (name, size, a.dtype.str, a.shape[1:])
+    buf = buffers.pop(key, None)
+    rows = len(a)
+    if buf is None:
+        buf = np.empty((size, *a.shape[1:]), a.dtype)
+        buf[rows:] = a[-1]
+    buffers[key] = buf  # most recently used last
+    while len(buffers) > _PAD_BUFFERS:
+        del buffers[next(iter(buffers))]
+    buf[:rows] = a
+    return buf
