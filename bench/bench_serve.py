@@ -191,10 +191,10 @@ def _http_level_child(conn, port: int, request: bytes, clients: int, warm: float
 def load_level(port: int, request: bytes, clients: int, warm: float, secs: float, procs: int):
     """http_level, its clients spread over ``procs`` processes.
 
-    One asyncio process tops out near 20k small requests a second on its own parsing and
-    syscalls: past that it measures itself, not the server (on the H200, 17k req/s against a
-    27k in-process ceiling). Several processes, each with a share of the connections, lift
-    that limit; latencies are pooled, the run's length is the longest process's.
+    One asyncio process may be the limit of a run rather than the server (its own parsing and
+    syscalls); several processes, each with a share of the connections, rule that out.
+    Latencies are pooled, the run's length is the longest process's. (On the H200 with the
+    small CNN, 4 processes gave the same ~17k req/s as 1: the client was not the limit.)
     """
     procs = max(1, min(procs, clients))
     if procs == 1:

@@ -16,8 +16,8 @@
 #   ort    bench/gpu_onnxruntime.py: infleet build/serve on ORT CUDA, the profiles (gpu.json, gpu.log)
 #   serve  bench/bench_serve.py on the GPU: in-process layouts vs infleet serve --workers N
 #          (serve-MODE.json/.log), once per BINDING_MODES (off iobinding graph: the ORT engine's
-#          CLIENT_PROCS load-generator processes, 4 by default;
-#          INFLEET_ORT_CUDA_BINDING); SERVE_ARGS overrides the configurations (';'-separated)
+#          INFLEET_ORT_CUDA_BINDING); SERVE_ARGS overrides the configurations (';'-separated);
+#          CLIENT_PROCS load-generator processes (4 by default)
 #   cpu    (not by default) bench_serve on 2 pinned cores with the machine's CPU onnxruntime
 # CI has no GPU and never runs this.
 set -euo pipefail

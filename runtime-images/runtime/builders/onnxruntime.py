@@ -100,12 +100,10 @@ def int8_method(job: BuildJob) -> str:
     return "static"
 
 
-_KERNELS_SCRIPT = """
-import json
-from onnxruntime.capi import onnxruntime_pybind11_state as state
-print(json.dumps(sorted({(d.domain or "", d.op_name) for d in state.get_all_opkernel_def()
-                         if d.provider == "CPUExecutionProvider"})))
-"""
+_KERNELS_SCRIPT = (
+    "import json; from infleet.runtime.builders.onnxruntime import kernels_here; "
+    "print(json.dumps(sorted(kernels_here())))"
+)
 
 
 @functools.cache
