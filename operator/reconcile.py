@@ -194,8 +194,11 @@ async def reconcile(
         # the next tick decides again from what the Deployments really have.
         autoscaler.record(state, ref, result)
         new_status = status_body(result.status)
-        if new_status != body.get("status"):
+        key = (ref[0], "status", ref[1])
+        now = asyncio.get_running_loop().time()
+        if new_status != body.get("status") and not state.recent.written(key, new_status, now):
             await state.kube.apply_status(API_VERSION, KIND, ref[0], ref[1], new_status)
+            state.recent.remember(key, new_status, now)
         for event in result.events:
             await _event(state, body, event.type, event.reason, event.message)
             if event.reason in ("BuildStarted", "BuildFinished", "BuildFailed"):
@@ -211,13 +214,20 @@ async def _apply(state: OperatorState, result: planner.Reconcile) -> None:
     # Build Jobs and records first (they gate nothing else), then serving objects, the
     # endpoint last: a route never points at a Service that does not exist yet.
     order = {"ConfigMap": 0, "Job": 0, "Deployment": 1, "Service": 2, "HTTPRoute": 3}
+    now = asyncio.get_running_loop().time()
     for manifest in sorted(result.apply, key=lambda m: order.get(m["kind"], 9)):
+        meta = manifest["metadata"]
+        key = (meta["namespace"], manifest["kind"], meta["name"])
+        if state.recent.written(key, manifest, now):
+            continue  # ours, written a moment ago: the watch has not brought it back yet
         if manifest["kind"] == "Job":
             await state.kube.create(manifest)
         else:
             await state.kube.apply(manifest)
+        state.recent.remember(key, manifest, now)
     for ref in result.delete:
         await state.kube.delete(ref.api_version, ref.kind, ref.namespace, ref.name)
+        state.recent.forget((ref.namespace, ref.kind, ref.name))
 
 
 async def _probe(

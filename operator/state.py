@@ -26,6 +26,36 @@ from infleet.scheduler.policy import ClusterPolicy
 Ref = tuple[str, str]
 """(namespace, name) of an InferenceDeployment."""
 
+RECENT_WRITE_S = 10.0
+"""How long a write of ours stands in for the watch that has not delivered it yet."""
+
+
+@dataclass
+class RecentWrites:
+    """What this operator wrote in the last few seconds, by (namespace, kind, name).
+
+    Reconciles compare the desired objects and status with what the watches delivered, and a
+    watch lags a write by a moment: a reconcile poked in that moment (a pod event, a build
+    that finished) would see its own last write missing and write it again. A write is
+    skipped when the same content was written within ``RECENT_WRITE_S``; after that the
+    watched object alone decides, so drift made by others is still corrected.
+    """
+
+    entries: dict[tuple[str, str, str], tuple[float, Any]] = field(default_factory=dict)
+
+    def written(self, key: tuple[str, str, str], content: Any, now: float) -> bool:
+        entry = self.entries.get(key)
+        return entry is not None and now - entry[0] < RECENT_WRITE_S and entry[1] == content
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        self.entries.pop(key, None)
+
+    def remember(self, key: tuple[str, str, str], content: Any, now: float) -> None:
+        self.entries[key] = (now, content)
+        if len(self.entries) > 4096:  # drop the stale ones now and then; never grows unbounded
+            self.entries = {k: v for k, v in self.entries.items()
+                            if now - v[0] < RECENT_WRITE_S}
+
 
 @dataclass
 class OperatorState:
@@ -42,6 +72,7 @@ class OperatorState:
     node_signatures: dict[str, tuple[object, ...]] = field(default_factory=dict)
     autoscale: dict[Ref, Memory] = field(default_factory=dict)
     """The autoscaler's memory per deployment."""
+    recent: RecentWrites = field(default_factory=RecentWrites)
     gateway_api: bool | None = None
     gateway_checked: float = 0.0
     started: bool = False

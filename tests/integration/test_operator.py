@@ -26,6 +26,7 @@ from support.operator import (
     local_class,
     put_model,
     running_operator,
+    settled_autoscaler,
     status_of,
     wait_available,
     writes_over_idle_reconciles,
@@ -116,8 +117,11 @@ def test_a_deployment_is_built_served_verified_and_answers(
     assert answer.status_code == 200, answer.text
     np.testing.assert_allclose(decode_response(answer)["logits"], want, rtol=1e-4, atol=1e-5)
 
-    # Converged: reconciles go on (the drift timer), writes do not.
-    assert writes_over_idle_reconciles(operator, count=3) == 0
+    # Converged: once the autoscaler has seen the pods, reconciles go on (the drift timer
+    # and the autoscaler's ticks), writes do not.
+    settled_autoscaler(kube, namespace, "cnn")
+    writes = writes_over_idle_reconciles(operator, count=3)
+    assert not writes, f"{writes}\n{operator.tail()}"
 
 
 def test_a_second_deployment_of_the_model_reuses_the_engine(

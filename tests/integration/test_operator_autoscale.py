@@ -8,6 +8,12 @@ serving pod gets a core of its own (a Guaranteed pod with one CPU, the local exe
 it), so a second replica really adds capacity on this 2-core machine. The load is 1.2x
 what the build profiled for one replica: one replica falls behind and p99 breaks the SLO,
 two hold it. Windows are short (2 s ticks, 15 s stabilization) to keep the test lean.
+
+The SLO (1 s, about 33 requests' service) leaves room for what else runs on two cores: the
+control plane, the gateway, the load generator and Prometheus take CPU from the replicas, so
+two replicas hold 1.2x one replica's capacity at a high utilisation, and an SLO of a dozen
+requests' service (400 ms) failed there on a slower CI machine. Overload still breaks it: the
+generator keeps up to 48 requests in flight, about 1.4 s of queue on one replica.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from infleet.runtime.server.samples import slow_model
 
 pytestmark = pytest.mark.integration
 
-SLO_MS = 400.0
+SLO_MS = 1000.0
 STABILIZATION_S = 15
 LOAD = 1.2
 """Times one replica's profiled throughput: one replica falls behind, two hold the SLO."""

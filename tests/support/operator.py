@@ -2,7 +2,7 @@
 cluster, as a user starts it; plus what a deployment needs around it (a namespace with its
 engine store and model claims, a real model on the claim).
 
-- ``Operator``: start, stop (SIGTERM), kill (SIGKILL), ``metrics()``, ``writes()``, logs.
+- ``Operator``: start, stop (SIGTERM), kill (SIGKILL), ``metrics()``, ``write_counts()``, logs.
 - ``claim()``: a PersistentVolumeClaim bound to a PersistentVolume whose folder is the one
   the local executor mounts for that claim (static provisioning, as a cluster admin does it).
 - ``put_model()``: writes a model file onto a claim, returns its sha256.
@@ -79,9 +79,10 @@ class Operator:
                 out[name] = float(value)
         return out
 
-    def writes(self) -> float:
-        return sum(v for k, v in self.metrics().items()
-                   if k.startswith("infleet_operator_api_writes_total"))
+    def write_counts(self) -> dict[str, float]:
+        """The operator's API writes so far, per series (verb and kind)."""
+        return {k: v for k, v in self.metrics().items()
+                if k.startswith("infleet_operator_api_writes_total")}
 
     def reconciles(self) -> float:
         return self.metrics().get('infleet_operator_reconciles_total{outcome="ok"}', 0.0)
@@ -242,13 +243,30 @@ def wait_gone(kube: Kube, call: Any, *args: Any, what: str, timeout: float = 60)
     wait_until(gone, timeout, what)
 
 
-def writes_over_idle_reconciles(op: Operator, count: int = 3, timeout: float = 60) -> float:
+def writes_over_idle_reconciles(op: Operator, count: int = 3, timeout: float = 60
+                                ) -> dict[str, float]:
     """The writes the operator makes while it reconciles ``count`` more times with nothing
-    changing (it reconciles on its drift interval even when nothing wakes it)."""
-    writes, before = op.writes(), op.reconciles()
-    wait_until(lambda: op.reconciles() >= before + count, timeout,
+    changing (it reconciles on its drift interval even when nothing wakes it), by metric
+    series; the operator's log names each one (``wrote: ...``)."""
+    before, reconciles = op.write_counts(), op.reconciles()
+    wait_until(lambda: op.reconciles() >= reconciles + count, timeout,
                f"{count} more reconciles", op.tail)
-    return op.writes() - writes
+    after = op.write_counts()
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def settled_autoscaler(kube: Kube, namespace: str, name: str, timeout: float = 90
+                       ) -> dict[str, Any]:
+    """Wait until the autoscaler has decided on measured load (mode ``hold``): until then a
+    tick may rightly rewrite the status (``no-metrics`` while the pods were starting)."""
+    def held() -> dict[str, Any] | None:
+        auto = status_of(kube, namespace, name).get("autoscaler") or {}
+        return auto if auto.get("mode") == "hold" else None
+
+    auto: dict[str, Any] = wait_until(held, timeout, f"the autoscaler of {name} to hold",
+                                      lambda: str(status_of(kube, namespace, name)
+                                                  .get("autoscaler")))
+    return auto
 
 
 @pytest.fixture(scope="session")
