@@ -29,8 +29,8 @@ from infleet.api.errors import SpecError
 from infleet.api.spec import NAME_RULE
 from infleet.operator import autoscaler, children, metrics, naming, planner, probe
 from infleet.operator.children import Owner
-from infleet.operator.errors import ApiError
 from infleet.operator.engines import EngineResult
+from infleet.operator.errors import ApiError
 from infleet.operator.observed import (
     BuildPod,
     JobView,
