@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,14 @@ MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
 RECORDS = {naming.RECORD_LABEL: "true"}
 OWNED_SERVING = {**MANAGED, **SERVING}
 RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def _backoff(failures: int) -> float:
+    """The wait before retry ``failures``, jittered by +-25%: deployments that failed together
+    (an API server that was down, a timeout under load) must not all retry together and fail
+    together again."""
+    base = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S)) - 1]
+    return base * random.uniform(0.75, 1.25)
 
 
 def _state(memo: Any) -> OperatorState:
@@ -178,7 +187,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
         failures = 0
         while not stopped:
             try:
-                await reconcile.reconcile(state, ix, dict(body))
+                async with state.slots:
+                    await reconcile.reconcile(state, ix, dict(body))
                 failures = 0
                 state.refusals.pop(ref, None)
                 wait = state.config.reconcile_interval_seconds
@@ -190,7 +200,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 # retried with a growing backoff: a refusal may come from RBAC or a webhook
                 # that someone fixes; it is logged, never crash-looped.
                 failures += 1
-                wait = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S)) - 1]
+                wait = _backoff(failures)
                 level = logging.WARNING if e.retryable else logging.ERROR
                 log.log(level, "%s/%s: %s (retrying in %.0fs)", namespace, name, e, wait)
                 metrics.RECONCILES.labels("retry").inc()
@@ -200,7 +210,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 raise
             except Exception:
                 failures += 1
-                wait = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S)) - 1]
+                wait = _backoff(failures)
                 log.exception("%s/%s: reconcile failed (retrying in %.0fs)", namespace, name,
                               wait)
                 metrics.RECONCILES.labels("error").inc()

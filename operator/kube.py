@@ -152,7 +152,10 @@ class KubeClient:
                 headers=self._headers(content_type or ("application/json" if content else None)),
             )
         except httpx.HTTPError as e:
-            raise ApiUnavailable(f"{what}: cannot reach the API server: {e}", status=0) from e
+            # Some of httpx's errors (its timeouts) carry no message: name the kind.
+            said = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise ApiUnavailable(f"{what}: cannot reach the API server: {said}",
+                                 status=0) from e
         if response.status_code >= 400:
             try:
                 message = response.json().get("message", response.text)

@@ -104,9 +104,17 @@ def _records(ix: Indexes, namespace: str) -> tuple[dict[str, EngineResult], dict
 
 async def _gateway_api(state: OperatorState) -> bool:
     loop = asyncio.get_running_loop()
-    if state.gateway_api is None or loop.time() - state.gateway_checked > GATEWAY_RECHECK_SECONDS:
-        state.gateway_api = await state.kube.serves(ROUTE_API, "HTTPRoute")
-        state.gateway_checked = loop.time()
+
+    def stale() -> bool:
+        return state.gateway_api is None or (
+            loop.time() - state.gateway_checked > GATEWAY_RECHECK_SECONDS)
+
+    if stale():
+        async with state.gateway_lock:
+            if stale():  # another deployment may have asked while this one waited
+                state.gateway_api = await state.kube.serves(ROUTE_API, "HTTPRoute")
+                state.gateway_checked = loop.time()
+    assert state.gateway_api is not None
     return state.gateway_api
 
 

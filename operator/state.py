@@ -77,7 +77,14 @@ class OperatorState:
     """The API's last refusal per deployment, told once as an Event until a reconcile passes."""
     gateway_api: bool | None = None
     gateway_checked: float = 0.0
+    gateway_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One discovery request at a time: the deployments that wait for it share its answer."""
     started: bool = False
+    slots: asyncio.Semaphore = field(init=False)
+    """Reconciles allowed at once (``maxConcurrentReconciles``)."""
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.config.max_concurrent_reconciles)
 
     def poke(self, ref: Ref) -> None:
         event = self.pokes.get(ref)

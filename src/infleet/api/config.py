@@ -135,6 +135,10 @@ class OperatorConfig(_Config):
     autoscaler: AutoscalerConfig = AutoscalerConfig()
     reconcile_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     """Longest time between two reconciles of one deployment when nothing changes (drift)."""
+    max_concurrent_reconciles: Annotated[int, Field(ge=1, le=256)] = 16
+    """Reconciles that run at once over all deployments (controller-runtime's
+    MaxConcurrentReconciles): with hundreds of deployments, the others wait their turn
+    instead of crowding the API client until its requests time out."""
     probe_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     """How often a verified class is sent a test inference again."""
 
