@@ -73,6 +73,8 @@ class Container:
     probe_ok: int = 0
     probe_fail: int = 0
     restart_due: float = 0.0
+    backoff_s: float = 0.0
+    """An init container waiting to run again after failing (its state is CrashLoopBackOff)."""
 
 
 @dataclass
@@ -145,17 +147,31 @@ class PodRunner:
             c.termination_message_path.unlink(missing_ok=True)
 
     def _run_init(self, plan: ContainerPlan) -> int | None:
+        """Run one init container to its end; its exit code, None when the pod was deleted.
+        As the kubelet does, a failed init container of a pod that restarts (``Always``,
+        ``OnFailure``) runs again after a back-off, the pod Pending meanwhile and the
+        container's state ``CrashLoopBackOff`` with the failure as its last state."""
         c = Container(plan)
-        self._spawn(c)
         self.phase = "Pending"
-        self._report(init=[self._container_status(c)])
-        while c.proc is not None and c.proc.poll() is None:
-            if self.deleting.wait(0.1):
-                self._stop(c)
+        while True:
+            self._spawn(c)
+            self._report(init=[self._container_status(c)])
+            while c.proc is not None and c.proc.poll() is None:
+                if self.deleting.wait(0.1):
+                    self._stop(c)
+                    return None
+            self._collect(c)
+            code = int(c.terminated["exitCode"]) if c.terminated else 1
+            if code == 0 or self.plan.restart_policy is RestartPolicy.NEVER:
+                self.init_statuses.append(self._container_status(c))
+                return code
+            c.last_terminated, c.terminated = c.terminated, None
+            c.backoff_s = min(10.0, 2.0 ** min(c.restarts, 4))
+            self._report(init=[self._container_status(c)])
+            if self.deleting.wait(c.backoff_s):
                 return None
-        self._collect(c)
-        self.init_statuses.append(self._container_status(c))
-        return int(c.terminated["exitCode"]) if c.terminated else 1
+            c.backoff_s = 0.0
+            c.restarts += 1
 
     # -- processes ------------------------------------------------------------------------------
     def _spawn(self, c: Container) -> None:
@@ -316,12 +332,16 @@ class PodRunner:
         status: dict[str, Any] = {
             "name": c.plan.name, "image": self._image(c.plan.name), "imageID": "",
             "ready": c.ready, "restartCount": c.restarts,
-            "started": c.terminated is None and c.proc is not None,
+            "started": c.terminated is None and c.proc is not None and not c.backoff_s,
         }
         if c.proc is not None:
             status["containerID"] = f"local://{c.proc.pid}"
         if c.terminated is not None:
             status["state"] = {"terminated": c.terminated}
+        elif c.backoff_s:
+            status["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": (
+                f"back-off {c.backoff_s:g}s restarting failed container={c.plan.name} "
+                f"pod={self.plan.name}")}}
         elif c.proc is not None:
             status["state"] = {"running": {"startedAt": c.started_at}}
         else:
