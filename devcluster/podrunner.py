@@ -40,6 +40,7 @@ class PodHost(Protocol):
     def patch_status(self, plan: PodPlan, status: dict[str, Any]) -> None: ...
     def delete_pod_object(self, plan: PodPlan) -> None: ...
     def fill_volume(self, pod: dict[str, Any], volume: podspec.Volume) -> None: ...
+    def replan(self, pod: dict[str, Any], plan: PodPlan) -> PodPlan: ...
     def forget(self, uid: str, ip: str) -> None: ...
 
 
@@ -172,6 +173,12 @@ class PodRunner:
                 return None
             c.backoff_s = 0.0
             c.restarts += 1
+            # The kubelet resolves env (a Secret's keys, say) anew for each container it
+            # creates, so a Secret fixed meanwhile is seen by the next attempt.
+            fresh = self.executor.replan(self.pod, self.plan)
+            if not fresh.problems:
+                self.plan = fresh
+                c.plan = next(p for p in fresh.init_containers if p.name == plan.name)
 
     # -- processes ------------------------------------------------------------------------------
     def _spawn(self, c: Container) -> None:
