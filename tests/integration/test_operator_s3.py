@@ -1,12 +1,16 @@
-"""The operator end to end with its engine store on S3: versitygw (tests/support/s3.py) as the
-bucket, the credentials in a Secret of the namespace that only the pods read, the build Job
-on the real-executor class uploading the engine, serving pods pulling it into an emptyDir in
-their init container before they turn ready. No claim holds engines here: the namespace has
-only the claim the model file lies on.
+"""The operator end to end with its engine store on S3, installed as the chart installs it:
+versitygw (tests/support/s3.py) as the bucket; the chart rendered with `config.engineStore:
+s3://...` and the Secret's name in its values, its RBAC applied, and the operator run with a
+token of the chart's ServiceAccount (which may not read Secrets) on the chart's ConfigMap, in
+a namespace that enforces Pod Security `restricted`. The credentials are in a Secret that only
+the pods read; the build Job on the real-executor class uploads the engine; serving pods pull
+it into an emptyDir in their init container before they turn ready. No claim holds engines
+here: the namespace has only the claim the model file lies on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +21,8 @@ import numpy as np
 import pytest
 import yaml
 from serve_harness import decode_response, json_input
+from support.chart import apply, can_i, delete, objects, of_kind, service_account_kubeconfig
+from support.chart import template as helm_template
 from support.cluster import Kube, wait_until
 from support.operator import (
     Operator,
@@ -28,11 +34,11 @@ from support.operator import (
     events_of,
     local_class,
     put_model,
-    running_operator,
     status_of,
     wait_available,
 )
 from support.s3 import ACCESS, SECRET, S3Server, s3_server
+from test_chart_rbac import RBAC_KINDS, RESTRICTED, chart_config
 from test_operator import cnn_spec, reference_logits, serving_pod_ip
 
 from infleet.runtime.server.samples import small_cnn
@@ -69,15 +75,34 @@ def put_secret(kube: Kube, namespace: str, secret_key: str | None) -> None:
 
 
 @pytest.fixture
-def operator(kube: Kube, crd: Path, namespace: str, s3: S3Server, tmp_path: Path,
-             op_config: Path) -> Iterator[Operator]:
-    raw = yaml.safe_load(op_config.read_text())
-    raw.update(engineStore=f"s3://{BUCKET}/{namespace}", engineStoreSecret=STORE_SECRET,
-               engineStoreEndpoint=s3.endpoint)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    with running_operator(kube, tmp_path / "operator", "-n", namespace, config=config) as op:
+def operator(kube: Kube, crd: Path, namespace: str, s3: S3Server,
+             tmp_path: Path) -> Iterator[Operator]:
+    kube.core.patch_namespace(namespace, {"metadata": {"labels": RESTRICTED}})
+    config = chart_config(namespace)
+    config.update(engineStore=f"s3://{BUCKET}/{namespace}", engineStoreSecret=STORE_SECRET,
+                  engineStoreEndpoint=s3.endpoint)
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"watchNamespaces": [namespace], "config": config}))
+    docs = objects(helm_template(release=f"s3-{namespace}", namespace=namespace,
+                                 files=[values]))
+    rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
+    apply(kube, rbac)
+    op: Operator | None = None
+    try:
+        sa = of_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+        kubeconfig = service_account_kubeconfig(kube, namespace, sa, tmp_path / "sa.kubeconfig")
+        assert not can_i(kube, kubeconfig, "get", "secrets", namespace)
+        chart_cm = tmp_path / "config.yaml"
+        chart_cm.write_text(of_kind(docs, "ConfigMap")[0]["data"]["config.yaml"])
+        container = of_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+        args = [a.replace("$(INFLEET_PRIORITY)", "1") for a in container["args"]][1:]
+        op = Operator(dataclasses.replace(kube, kubeconfig=kubeconfig), tmp_path / "operator",
+                      [*args, "--config", str(chart_cm)]).start()
         yield op
+    finally:
+        if op is not None:
+            op.stop()
+        delete(kube, rbac)
 
 
 def warnings_of(kube: Kube, namespace: str, name: str) -> list[tuple[str, str]]:
@@ -164,3 +189,12 @@ def test_the_s3_store_builds_uploads_pulls_serves_reuses_and_says_what_is_wrong(
     third = wait_available(kube, namespace, "third", timeout=120)
     assert not class_status(third, local).get("problem")
     assert class_status(third, local)["engine"]["key"] == key
+
+    # Every pod (init containers too) was admitted under `restricted`, and the operator,
+    # which may not read Secrets, was never refused anything.
+    refused = [(e.involved_object.name, e.message) for e in
+               kube.core.list_namespaced_event(namespace).items
+               if e.reason == "FailedCreate" or "forbidden" in (e.message or "").lower()]
+    assert refused == []
+    log = operator.log_path.read_text(errors="replace")
+    assert ": 403 " not in log and "forbidden" not in log.lower(), operator.tail()
