@@ -140,6 +140,11 @@ def bench_dev(runs: int, workdir: Path) -> None:
                 )
             finally:
                 op.stop()
+                # Each run's serving pod holds a CPU of the real class: left running, a few
+                # runs fill its nodes and a later build pod never schedules.
+                kube.core.delete_namespace(ns)
+                wait_until(lambda ns=ns: not kube.core.list_namespaced_pod(ns).items, 120,
+                           f"the pods of {ns} to go")
         print(f"\ndev fleet, {runs} runs, one deployment on {local} (real build + serve)")
         print(f"{'':34} {'p50 s':>8} {'p95 s':>8}")
         for label, xs in (

@@ -42,8 +42,10 @@ PROMETHEUS_DEPLOYMENT_LABEL = "infleet_dev_deployment"
 
 @dataclass
 class Memory:
-    """What one deployment's autoscaler keeps between ticks (in memory: a restarted
-    operator starts over, holding the replicas the Deployments have)."""
+    """What one deployment's autoscaler keeps between ticks, in memory. A restarted operator
+    holds the replicas the Deployments have and resumes from the status the last one wrote
+    (:func:`~infleet.operator.scaling.resume`: the learnt capacities, the target in force);
+    the demand history is measured again."""
 
     state: AutoscaleState
     last_tick: float | None = None
@@ -51,6 +53,8 @@ class Memory:
     rounds: dict[str, list[PodScrape]] = field(default_factory=dict)
     """The last round of scrapes, per class."""
     held: dict[str, int] = field(default_factory=dict)
+    fresh: bool = True
+    """No decision taken yet: the first one resumes from the status (restart memory)."""
 
 
 def _memory(state: OperatorState, ref: Ref, now: float) -> Memory:
@@ -88,7 +92,7 @@ async def view(
     # 5% early still counts as due: a poke just before the interval must not push the
     # tick a whole interval later.
     if mem.last_tick is not None and now - mem.last_tick < 0.95 * cfg.interval_seconds:
-        return scaling.View(mem.state, dict(mem.held))
+        return scaling.View(mem.state, dict(mem.held), fresh=mem.fresh)
     if state.config.metrics_source == "pods":
         observed = await _scrape(state, mem, spec, model, pods)
     else:
@@ -96,7 +100,7 @@ async def view(
     mem.last_tick = now
     tick = scaling.Tick(now=now, observed=observed,
                         stable_window_s=cfg.stable_window_seconds, min_requests=cfg.min_requests)
-    return scaling.View(mem.state, dict(mem.held), tick)
+    return scaling.View(mem.state, dict(mem.held), tick, fresh=mem.fresh)
 
 
 async def _scrape(
@@ -151,6 +155,7 @@ def record(state: OperatorState, ref: Ref, result: Reconcile) -> None:
     if d is None:
         return
     mem.state = d.state
+    mem.fresh = False  # resumed from the status (scaling.resume) by this first decision
     log.log(logging.INFO if d.changed else logging.DEBUG, "%s/%s: autoscaler: %s", ref[0],
             ref[1], d.reason)
     metrics.AUTOSCALER_DECISIONS.labels(d.mode.value).inc()

@@ -180,6 +180,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
             try:
                 await reconcile.reconcile(state, ix, dict(body))
                 failures = 0
+                state.refusals.pop(ref, None)
                 wait = state.config.reconcile_interval_seconds
                 tick = autoscaler.seconds_to_next_tick(state, ref)
                 if tick is not None:
@@ -193,6 +194,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 level = logging.WARNING if e.retryable else logging.ERROR
                 log.log(level, "%s/%s: %s (retrying in %.0fs)", namespace, name, e, wait)
                 metrics.RECONCILES.labels("retry").inc()
+                if not e.retryable:
+                    await reconcile.refused(state, dict(body), e, wait)
             except asyncio.CancelledError:
                 raise
             except Exception:

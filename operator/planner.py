@@ -272,7 +272,7 @@ def _autoscale(s: Snapshot, work: list[_Class], rooms: Mapping[str, int]
     if not governed:
         return None
     others = sum(c.desired for c in work if c not in mine)
-    outcome = scaling.decide(s.autoscale, s.spec, governed, others)
+    outcome = scaling.decide(s.autoscale, s.spec, governed, others, s.previous)
     for c in mine:
         c.desired = outcome.replicas[c.cls.name]
         c.correction = outcome.corrections.get(c.cls.name, 1.0)

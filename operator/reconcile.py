@@ -30,6 +30,7 @@ from infleet.api.spec import NAME_RULE
 from infleet.operator import autoscaler, children, metrics, naming, planner, probe
 from infleet.operator.children import Owner
 from infleet.operator.engines import EngineResult
+from infleet.operator.errors import ApiError
 from infleet.operator.observed import (
     BuildPod,
     JobView,
@@ -253,6 +254,25 @@ async def _event(
 ) -> None:
     involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": body["metadata"]}
     await state.kube.event(involved, type_, reason, message)
+
+
+async def refused(
+    state: OperatorState, body: Mapping[str, Any], error: ApiError, retry_s: float
+) -> None:
+    """The API server refused a write (RBAC, an admission policy or webhook, a quota): a
+    Warning Event tells the deployment's owner, once per distinct refusal, while the loop
+    retries with its backoff. The status cannot say it: its write may be refused too."""
+    meta = body["metadata"]
+    ref = (meta["namespace"], meta["name"])
+    message = str(error)
+    if state.refusals.get(ref) == message:
+        return
+    state.refusals[ref] = message
+    try:
+        await _event(state, body, "Warning", "WriteRefused",
+                     f"{message} (retrying with backoff, first in {retry_s:.0f}s)")
+    except ApiError as e:  # the Event may be refused as well: the log has both
+        log.warning("%s/%s: the WriteRefused Event was refused too: %s", ref[0], ref[1], e)
 
 
 async def _invalid(state: OperatorState, body: Mapping[str, Any], message: str) -> None:

@@ -21,11 +21,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from infleet.api import AutoscalerStatus, InferenceDeploymentSpec, ObservedLoad
+from infleet.api import (
+    AutoscalerStatus,
+    InferenceDeploymentSpec,
+    InferenceDeploymentStatus,
+    ObservedLoad,
+)
 from infleet.scheduler.autoscale import (
     AutoscaleSettings,
     AutoscaleState,
     ClassInput,
+    ClassMemory,
     ScaleDecision,
     decide_scale,
 )
@@ -58,6 +64,9 @@ class View:
     """Replicas last decided per class (empty after a restart)."""
     tick: Tick | None = None
     """None: no decision is due this reconcile; the classes hold."""
+    fresh: bool = False
+    """The memory is new (a started or restarted operator): :func:`resume` seeds it from the
+    status the last operator wrote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +109,8 @@ def settings_for(
 
 
 def decide(
-    view: View, spec: InferenceDeploymentSpec, governed: Sequence[Governed], others: int
+    view: View, spec: InferenceDeploymentSpec, governed: Sequence[Governed], others: int,
+    previous: InferenceDeploymentStatus | None = None,
 ) -> Outcome:
     """Replicas for the governed classes: this tick's decision, or what they hold."""
     corrections = {g.name: view.state.classes[g.name].correction
@@ -109,6 +119,9 @@ def decide(
         held = {g.name: view.held.get(g.name, g.replicas if g.has_deployment else g.planned)
                 for g in governed}
         return Outcome(MappingProxyType(held), MappingProxyType(corrections), None)
+    state = view.state
+    if view.fresh:
+        state = resume(state, governed, previous, view.tick.now, spec)
     inputs = []
     for g in governed:
         now_replicas = view.held.get(g.name, g.replicas) if g.has_deployment else 0
@@ -119,9 +132,38 @@ def decide(
             free_replicas=max(0, g.room - now_replicas),
             observed=view.tick.observed.get(g.name),
         ))
-    d = decide_scale(inputs, settings_for(spec, others, view.tick), view.state, view.tick.now)
+    d = decide_scale(inputs, settings_for(spec, others, view.tick), state, view.tick.now)
     corrections = {c.name: c.correction for c in d.classes}
     return Outcome(d.replicas, MappingProxyType(corrections), d)
+
+
+def resume(
+    state: AutoscaleState, governed: Sequence[Governed],
+    previous: InferenceDeploymentStatus | None, now: float, spec: InferenceDeploymentSpec,
+) -> AutoscaleState:
+    """A new memory seeded from the status the last operator wrote, so a restart loses
+    neither what was learnt nor the target in force: each class's correction is its
+    status capacity per replica over its profile's (the status shows the corrected one),
+    and the last target holds for the stabilization window from now (with the memory's
+    scale-up stamp, which a new memory sets to now, no class shrinks within it). The demand
+    history starts empty: it is measured again."""
+    if previous is None:
+        return state
+    rules = AutoscaleSettings.from_spec(spec)
+    seen = {c.name: c.observed for c in previous.classes}
+    classes = dict(state.classes)
+    for g in governed:
+        cap = seen[g.name].capacity_rps if g.name in seen else None
+        if cap is None or g.profile.capacity_rps <= 0 or g.name in classes:
+            continue
+        factor = min(rules.correction_ceiling,
+                     max(rules.correction_floor, cap / g.profile.capacity_rps))
+        classes[g.name] = ClassMemory(correction=factor)
+    targets = state.targets
+    last = previous.autoscaler.target_rps if previous.autoscaler is not None else None
+    if not targets and last is not None and last > 0:
+        targets = ((now, last),)
+    return replace(state, classes=MappingProxyType(classes), targets=targets)
 
 
 def observed_load(

@@ -73,6 +73,8 @@ class OperatorState:
     autoscale: dict[Ref, Memory] = field(default_factory=dict)
     """The autoscaler's memory per deployment."""
     recent: RecentWrites = field(default_factory=RecentWrites)
+    refusals: dict[Ref, str] = field(default_factory=dict)
+    """The API's last refusal per deployment, told once as an Event until a reconcile passes."""
     gateway_api: bool | None = None
     gateway_checked: float = 0.0
     started: bool = False
@@ -111,6 +113,7 @@ class OperatorState:
 
     def forget(self, ref: Ref) -> None:
         self.pokes.pop(ref, None)
+        self.refusals.pop(ref, None)
         self.probes.pop(ref, None)
         self.autoscale.pop(ref, None)
         for waiters in self.waiting.values():

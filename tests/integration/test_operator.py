@@ -230,3 +230,75 @@ def test_shape_hints_reach_the_build_and_missing_ones_fail_naming_each_dim(
     wrong = np.zeros((1, 3, 48, 100), np.float32)
     refused = httpx.post(url, json={"inputs": [json_input("x", wrong, "FP32")]}, timeout=30)
     assert refused.status_code == 400 and "x" in refused.text
+
+
+def _refusing_policy(namespace: str) -> list[dict[str, Any]]:
+    """A real refusal, not a mock: an admission policy (CEL, evaluated by the API server)
+    that refuses any Deployment of more than one replica in ``namespace``."""
+    name = f"test-one-replica-{namespace}"
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{
+                      "apiGroups": ["apps"], "apiVersions": ["v1"],
+                      "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
+                  "validations": [{"expression": "object.spec.replicas <= 1",
+                                   "message": "test policy: at most one replica here"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1",
+         "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": namespace}}}}},
+    ]
+
+
+def test_a_refused_write_is_told_and_retried_until_the_api_takes_it(
+    kube: Kube, namespace: str, store: dict[str, Path], operator: Operator
+) -> None:
+    from kubernetes.client.exceptions import ApiException
+    from support.chart import apply as kubectl_apply
+    from support.chart import delete as kubectl_delete
+
+    sha = put_model(store["models"], "cnn.onnx", small_cnn)
+    local = local_class(kube)
+    apply_deployment(kube, deployment("cnn", namespace, cnn_spec(sha, local)))
+    wait_available(kube, namespace, "cnn")
+    serving = next(d.metadata.name for d in kube.apps.list_namespaced_deployment(namespace).items
+                   if d.metadata.labels.get("infleet.dev/class") == local)
+    policy = _refusing_policy(namespace)
+    kubectl_apply(kube, policy)
+    try:
+        # the API server loads policies asynchronously: wait until it refuses for real
+        def refuses() -> bool:
+            try:
+                kube.apps.patch_namespaced_deployment(
+                    serving, namespace, {"spec": {"replicas": 2}}, dry_run="All")
+            except ApiException as e:
+                return "at most one replica" in (e.body or "")
+            return False
+
+        wait_until(refuses, 60, "the admission policy to take effect")
+        # Pin two replicas: the operator's apply of the class Deployment is refused.
+        kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "cnn",
+                                                   {"spec": {"replicas": 2}})
+        warned = wait_until(
+            lambda: [m for t, r, m in events_of(kube, namespace, "cnn")
+                     if r == "WriteRefused" and t == "Warning"], 60,
+            "a WriteRefused Event", operator.tail)
+        assert "at most one replica" in warned[0] and "retrying" in warned[0], warned
+        # retried with backoff, told once (not an Event per retry), and nothing else moved
+        wait_until(lambda: operator.metrics().get(
+            'infleet_operator_reconciles_total{outcome="retry"}', 0) >= 2, 60,
+            "a second refused try", operator.tail)
+        assert len([r for _, r, _ in events_of(kube, namespace, "cnn")
+                    if r == "WriteRefused"]) == 1
+        assert kube.apps.read_namespaced_deployment(serving, namespace).spec.replicas == 1
+        assert "retrying in" in operator.tail(200)
+    finally:
+        kubectl_delete(kube, policy)
+    # The policy gone, the next try goes through: two replicas, as pinned.
+    wait_until(lambda: kube.apps.read_namespaced_deployment(serving, namespace).spec.replicas
+               == 2, 90, "the pinned replicas once the API takes them", operator.tail)
+    wait_until(lambda: status_of(kube, namespace, "cnn").get("desiredReplicas") == 2, 60,
+               "the status to say 2", lambda: describe(kube, namespace, "cnn"))

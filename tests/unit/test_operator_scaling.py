@@ -140,3 +140,50 @@ def test_bounds_leave_the_simulated_classes_their_replicas() -> None:
     s = serving()
     settings = scaling.settings_for(s.spec, others=3, tick=None)
     assert (settings.min_replicas, settings.max_replicas) == (0, 7)
+
+
+def _restarted(s: Snapshot, observed: dict[str, ClassObservation | None]) -> Reconcile:
+    """A first tick of a new memory (a restarted operator) on ``s``."""
+    view = scaling.View(AutoscaleState(), {},
+                        scaling.Tick(500.0, observed, stable_window_s=10, min_requests=50),
+                        fresh=True)
+    return plan(replace(s, autoscale=view))
+
+
+def test_a_restart_resumes_the_learnt_capacity_and_the_target_from_the_status() -> None:
+    s = serving()
+    learnt = tick(s, {CPU: obs(600.0, 90.0)})  # a breach under its estimate: it falls
+    assert learnt.scale is not None and learnt.scale.decision is not None
+    before = {c.name: c for c in learnt.status.classes}[CPU].observed.capacity_rps
+    target = learnt.status.autoscaler.target_rps if learnt.status.autoscaler else None
+    assert before is not None and target is not None
+    # The operator restarts: a new memory, the status the last one wrote, a quiet window.
+    after = _restarted(replace(s, previous=learnt.status), {CPU: obs(10.0, 5.0)})
+    assert after.scale is not None and after.scale.decision is not None
+    d = after.scale.decision
+    resumed = {c.name: c for c in after.status.classes}[CPU].observed.capacity_rps
+    assert resumed == before  # the learnt capacity per replica, not the profile's again
+    assert d.inputs.target_rps >= target  # the target in force holds through the restart
+    # without the status it starts over from the profile
+    cold = _restarted(s, {CPU: obs(10.0, 5.0)})
+    assert cold.scale is not None and cold.scale.decision is not None
+    fresh_cap = {c.name: c for c in cold.status.classes}[CPU].observed.capacity_rps
+    assert fresh_cap is not None and fresh_cap > before
+    assert cold.scale.decision.inputs.target_rps < target
+
+
+def test_resume_keeps_the_correction_within_its_bounds_and_a_known_memory_as_it_is() -> None:
+    from infleet.api import InferenceDeploymentStatus
+    from infleet.scheduler.autoscale import AutoscaleSettings, ClassMemory
+    from infleet.scheduler.capacity import ClassProfile
+
+    prof = ClassProfile(capacity_rps=100.0, latency_b1_ms=5.0)
+    g = scaling.Governed("c", prof, 1.0, 1, 1, 4, True, 1)
+    status = InferenceDeploymentStatus.model_validate(
+        {"classes": [{"name": "c", "observed": {"capacityRps": 1.0}}]})
+    rules = AutoscaleSettings.from_spec(SPEC)
+    state = scaling.resume(AutoscaleState(), [g], status, 0.0, SPEC)
+    assert state.classes["c"].correction == rules.correction_floor  # 0.01 clamped
+    known = AutoscaleState(classes={"c": ClassMemory(correction=1.5)})
+    assert scaling.resume(known, [g], status, 0.0, SPEC).classes["c"].correction == 1.5
+    assert scaling.resume(AutoscaleState(), [g], None, 0.0, SPEC) == AutoscaleState()

@@ -295,3 +295,63 @@ def test_command_refuses_a_missing_model_file(capsys: pytest.CaptureFixture[str]
                str(EXAMPLES / "inventory-dev.yaml"), "--model-file", "/nonexistent/m.onnx"])
     assert rc == 1
     assert "--model-file: /nonexistent/m.onnx is not a file" in capsys.readouterr().err
+
+
+# --- measured profiles: the lent H200 and this development machine --------------------------
+
+PROFILE_FIXTURES = ROOT / "tests" / "fixtures" / "profiles"
+
+
+def _measured(name: str, slo_ms: float, max_batch: int) -> ClassProfile:
+    from infleet.api import LatencyPoint
+    from infleet.scheduler.capacity import profile_from_points
+
+    raw = json.loads((PROFILE_FIXTURES / name).read_text())
+    assert raw["measured"], f"{name} is not a measurement"
+    points = [LatencyPoint.model_validate(p) for p in raw["points"]]
+    profile = profile_from_points(points, slo_ms, 2.0, max_batch)
+    assert profile is not None
+    return profile
+
+
+def _h200_node(name: str) -> dict[str, Any]:
+    """A node of an H200 class, labelled as GPU Feature Discovery labels the lent machine
+    (NVIDIA H200, compute 9.0, 143,771 MiB)."""
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+        "kubernetes.io/arch": "amd64", "nvidia.com/gpu.product": "NVIDIA-H200",
+        "nvidia.com/gpu.memory": "143771", "nvidia.com/gpu.compute.major": "9",
+        "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.count": "8",
+        "feature.node.kubernetes.io/cpu-cpuid.AVX512VNNI": "true",
+        "feature.node.kubernetes.io/cpu-cpuid.AVX512F": "true"}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present",
+                             "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "128", "memory": "1Ti", "nvidia.com/gpu": "8"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_a_plan_on_profiles_measured_on_the_h200_and_on_x86() -> None:
+    """The H200's FP16 engine (ORT CUDA, measured by `infleet build` on the lent H200) and
+    x86's INT8 engine (measured here) on one fleet: the cheap CPU class carries a small
+    demand alone; a demand past its room brings the H200 in, each replica of which holds
+    the SLO at the H200's measured capacity."""
+    slo = 25.0
+    profiles = {
+        "nvidia-h200": _measured("efficientnet-lite0-ort-cuda-fp16-h200.json", slo, 16),
+        "x86-avx512vnni": _measured("efficientnet-lite0-ort-int8-x86.json", slo, 2),
+    }
+    gpu = profiles["nvidia-h200"]
+    assert gpu.capacity_rps > 5000 and gpu.latency_b1_ms < 2  # batch 16: 6,268 items/s
+    docs = [_h200_node("h200-a"), *yaml.safe_load(CLOUD.read_text())["items"]]
+    classes = derive_classes(nodes_from_documents(docs))
+    allow = {"classes": {"allow": ["nvidia-h200", "x86-avx512vnni"]}}
+    small = plan_deployment(classes, spec(slo={"latencyP99Ms": slo}, **allow), demand_rps=100,
+                            profiles=MappingProxyType(profiles))
+    by = {c.name: c.replicas for c in small.classes}
+    assert small.feasible and by["nvidia-h200-141gb"] == 0, by
+    assert by["x86-avx512vnni-m6i-4xlarge"] >= 1, by
+    big = plan_deployment(classes, spec(slo={"latencyP99Ms": slo}, **allow), demand_rps=20000,
+                          profiles=MappingProxyType(profiles))
+    h200 = next(c for c in big.classes if c.name == "nvidia-h200-141gb")
+    assert big.feasible and h200.replicas >= 1
+    assert big.capacity_rps >= big.target_rps == pytest.approx(24000)
+    assert h200.replicas * gpu.capacity_rps <= big.capacity_rps
