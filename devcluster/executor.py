@@ -279,6 +279,10 @@ class Executor:
                         files[item["path"]] = namespace
         return files
 
+    def replan(self, pod: dict[str, Any], plan: PodPlan) -> PodPlan:
+        """The pod's plan with its configMaps and Secrets read again (same address)."""
+        return podspec.plan_pod(pod, self._environment(pod, plan.ip))
+
     def patch_status(self, plan: PodPlan, status: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 

@@ -40,6 +40,7 @@ class PodHost(Protocol):
     def patch_status(self, plan: PodPlan, status: dict[str, Any]) -> None: ...
     def delete_pod_object(self, plan: PodPlan) -> None: ...
     def fill_volume(self, pod: dict[str, Any], volume: podspec.Volume) -> None: ...
+    def replan(self, pod: dict[str, Any], plan: PodPlan) -> PodPlan: ...
     def forget(self, uid: str, ip: str) -> None: ...
 
 
@@ -73,6 +74,8 @@ class Container:
     probe_ok: int = 0
     probe_fail: int = 0
     restart_due: float = 0.0
+    backoff_s: float = 0.0
+    """An init container waiting to run again after failing (its state is CrashLoopBackOff)."""
 
 
 @dataclass
@@ -145,17 +148,37 @@ class PodRunner:
             c.termination_message_path.unlink(missing_ok=True)
 
     def _run_init(self, plan: ContainerPlan) -> int | None:
+        """Run one init container to its end; its exit code, None when the pod was deleted.
+        As the kubelet does, a failed init container of a pod that restarts (``Always``,
+        ``OnFailure``) runs again after a back-off, the pod Pending meanwhile and the
+        container's state ``CrashLoopBackOff`` with the failure as its last state."""
         c = Container(plan)
-        self._spawn(c)
         self.phase = "Pending"
-        self._report(init=[self._container_status(c)])
-        while c.proc is not None and c.proc.poll() is None:
-            if self.deleting.wait(0.1):
-                self._stop(c)
+        while True:
+            self._spawn(c)
+            self._report(init=[self._container_status(c)])
+            while c.proc is not None and c.proc.poll() is None:
+                if self.deleting.wait(0.1):
+                    self._stop(c)
+                    return None
+            self._collect(c)
+            code = int(c.terminated["exitCode"]) if c.terminated else 1
+            if code == 0 or self.plan.restart_policy is RestartPolicy.NEVER:
+                self.init_statuses.append(self._container_status(c))
+                return code
+            c.last_terminated, c.terminated = c.terminated, None
+            c.backoff_s = min(10.0, 2.0 ** min(c.restarts, 4))
+            self._report(init=[self._container_status(c)])
+            if self.deleting.wait(c.backoff_s):
                 return None
-        self._collect(c)
-        self.init_statuses.append(self._container_status(c))
-        return int(c.terminated["exitCode"]) if c.terminated else 1
+            c.backoff_s = 0.0
+            c.restarts += 1
+            # The kubelet resolves env (a Secret's keys, say) anew for each container it
+            # creates, so a Secret fixed meanwhile is seen by the next attempt.
+            fresh = self.executor.replan(self.pod, self.plan)
+            if not fresh.problems:
+                self.plan = fresh
+                c.plan = next(p for p in fresh.init_containers if p.name == plan.name)
 
     # -- processes ------------------------------------------------------------------------------
     def _spawn(self, c: Container) -> None:
@@ -316,12 +339,16 @@ class PodRunner:
         status: dict[str, Any] = {
             "name": c.plan.name, "image": self._image(c.plan.name), "imageID": "",
             "ready": c.ready, "restartCount": c.restarts,
-            "started": c.terminated is None and c.proc is not None,
+            "started": c.terminated is None and c.proc is not None and not c.backoff_s,
         }
         if c.proc is not None:
             status["containerID"] = f"local://{c.proc.pid}"
         if c.terminated is not None:
             status["state"] = {"terminated": c.terminated}
+        elif c.backoff_s:
+            status["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": (
+                f"back-off {c.backoff_s:g}s restarting failed container={c.plan.name} "
+                f"pod={self.plan.name}")}}
         elif c.proc is not None:
             status["state"] = {"running": {"startedAt": c.started_at}}
         else:

@@ -5,6 +5,12 @@ capability dropped, seccomp RuntimeDefault, a read-only root filesystem with emp
 the process writes, no service-account token (the pods never talk to the API server). Commands
 are argv lists; user strings (the model URI, input names) are single arguments, never parts of
 a shell line.
+
+The engine store is a claim (``pvc://``: build Jobs mount it, serving pods mount it
+read-only) or a bucket (``s3://``: build Jobs upload to it, serving pods download their engine
+into an emptyDir in an init container, before the server starts). A bucket's credentials are
+the pods' business: they get the Secret the configuration names through ``envFrom``; the
+operator only writes its name into the pod spec and never reads it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ from infleet.scheduler.policy import ClassDecision
 Manifest = dict[str, Any]
 
 STORE_MOUNT = "/var/lib/infleet/store"
+ENGINE_MOUNT = "/var/lib/infleet/engine"
+"""Where a serving pod with an s3:// store keeps its downloaded engine (an emptyDir)."""
+BUILD_CACHE = "/tmp/store"  # noqa: S108 - in the build pod's tmp emptyDir
+"""With an s3:// store, a build's local working copy of the store."""
+STORE_ENV_PREFIX = "INFLEET_STORE_"
+"""The store Secret's keys reach pods as INFLEET_STORE_<key>, apart from the AWS_* variables
+an s3:// model fetch reads (``infleet.runtime.s3store.ENV_PREFIX``)."""
 PVC_ROOT = "/mnt/pvc"
 TERMINATION_LOG = "/dev/termination-log"
 HTTP_PORT = 8080
@@ -128,6 +141,26 @@ def _engine_env() -> list[Manifest]:
     ]
 
 
+def _store_env(config: OperatorConfig) -> tuple[list[Manifest], list[Manifest]]:
+    """``env`` and ``envFrom`` of a container that reaches an s3:// store (nothing for a
+    claim). The Secret is optional on purpose: a missing one starts the container anyway and
+    ``infleet`` fails at once naming it, in the termination message the operator shows,
+    instead of a pod stuck in CreateContainerConfigError that a Job waits on until its
+    deadline. Settings from the configuration are plain ``env``, which wins over the
+    Secret's keys of the same name."""
+    if not config.store_is_s3:
+        return [], []
+    env: list[Manifest] = [{"name": f"{STORE_ENV_PREFIX}SECRET",
+                            "value": config.engine_store_secret}]
+    if config.engine_store_endpoint:
+        env.append({"name": f"{STORE_ENV_PREFIX}AWS_ENDPOINT_URL_S3",
+                    "value": config.engine_store_endpoint})
+    if config.engine_store_region:
+        env.append({"name": f"{STORE_ENV_PREFIX}AWS_REGION", "value": config.engine_store_region})
+    return env, [{"prefix": STORE_ENV_PREFIX,
+                  "secretRef": {"name": config.engine_store_secret, "optional": True}}]
+
+
 # --- build Job ---------------------------------------------------------------------------
 
 
@@ -159,11 +192,13 @@ def build_args(
         "--max-batch", str(spec.batching.max_batch_size),
         "--name", model_name,
         "--hardware", json.dumps(cls.key.engine_fields(), sort_keys=True, separators=(",", ":")),
-        "--store", STORE_MOUNT,
+        "--store", config.engine_store if config.store_is_s3 else STORE_MOUNT,
         "--termination-log", TERMINATION_LOG,
         "--tuning-trials", str(config.build.tuning_trials),
         "--tuning-seconds", f"{config.build.tuning_seconds:g}",
     ]
+    if config.store_is_s3:
+        args += ["--cache-dir", BUILD_CACHE]
     if spec.accuracy.max_deviation is not None:
         args += ["--max-deviation", f"{spec.accuracy.max_deviation:g}"]
     for shape in model.inputs:
@@ -199,14 +234,13 @@ def build_job(
         naming.BACKEND_ANNOTATION: decision.backend.value,
         naming.LADDER_ANNOTATION: ",".join(p.value for p in decision.ladder),
     }
-    mounts: list[Manifest] = [
-        {"name": "store", "mountPath": STORE_MOUNT},
-        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
-    ]
-    volumes: list[Manifest] = [
-        {"name": "store", "persistentVolumeClaim": {"claimName": config.store_claim}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
-    ]
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}}]
+    if not config.store_is_s3:
+        mounts.insert(0, {"name": "store", "mountPath": STORE_MOUNT})
+        volumes.insert(0, {"name": "store",
+                           "persistentVolumeClaim": {"claimName": config.store_claim}})
+    store_env, store_env_from = _store_env(config)
     # Claims the model, calibration and validation data live on, mounted read-only where
     # _mounted() points (the store's own claim is the store volume mounted a second time).
     uris = [spec.model.uri, spec.accuracy.calibration.uri if spec.accuracy.calibration else None,
@@ -225,7 +259,8 @@ def build_job(
         "imagePullPolicy": config.images.pull_policy,
         "command": ["infleet"],
         "args": build_args(spec, cls, decision, config, served_name(owner, spec)),
-        "env": _engine_env(),
+        "env": _engine_env() + store_env,
+        **({"envFrom": store_env_from} if store_env_from else {}),
         "resources": _resources(config.build.resources, gpus),
         "securityContext": _container_security(),
         "volumeMounts": mounts,
@@ -286,9 +321,11 @@ def serving_deployment(
     replica = decision.replica
     requests = ReplicaResources(cpu=_quantity(replica.cpu_millis),
                                 memory=_memory(replica.memory_bytes))
+    s3 = config.store_is_s3
+    engine_dir = f"{ENGINE_MOUNT}/{engine_key}" if s3 else f"{STORE_MOUNT}/engines/{engine_key}"
     args = [
         "serve",
-        "--engine-dir", f"{STORE_MOUNT}/engines/{engine_key}",
+        "--engine-dir", engine_dir,
         "--model-name", served_name(owner, spec),
         # The pod's own address: a pod binds it (the local executor gives each pod its own
         # loopback address; on a real node it is the pod network's).
@@ -326,22 +363,27 @@ def serving_deployment(
         "resources": _resources(requests, replica.gpus),
         "securityContext": _container_security(),
         "volumeMounts": [
-            {"name": "store", "mountPath": STORE_MOUNT, "readOnly": True},
+            {"name": "engine" if s3 else "store", "mountPath": ENGINE_MOUNT if s3 else STORE_MOUNT,
+             "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
         ],
     }
+    store_volume: Manifest = (
+        # No sizeLimit: the engine's size is not known here; the node's ephemeral storage
+        # bounds it.
+        {"name": "engine", "emptyDir": {}} if s3 else
+        {"name": "store",
+         "persistentVolumeClaim": {"claimName": config.store_claim, "readOnly": True}})
     pod_spec: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 40,  # the server drains for up to 30 s
         "securityContext": _pod_security(),
         **_scheduling(cls),
+        **({"initContainers": [_pull_engine(config, backend, engine_key, requests)]}
+           if s3 else {}),
         "containers": [container],
-        "volumes": [
-            {"name": "store",
-             "persistentVolumeClaim": {"claimName": config.store_claim, "readOnly": True}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-        ],
+        "volumes": [store_volume, {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     }
     return {
         "apiVersion": "apps/v1",
@@ -359,6 +401,34 @@ def serving_deployment(
                 "spec": pod_spec,
             },
         },
+    }
+
+
+def _pull_engine(config: OperatorConfig, backend: Backend, engine_key: str,
+                  requests: ReplicaResources) -> Manifest:
+    """The init container that copies the engine from an s3:// store into the pod (checksums
+    verified) before the server starts, so the pod turns ready only with its engine. It
+    requests what the server does: an init container's requests count on their own, and equal
+    requests and limits keep the pod Guaranteed."""
+    store_env, store_env_from = _store_env(config)
+    return {
+        "name": "pull-engine",
+        "image": config.images.for_backend(backend),
+        "imagePullPolicy": config.images.pull_policy,
+        "command": ["infleet"],
+        "args": ["pull", "--store", config.engine_store, "--engine", engine_key,
+                 "--dest", ENGINE_MOUNT],
+        "env": _engine_env() + store_env,
+        "envFrom": store_env_from,
+        "resources": _resources(requests, 0),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "engine", "mountPath": ENGINE_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+        ],
+        "terminationMessagePath": TERMINATION_LOG,
+        # `infleet pull` writes why it failed there; a crash before it could leaves the log tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 

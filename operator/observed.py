@@ -36,6 +36,8 @@ class ServingPod:
     ready: bool
     engine_key: str
     deleting: bool
+    problem: str = ""
+    """Why the pod does not start (:func:`pod_problem`); empty when nothing is known wrong."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,47 @@ def serving_pod(body: Mapping[str, Any]) -> ServingPod:
         ready=_ready(status) and status.get("phase") == "Running",
         engine_key=str((meta.get("annotations") or {}).get(ENGINE_KEY_ANNOTATION, "")),
         deleting=bool(meta.get("deletionTimestamp")),
+        problem=pod_problem(status),
     )
+
+
+# Waiting reasons of a container that will not run until something changes (the kubelet
+# retries, with a growing back-off, but the pod makes no progress on its own).
+STUCK_REASONS = frozenset({
+    "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError",
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "RunContainerError",
+})
+
+
+def pod_problem(status: Mapping[str, Any]) -> str:
+    """Why a pod does not start, from its container statuses: the first init container, then
+    container, that is stuck or failed, with what it said (the termination message its
+    process wrote, else the kubelet's reason). Stable across retries (no counts, no back-off
+    times), so a status holding it is rewritten only when the cause changes."""
+    for kind, field_name in (("init container", "initContainerStatuses"),
+                             ("container", "containerStatuses")):
+        for c in status.get(field_name) or ():
+            state = c.get("state") or {}
+            waiting = state.get("waiting") or {}
+            terminated = state.get("terminated") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                last = (c.get("lastState") or {}).get("terminated") or {}
+                detail = _said(last) or str(waiting.get("message") or "")
+                reason = str(waiting["reason"])
+            elif terminated and terminated.get("exitCode") not in (0, None) and (
+                    kind == "init container" or status.get("phase") == "Running"):
+                detail, reason = _said(terminated), f"exit code {terminated.get('exitCode')}"
+            else:
+                continue
+            return f"{kind} {c.get('name')}: {reason}" + (f": {detail}" if detail else "")
+    return ""
+
+
+def _said(terminated: Mapping[str, Any]) -> str:
+    """A terminated container's message, on one line (a log tail may hold many)."""
+    message = str(terminated.get("message") or "").strip()
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:600]
 
 
 def build_pod(body: Mapping[str, Any]) -> BuildPod | None:

@@ -155,7 +155,7 @@ class _Class:
 def _settings(config: OperatorConfig, backend: Backend) -> engines.BuildSettings:
     return engines.BuildSettings(
         image=config.images.for_backend(backend),
-        store=config.engine_store,
+        store=config.store_identity,
         tuning_trials=config.build.tuning_trials,
         tuning_seconds=config.build.tuning_seconds,
     )
@@ -508,6 +508,7 @@ def _status(
         )
         reason = c.decision.reason
         class_statuses.append(ClassStatus(
+            problem=_pods_problem(s, c),
             name=c.cls.name,
             excluded=c.decision.excluded,
             simulated=bool(c.serving_summary and c.serving_summary.simulated),
@@ -528,6 +529,17 @@ def _status(
         s.previous.autoscaler if s.spec.replicas is None else None, decision,
         bool(decision and decision.changed), stamp, moved)
     return status.summarize(s, class_statuses, problems, notes, auto)
+
+
+def _pods_problem(s: Snapshot, c: _Class) -> str:
+    """Why the class's serving pods do not start, when one that is not ready says so."""
+    stuck = [p for p in s.pods if p.node_class == c.cls.name and p.problem and not p.ready
+             and not p.deleting]
+    if not stuck:
+        return ""
+    # The first by name: the same pod's words from one reconcile to the next.
+    first = min(stuck, key=lambda p: p.name)
+    return f"serving pods do not start: {first.problem}"[:1000]
 
 
 def _engine_message(c: _Class, summary: BuildSummary | None) -> str:

@@ -89,6 +89,10 @@ def summarize(
     elif unverified:
         message = f"waiting for a test inference to pass on {_names(unverified)}{sim_note}"
         reason = "NotVerified"
+        stuck = [c for c in unverified if c.problem]
+        if stuck:
+            message += "".join(f"; {c.name}: {c.problem}" for c in stuck)
+            reason = "PodsFailing"
     elif simulated:
         message = f"only simulated classes serve{sim_note}"
         reason = "OnlySimulated"
@@ -159,6 +163,8 @@ def transition_events(
         if old is not None and old.desired_replicas != c.desired_replicas:
             out.append(Event("Normal", "Scaled", f"{c.name}: {old.desired_replicas} -> "
                              f"{c.desired_replicas} replicas"))
+        if c.problem and (old is None or old.problem != c.problem):
+            out.append(Event("Warning", "ServingFailed", f"{c.name}: {c.problem}"[:1000]))
         if c.verified and (old is None or not old.verified):
             out.append(Event("Normal", "Verified",
                              f"{c.name}: a test inference passed on engine {c.engine.key}"))

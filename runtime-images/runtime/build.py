@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -63,6 +64,7 @@ class BuildRequest:
     """The scheduler's key of the class built for: the target and the engine key's hardware
     fingerprint come from it (``infleet build --hardware``, or the host's key)."""
     store: Path
+    """The local engine store; with ``remote_store``, the build's working copy of it."""
     backends: tuple[Backend, ...]
     """The scheduler's backend first; the rest are alternatives measured against it."""
     node_class: str = ""
@@ -92,6 +94,10 @@ class BuildRequest:
     threads: int | None = None
     profile_seconds: float = 0.5
     fetch_options: fetching.FetchOptions = field(default_factory=fetching.FetchOptions)
+    remote_store: str | None = None
+    """An ``s3://BUCKET/PREFIX`` engine store: engines and request records are looked up
+    there too, and the engine kept is uploaded there (credentials from the environment:
+    ``s3store.store_config``)."""
 
     def digest(
         self,
@@ -138,8 +144,20 @@ class _Candidate:
 
 
 def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> BuildSummary:
+    if request.remote_store is None:
+        return _build_request(request, EngineStore(request.store), progress)
+    from infleet.runtime.s3store import S3EngineStore
+
+    with S3EngineStore(request.remote_store, os.environ) as remote:
+        # Before any work: a wrong endpoint, bucket or Secret fails in a second, not after
+        # a build of many minutes.
+        progress(f"engine store {remote.uri}: checking access")
+        remote.check(write=True)
+        return _build_request(request, EngineStore(request.store, remote), progress)
+
+
+def _build_request(request: BuildRequest, store: EngineStore, progress: Progress) -> BuildSummary:
     started = time.monotonic()
-    store = EngineStore(request.store)
     target = target_for(request.hardware)
     progress(f"target: {target.describe()} (hardware {request.hardware.fingerprint()})")
     progress(f"fetching {request.model_uri}")
@@ -190,6 +208,8 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
                 request, job, data, store, builders, fetched.sha256, progress, started
             )
         summary = summary.model_copy(update={"notes": [*data.notes, *summary.notes]})
+        if summary.key is not None:
+            store.publish(summary.key)  # before the record that names it
         store.put_request(req_digest, json.loads(summary.model_dump_json()))
     return summary
 
@@ -226,7 +246,7 @@ def _cached_summary(store: EngineStore, digest: str) -> BuildSummary | None:
         summary = BuildSummary.model_validate(record)
     except ValueError:
         return None
-    if summary.key is None or store.get(summary.key) is None:  # removed: build again
+    if summary.key is None or not store.has(summary.key):  # removed: build again
         return None
     return summary.model_copy(update={"cache_hit": True, "build_seconds": 0.0})
 

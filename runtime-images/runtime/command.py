@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
@@ -94,7 +95,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", default="model", help="served model name")
     p.add_argument(
-        "--store", required=True, type=Path, metavar="DIR", help="engine store directory"
+        "--store",
+        required=True,
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="engine store: a directory, or an S3 bucket and prefix (credentials and endpoint "
+        "from INFLEET_STORE_AWS_* or else AWS_* variables)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="with an s3:// store: the local working copy (default: infleet-store in $TMPDIR)",
     )
     p.add_argument(
         "--calibration",
@@ -171,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except InfleetError as e:
         failure = BuildFailure(error=str(e), reason=type(e).__name__, retryable=e.retryable)
-        _write_termination(args.termination_log, failure.to_message())
+        write_termination(args.termination_log, failure.to_message())
         raise  # the CLI prints the one line and exits 1
     except Exception as e:
         # A bug: the operator still gets a readable failure; the traceback goes to stderr.
@@ -180,10 +191,10 @@ def run(args: argparse.Namespace) -> int:
             reason="InternalError",
             retryable=False,
         )
-        _write_termination(args.termination_log, failure.to_message())
+        write_termination(args.termination_log, failure.to_message())
         raise
     message = summary.to_message()
-    _write_termination(args.termination_log, message)
+    write_termination(args.termination_log, message)
     print(message)
     return 0
 
@@ -216,12 +227,20 @@ def _request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     }
     if args.pvc_root is not None:
         fetch_kwargs["pvc_root"] = args.pvc_root
+    remote = args.store if args.store.startswith("s3://") else None
+    if remote is None and "://" in args.store:
+        raise BuildError(f"--store {args.store}: a directory or s3://BUCKET/PREFIX")
+    if remote is None and args.cache_dir is not None:
+        raise BuildError("--cache-dir is for an s3:// --store; a directory store is its own")
+    local = Path(args.store) if remote is None else (
+        args.cache_dir or Path(tempfile.gettempdir()) / "infleet-store")
     return BuildRequest(
         model_uri=args.model,
         model_sha256=args.sha256,
         hardware=_hardware(args),
         node_class=args.node_class,
-        store=args.store,
+        store=local,
+        remote_store=remote,
         backends=backends,
         ladder=ladder,
         model_name=args.name,
@@ -279,7 +298,7 @@ def _hardware(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return host_key(args.arch, features, cc)
 
 
-def _write_termination(path: Path | None, text: str) -> None:
+def write_termination(path: Path | None, text: str) -> None:
     """Write the termination message; the default path is skipped outside a pod."""
     if path is None:
         path = Path(os.environ.get("INFLEET_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG)

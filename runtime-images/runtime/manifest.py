@@ -59,3 +59,7 @@ class EngineManifest(_Frozen):
     """Why this engine was kept over the alternatives that were measured."""
     created_at: str
     build_seconds: float
+    files: dict[str, str] = {}
+    """sha256 of every file of the engine, by its path relative to the manifest's directory,
+    filled when the engine is committed to a store: what a copy (an S3 store's download into a
+    serving pod) is verified against. Empty in manifests written before it existed."""

@@ -1,9 +1,10 @@
-"""S3 GET requests signed with AWS Signature Version 4, over plain HTTP (httpx).
+"""S3 requests signed with AWS Signature Version 4, over plain HTTP (httpx).
 
 Why not boto3: botocore pins ``python-dateutil<3`` while the kubernetes client infleet
-depends on needs ``>=3``, so the two cannot share one environment; and a build Job needs
-exactly one call, GET an object, streamed. This module is that call's pure part: where the
-object lives and the headers that sign the request. ``fetch`` streams it.
+depends on needs ``>=3``, so the two cannot share one environment; and infleet needs three
+calls: GET an object, streamed (model fetches, engine downloads), PUT one (engine uploads) and
+HEAD one. This module is their pure part: where the object lives and the headers that sign the
+request. ``fetch`` and ``objectstore`` send them.
 
 Configuration comes from the standard AWS environment variables, so a Secret mounted with
 ``envFrom`` works unchanged:
@@ -86,9 +87,11 @@ def signed_headers(
     config: S3Config,
     now: datetime | None = None,
     extra: Mapping[str, str] | None = None,
+    payload_sha256: str = EMPTY_SHA256,
 ) -> dict[str, str]:
-    """The headers of a bodiless S3 request: ``extra`` plus, with credentials, the SigV4
-    ``Authorization`` and the ``x-amz-*`` headers it signs."""
+    """The headers of an S3 request: ``extra`` plus, with credentials, the SigV4
+    ``Authorization`` and the ``x-amz-*`` headers it signs. ``payload_sha256`` is the body's
+    hash (a PUT signs its payload, so the server refuses bytes changed on the way)."""
     headers = {k.lower(): v for k, v in (extra or {}).items()}
     if config.credentials is None:
         return headers
@@ -97,7 +100,7 @@ def signed_headers(
     parts = urlsplit(url)
     headers["host"] = parts.netloc
     headers["x-amz-date"] = stamp
-    headers["x-amz-content-sha256"] = EMPTY_SHA256
+    headers["x-amz-content-sha256"] = payload_sha256
     if creds.session_token:
         headers["x-amz-security-token"] = creds.session_token
     names = sorted(headers)
@@ -108,7 +111,7 @@ def signed_headers(
             _canonical_query(parts.query),
             "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names),
             ";".join(names),
-            EMPTY_SHA256,
+            payload_sha256,
         ]
     )
     scope = f"{stamp[:8]}/{config.region}/s3/aws4_request"

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("infleet.scheduler.command", "show classes, backends and replicas infleet would plan"),
     "serve": ("infleet.runtime.server.command", "serve engines over the KServe v2 protocol"),
     "build": ("infleet.runtime.command", "build, verify and profile an engine for a node class"),
+    "pull": ("infleet.runtime.pull_command",
+             "copy an engine from an S3 engine store into a folder, verified"),
     "infer": ("infleet.runtime.infer_command",
               "send one OIP request to an endpoint and check it against the model"),
     "run": ("infleet.operator.command", "run the operator (kopf) against a cluster"),

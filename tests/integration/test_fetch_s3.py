@@ -5,53 +5,28 @@ SigV4 checked by the server. Nothing is mocked."""
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from build_helpers import built, stored_manifests
-from support.cluster import wait_until
+from support.s3 import ACCESS, SECRET, s3_server
 
-from infleet.devcluster import tools
-from infleet.devcluster.cluster import free_port
 from infleet.runtime.errors import ChecksumMismatch, SourceTooLarge, SourceUnreachable
 from infleet.runtime.fetch import FetchOptions, fetch
 from infleet.runtime.zoo import synthetic
 
 pytestmark = pytest.mark.integration
 
-ACCESS, SECRET = "infleet-test", "infleet-test-secret"
 FAST = FetchOptions(timeout_s=5.0, retries=1, backoff_s=0.0)
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(endpoint, the folder behind it: sub-folders are buckets, files below are objects)."""
-    binary = tools.s3_server()  # built by hack/bootstrap.sh; a missing one fails, never skips
-    root = tmp_path_factory.mktemp("s3root")
-    port = free_port()
-    log = root.parent / "versitygw.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "--access", ACCESS, "--secret", SECRET, "--port", f"127.0.0.1:{port}",
-             "posix", str(root)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def listening() -> bool:
-        assert proc.poll() is None, f"versitygw exited {proc.returncode}"
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-
-    try:
-        wait_until(listening, 30, "versitygw to listen", log.read_text, interval=0.1)
-        yield f"http://127.0.0.1:{port}", root
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    base = tmp_path_factory.mktemp("s3")
+    with s3_server(base / "root", base / "versitygw.log") as server:
+        yield server.endpoint, server.root
 
 
 @pytest.fixture

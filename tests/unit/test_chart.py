@@ -25,6 +25,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["team-a", "team-b"], "replicas": 1,
                    "metrics.serviceMonitor.enabled": True, "metrics.podMonitor.enabled": True,
                    "config.classes": {"nvidia-h100": {"costPerHour": 12.3}}},
+    "s3": {"config.engineStore": "s3://infleet-engines/prod",
+           "config.engineStoreSecret": "infleet-engine-store",
+           "config.engineStoreEndpoint": "https://minio.storage.svc:9000"},
 }
 
 
@@ -59,6 +62,11 @@ def test_rendered_manifests_match_the_golden_files(variant: str) -> None:
     ({"replicas": 0}, "at '/replicas': minimum: got 0, want 1"),
     ({"replicaCount": 2}, "additional properties 'replicaCount' not allowed"),
     ({"config.engineStore": "nfs://x"}, "at '/config/engineStore': 'nfs://x' does not match"),
+    ({"config.engineStore": "s3://Bucket"}, "at '/config/engineStore': 's3://Bucket' does not"),
+    ({"config.engineStore": "s3://engines/p"}, "at '/config/engineStoreSecret': minLength"),
+    ({"config.engineStoreSecret": "creds"}, "at '/config/engineStoreSecret': maxLength"),
+    ({"config.engineStore": "s3://engines", "config.engineStoreSecret": "creds",
+      "config.engineStoreEndpoint": "minio:9000"}, "at '/config/engineStoreEndpoint'"),
     ({"config.cpuReplica": {"cpu": "lots"}}, "at '/config/cpuReplica/cpu': 'lots'"),
     ({"config.clases": {}}, "additional properties 'clases' not allowed"),
     ({"config.classes": {"x86": {"backend": "pytorch"}}}, "at '/config/classes/x86/backend'"),
@@ -91,6 +99,18 @@ def test_the_config_schema_is_the_operators_own_model() -> None:
         path.unlink()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert loaded.engine_store == values["config"]["engineStore"]
+
+
+def test_an_s3_store_in_values_reaches_the_operator_config(tmp_path: Path) -> None:
+    from infleet.api.config import load_operator_config
+
+    cm = of_kind(objects(template(values=VARIANTS["s3"])), "ConfigMap")[0]
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    loaded = load_operator_config(path)
+    assert loaded.store_is_s3 and loaded.engine_store == "s3://infleet-engines/prod"
+    assert loaded.engine_store_secret == "infleet-engine-store"
+    assert loaded.engine_store_endpoint == "https://minio.storage.svc:9000"
 
 
 def test_the_generated_schema_and_readme_are_in_step() -> None:

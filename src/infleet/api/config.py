@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from infleet.api.errors import OperatorConfigError
 from infleet.api.spec import Backend, Precision
@@ -23,8 +24,14 @@ from infleet.api.validation import describe
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 # pvc://<claim>: a PersistentVolumeClaim of that name in each namespace that holds
 # InferenceDeployments (PVCs are namespaced, so is the store).
-STORE_URI = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+PVC_STORE = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+# s3://<bucket>[/<prefix>]: S3's bucket naming rules, and a prefix of path segments made of
+# S3's "safe" key characters only, so no object key of the store ever needs escaping.
+S3_STORE = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_][A-Za-z0-9._-]*)*"
+STORE_URI = rf"^({PVC_STORE}|{S3_STORE})$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# Empty means "not set": Helm values cannot leave a key out of the chart's defaults.
+OPTIONAL_DNS_SUBDOMAIN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"
 
 
 class _Config(BaseModel):
@@ -111,8 +118,22 @@ class AutoscalerConfig(_Config):
     scrape interval)."""
 
 
+# The JSON schema (Helm's values.schema.json embeds it) says what the validator below says,
+# so `helm install` refuses an s3:// store without its Secret, or S3 settings beside a claim,
+# before anything runs.
+_STORE_RULES: JsonDict = {
+    "if": {"required": ["engineStore"], "properties": {"engineStore": {"pattern": "^s3://"}}},
+    "then": {"required": ["engineStoreSecret"],
+             "properties": {"engineStoreSecret": {"minLength": 1}}},
+    "else": {"properties": {name: {"maxLength": 0} for name in (
+        "engineStoreSecret", "engineStoreEndpoint", "engineStoreRegion")}},
+}
+
+
 class OperatorConfig(_Config):
     """Settings that apply to every InferenceDeployment in the cluster."""
+
+    model_config = ConfigDict(json_schema_extra=_STORE_RULES)
 
     classes: dict[str, ClassDefault] = {}
     """Per node class selector (a class name, or a prefix of one ending at a dash; the longest
@@ -124,7 +145,22 @@ class OperatorConfig(_Config):
     engine_store: Annotated[str, Field(pattern=STORE_URI)] = "pvc://infleet-engines"
     """Where engines are kept: ``pvc://<claim>``, a ReadWriteMany PersistentVolumeClaim of that
     name in every namespace with InferenceDeployments (build Jobs write it, serving pods mount
-    it read-only)."""
+    it read-only); or ``s3://<bucket>[/<prefix>]``, an S3-compatible bucket (build Jobs upload
+    engines there, serving pods download theirs before they turn ready)."""
+    engine_store_secret: Annotated[str, Field(pattern=OPTIONAL_DNS_SUBDOMAIN,
+                                              max_length=253)] = ""
+    """With an ``s3://`` store (required there): the Secret, in every namespace with
+    InferenceDeployments, whose keys build and serving pods get as the store's ``AWS_*``
+    variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``; optionally
+    ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``). The operator never reads
+    it: only those pods do."""
+    engine_store_endpoint: Annotated[str, Field(pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$",
+                                                max_length=512)] = ""
+    """With an ``s3://`` store: the URL of an S3-compatible service (MinIO, Ceph, ...),
+    addressed path-style; empty: the Secret's ``AWS_ENDPOINT_URL``, else AWS itself."""
+    engine_store_region: Annotated[str, Field(pattern=r"^([a-z0-9-]{1,32})?$")] = ""
+    """With an ``s3://`` store: its region; empty: the Secret's ``AWS_REGION``, else
+    ``us-east-1``."""
     images: Images = Images()
     build: BuildConfig = BuildConfig()
     gateway: GatewayConfig = GatewayConfig()
@@ -142,9 +178,36 @@ class OperatorConfig(_Config):
     probe_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     """How often a verified class is sent a test inference again."""
 
+    @model_validator(mode="after")
+    def _store_settings(self) -> OperatorConfig:
+        if self.store_is_s3 and not self.engine_store_secret:
+            raise ValueError(
+                "engineStoreSecret: an s3:// engine store needs the name of the Secret that "
+                "holds its credentials")
+        s3_only = [name for name, value in (("engineStoreSecret", self.engine_store_secret),
+                                            ("engineStoreEndpoint", self.engine_store_endpoint),
+                                            ("engineStoreRegion", self.engine_store_region))
+                   if value]
+        if not self.store_is_s3 and s3_only:
+            raise ValueError(f"{', '.join(s3_only)}: only for an s3:// engine store")
+        return self
+
+    @property
+    def store_is_s3(self) -> bool:
+        return self.engine_store.startswith("s3://")
+
     @property
     def store_claim(self) -> str:
-        return self.engine_store.removeprefix("pvc://")
+        """The claim of a ``pvc://`` store; empty for an ``s3://`` one."""
+        return "" if self.store_is_s3 else self.engine_store.removeprefix("pvc://")
+
+    @property
+    def store_identity(self) -> str:
+        """What names the store in build keys: its URI, and for S3 the endpoint too (one
+        bucket name on two services is two stores)."""
+        if self.store_is_s3 and self.engine_store_endpoint:
+            return f"{self.engine_store}@{self.engine_store_endpoint}"
+        return self.engine_store
 
 
 def load_operator_config(path: Path | None) -> OperatorConfig:

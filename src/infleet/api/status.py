@@ -204,6 +204,10 @@ class ClassStatus(StatusModel):
     """Serving replicas that are ready."""
     desired_replicas: int = 0
     """Replicas the planner wants (the autoscaler's decision, or the pinned spec.replicas)."""
+    problem: str = ""
+    """Why serving pods of this class do not start, read from their status (an init container
+    that cannot fetch the engine from the store, a container that keeps crashing); empty when
+    none is known."""
     weight: int = 0
     """Share of traffic routed to this class, in percent."""
     observed: ObservedLoad = ObservedLoad()
