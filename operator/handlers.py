@@ -41,7 +41,7 @@ def _backoff(failures: int) -> float:
     (an API server that was down, a timeout under load) must not all retry together and fail
     together again."""
     base = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S)) - 1]
-    return base * random.uniform(0.75, 1.25)
+    return base * random.uniform(0.75, 1.25)  # noqa: S311 (jitter, not a secret)
 
 
 def _state(memo: Any) -> OperatorState:
