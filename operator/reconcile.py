@@ -40,6 +40,7 @@ from infleet.operator.observed import (
     build_state,
 )
 from infleet.operator.state import OperatorState
+from infleet.operator.status import batch_events
 from infleet.scheduler.classes import NodeClass, derive_classes
 from infleet.scheduler.inventory import NodeInfo, Resources
 
@@ -209,9 +210,10 @@ async def reconcile(
             await state.kube.apply_status(API_VERSION, KIND, ref[0], ref[1], new_status)
             state.recent.remember(key, new_status, now)
         for event in result.events:
-            await _event(state, body, event.type, event.reason, event.message)
             if event.reason in ("BuildStarted", "BuildFinished", "BuildFailed"):
                 metrics.BUILDS.labels(event.reason.removeprefix("Build").lower()).inc()
+        for event in batch_events(list(result.events)):
+            await _event(state, body, event.type, event.reason, event.message)
         state.set_waiting(ref, ref[0], result.waiting_on)
         if result.probes:
             await _probe(state, ref, result.probes)

@@ -177,3 +177,33 @@ def transition_events(
     elif was is not None and was.status == "True" and now.status != "True":
         out.append(Event("Warning", "Unavailable", now.message))
     return out
+
+
+EVENT_MESSAGE_MAX = 1024
+
+
+def batch_events(events: list[Event], limit: int = EVENT_MESSAGE_MAX) -> list[Event]:
+    """One Event per (type, reason) of a reconcile, the classes' messages joined with "; "
+    (split where the joined message would pass ``limit``), in the order each reason first
+    came. A deployment placed on a fleet of a dozen classes would otherwise post a dozen
+    ClassPlaced/ClassExcluded, BuildFinished and Scaled Events each: with hundreds of
+    deployments those writes were a third of what the operator sent the API server."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for e in events:
+        groups.setdefault((e.type, e.reason), []).append(e.message[:limit])
+    out: list[Event] = []
+    for (type_, reason), messages in groups.items():
+        text = ""
+        for m in messages:
+            if text and len(text) + 2 + len(m) > limit:
+                out.append(_event(type_, reason, text))
+                text = ""
+            text = f"{text}; {m}" if text else m
+        out.append(_event(type_, reason, text))
+    return out
+
+
+def _event(type_: str, reason: str, message: str) -> Event:
+    from infleet.operator.planner import Event
+
+    return Event(type_, reason, message)

@@ -114,3 +114,26 @@ def test_the_test_inference_is_shaped_from_the_model_metadata() -> None:
     assert "1 elements for shape [1, 4]" in (check_answer(metadata, short) or "")
     nan = {"outputs": [{"name": "y", "shape": [1, 4], "data": [0.1, float("nan"), 0, 0]}]}
     assert "NaN" in (check_answer(metadata, nan) or "")
+
+
+def test_events_of_a_reconcile_are_batched_per_reason_within_the_size_limit() -> None:
+    from infleet.operator.planner import Event
+    from infleet.operator.status import batch_events
+
+    events = [Event("Normal", "ClassPlaced", "a: onnxruntime"),
+              Event("Normal", "ClassExcluded", "b: not allowed"),
+              Event("Normal", "ClassPlaced", "c: tvm"),
+              Event("Warning", "BuildFailed", "d: no"),
+              Event("Normal", "ClassExcluded", "e: no room")]
+    out = batch_events(events)
+    assert [(e.type, e.reason, e.message) for e in out] == [
+        ("Normal", "ClassPlaced", "a: onnxruntime; c: tvm"),
+        ("Normal", "ClassExcluded", "b: not allowed; e: no room"),
+        ("Warning", "BuildFailed", "d: no"),
+    ]
+    # past the limit a reason's messages go out in several Events, none cut
+    long = [Event("Normal", "Scaled", f"class-{i}: 0 -> 1 replicas") for i in range(100)]
+    parts = batch_events(long, limit=200)
+    assert len(parts) > 1 and all(len(e.message) <= 200 for e in parts)
+    assert "; ".join(e.message for e in parts) == "; ".join(e.message for e in long)
+    assert batch_events([]) == []
