@@ -29,6 +29,7 @@ from support.operator import (
     settled_autoscaler,
     status_of,
     wait_available,
+    wait_event_reasons,
     writes_over_idle_reconciles,
 )
 
@@ -102,8 +103,8 @@ def test_a_deployment_is_built_served_verified_and_answers(
     manifest = store["engines"] / "engines" / engine["key"] / "manifest.json"
     assert manifest.is_file()
     assert cls["verified"] and cls["readyReplicas"] >= 1 and cls["weight"] == 100
-    reasons = {r for _, r, _ in events_of(kube, namespace, "cnn")}
-    assert {"ClassPlaced", "BuildStarted", "BuildFinished", "Verified", "Available"} <= reasons
+    wait_event_reasons(kube, namespace, "cnn",
+                       {"ClassPlaced", "BuildStarted", "BuildFinished", "Verified", "Available"})
 
     # A real OIP request, JSON and binary, answered with the model's own outputs.
     x = np.random.default_rng(7).standard_normal((2, 3, 48, 192)).astype(np.float32)
@@ -169,8 +170,12 @@ def test_bad_models_fail_their_class_clearly_and_the_operator_goes_on(
         cls = next(c for c in status["classes"] if c["name"] == local)
         assert cls["engine"]["state"] == "Failed"
         assert words in cls["engine"]["message"], cls["engine"]["message"]
-        warnings = [(r, m) for t, r, m in events_of(kube, namespace, name) if t == "Warning"]
-        assert any(r == "BuildFailed" and words in m for r, m in warnings), warnings
+        def warned(n: str = name, w: str = words) -> bool:
+            return any(t == "Warning" and r == "BuildFailed" and w in m
+                       for t, r, m in events_of(kube, namespace, n))
+
+        wait_until(warned, 30, f"a BuildFailed Warning on {name}",
+                   lambda n=name: str(events_of(kube, namespace, n)))
     wait_available(kube, namespace, "good")
 
 

@@ -182,9 +182,14 @@ def test_replicas_follow_the_load_and_fall_after_the_stabilization_window(
         assert time.monotonic() - stopped >= STABILIZATION_S
         status = status_of(kube, namespace, "slow")
         assert status["autoscaler"]["mode"] == "scale-down", status["autoscaler"]
-        scaled = [m for _, r, m in events_of(kube, namespace, "slow") if r == "Scaled"]
-        assert any(f"{local} 1->2" in m for m in scaled), scaled
-        assert any(f"{local} 2->1" in m and "scaling down" in m for m in scaled), scaled
+        def scaled() -> list[str]:
+            return [m for _, r, m in events_of(kube, namespace, "slow") if r == "Scaled"]
+
+        # (the status is written before the reconcile's Events: wait for the second one)
+        wait_until(lambda: any(f"{local} 2->1" in m and "scaling down" in m
+                               for m in scaled()), 30, "the scale-down Event",
+                   lambda: str(scaled()))
+        assert any(f"{local} 1->2" in m for m in scaled()), scaled()
         metrics = op.metrics()
         shown = [k for k in metrics if "autoscaler" in k]
         key = f'class="{local}",deployment="slow",namespace="{namespace}"'  # sorted

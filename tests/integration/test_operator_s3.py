@@ -181,8 +181,11 @@ def test_the_s3_store_builds_uploads_pulls_serves_reuses_and_says_what_is_wrong(
         120, "the build without a Secret to fail", lambda: describe(kube, namespace, "other"))
     message = class_status(status, local)["engine"]["message"]
     assert f"the Secret '{STORE_SECRET}'" in message and "no credentials" in message, message
-    assert any(r == "BuildFailed" and STORE_SECRET in m
-               for r, m in warnings_of(kube, namespace, "other"))
+    # (the reconcile writes the status, then its Events: wait for them, not just the status)
+    wait_until(lambda: any(r == "BuildFailed" and STORE_SECRET in m
+                           for r, m in warnings_of(kube, namespace, "other")), 30,
+               "a BuildFailed Warning naming the Secret",
+               lambda: str(warnings_of(kube, namespace, "other")))
 
     # 6. The Secret fixed: the failing pod's next attempt pulls the engine and serves.
     put_secret(kube, namespace, SECRET)

@@ -230,6 +230,19 @@ def events_of(kube: Kube, namespace: str, name: str) -> list[tuple[str, str, str
     return [(e.type, e.reason, e.message) for e in items]
 
 
+def wait_event_reasons(kube: Kube, namespace: str, name: str, reasons: set[str],
+                       timeout: float = 30) -> set[str]:
+    """Wait until the deployment's Events include every reason in ``reasons``: a reconcile
+    writes the status first and its Events after, so a status just seen may be ahead."""
+    def seen() -> set[str] | None:
+        got = {r for _, r, _ in events_of(kube, namespace, name)}
+        return got if reasons <= got else None
+
+    found: set[str] = wait_until(seen, timeout, f"Events {sorted(reasons)} on {name}",
+                                 lambda: str(events_of(kube, namespace, name)))
+    return found
+
+
 def wait_gone(kube: Kube, call: Any, *args: Any, what: str, timeout: float = 60) -> None:
     from kubernetes.client.exceptions import ApiException
 
