@@ -95,7 +95,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     def services_index(body: kopf.Body, namespace: str, labels: Mapping[str, str],
                        **_: Any) -> dict[Any, Any] | None:
         owner = _owner(labels)
-        return {(namespace, owner): dict(body)} if owner else None
+        return {(namespace, owner): observed.kept(body)} if owner else None
 
     @kopf.index("configmaps", labels=RECORDS, id="records_index", **on)  # type: ignore[arg-type]
     def records_index(body: kopf.Body, namespace: str, labels: Mapping[str, str],
@@ -103,7 +103,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         key = labels.get(naming.BUILD_KEY_LABEL)
         if not key:
             return None
-        return {(namespace, key): (parse_record(body.get("data") or {}), dict(body))}
+        return {(namespace, key): (parse_record(body.get("data") or {}), observed.kept(body))}
 
     # --- wake-ups ---------------------------------------------------------------------------
     @kopf.on.event("pods", labels=SERVING, id="serving_pod_changed", **on)  # type: ignore[arg-type]

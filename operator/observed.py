@@ -193,6 +193,19 @@ def job_view(body: Mapping[str, Any]) -> JobView:
     )
 
 
+def kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator keeps of a child it watches, to compare its desired manifest with:
+    the object without ``status`` and ``metadata.managedFields``, which no manifest of ours
+    sets (the diff is a subset test over the fields we set). managedFields is most of a
+    server-side-applied object's size: with thousands of children in the indexes it was
+    most of the operator's memory."""
+    out = {k: v for k, v in body.items() if k != "status"}
+    meta = out.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return out
+
+
 def serving_set(body: Mapping[str, Any]) -> ServingSet:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
@@ -205,7 +218,7 @@ def serving_set(body: Mapping[str, Any]) -> ServingSet:
         ready_replicas=int(status.get("readyReplicas") or 0),
         updated_replicas=int(status.get("updatedReplicas") or 0),
         engine_key=str((template.get("annotations") or {}).get(ENGINE_KEY_ANNOTATION, "")),
-        body=body,
+        body=kept(body),
     )
 
 

@@ -137,3 +137,21 @@ def test_events_of_a_reconcile_are_batched_per_reason_within_the_size_limit() ->
     assert len(parts) > 1 and all(len(e.message) <= 200 for e in parts)
     assert "; ".join(e.message for e in parts) == "; ".join(e.message for e in long)
     assert batch_events([]) == []
+
+
+def test_a_watched_child_is_kept_without_status_and_managed_fields() -> None:
+    from infleet.operator.diff import needs_apply
+    from infleet.operator.observed import kept
+
+    desired = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "s", "labels": {"a": "b"}}, "spec": {"ports": [{"port": 80}]}}
+    body = {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s", "labels": {"a": "b"}, "resourceVersion": "7",
+                         "managedFields": [{"manager": "infleet", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"ports": [{"port": 80, "protocol": "TCP"}], "clusterIP": "10.0.0.1"},
+            "status": {"loadBalancer": {}}}
+    small = kept(body)
+    assert "status" not in small and "managedFields" not in small["metadata"]
+    assert small["metadata"]["resourceVersion"] == "7" and small["spec"] == body["spec"]
+    assert "managedFields" in body["metadata"]  # the watched object itself is left alone
+    assert needs_apply(desired, small) == needs_apply(desired, body) is False
