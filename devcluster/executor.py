@@ -90,12 +90,11 @@ class Executor:
         self.base_path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])
         self.emulated = dict(emulated or {})
         """Emulated node -> the core qemu emulates there."""
-        self.arm64: tuple[Path, str] | str = "not prepared"
-        """(arm64 root, qemu path), or why the emulated nodes cannot run pods."""
-        if self.emulated:
-            self.arm64 = _arm64(workdir)
-            if isinstance(self.arm64, str):
-                log.warning("pods of the emulated nodes will fail: %s", self.arm64)
+        self._arm64: tuple[Path, str] | None = None
+        """(arm64 root, qemu path) once found; looked up when a pod needs it, so a root made
+        after the cluster started (hack/arm64-sysroot.sh) is found."""
+        if self.emulated and isinstance(problem := self.arm64(), str):
+            log.warning("pods of the emulated nodes fail until this is fixed: %s", problem)
 
     # -- nodes ---------------------------------------------------------------------------------
     def heartbeat(self) -> bool:
@@ -216,11 +215,21 @@ class Executor:
         log.info("running pod %s/%s at %s", plan.namespace, plan.name, ip)
         threading.Thread(target=runner.run, name=f"pod-{plan.name}", daemon=True).start()
 
+    def arm64(self) -> tuple[Path, str] | str:
+        """The arm64 root and qemu for emulated nodes, or why there are none."""
+        if self._arm64 is None:
+            found = _arm64(self.workdir)
+            if isinstance(found, str):
+                return found
+            self._arm64 = found
+        return self._arm64
+
     def _emulate(self, pod: dict[str, Any], plan: PodPlan, cpu: str) -> PodPlan:
         """The plan of a pod on an emulated node (emulation's rules; reads the root)."""
-        if isinstance(self.arm64, str):
-            return emulation.unavailable(plan, self.arm64)
-        root, qemu = self.arm64
+        found = self.arm64()
+        if isinstance(found, str):
+            return emulation.unavailable(plan, found)
+        root, qemu = found
         if emulation.is_build(pod):
             return emulation.cross_build(plan, root, cpu)
         emulator = emulation.Emulator(
@@ -375,7 +384,10 @@ def _arm64(workdir: Path) -> tuple[Path, str] | str:
     link = workdir / "arm64-python" / "infleet"
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink():
-        link.symlink_to(Path(infleet.__file__).resolve().parent, target_is_directory=True)
+        # The package as this process imports it, not resolved: with the strict editable
+        # install it is a folder of links that maps every subpackage (operator/, scheduler/...)
+        # into one tree, which the source folder src/infleet alone is not.
+        link.symlink_to(Path(infleet.__file__).parent, target_is_directory=True)
     return root, qemu
 
 

@@ -31,7 +31,13 @@ SERVE_PINS="pydantic==$(pkgver pydantic 2.14.3) pydantic_core==$(pkgver pydantic
     typing_extensions==$(pkgver typing_extensions 4.16.0) httptools==$(pkgver httptools 0.9.0)
     uvloop==$(pkgver uvloop 0.23.0) orjson==$(pkgver orjson 3.13.0)
     prometheus_client==$(pkgver prometheus_client 0.26.0)"
-serve_key=$(echo $SERVE_PINS | sha256sum | cut -c1-8)
+# The interpreter and the shared libraries it and the wheels load, and coreutils (sleep, cat...:
+# what pods of the emulated class may run besides python); no maintainer scripts run.
+debs="libc6 libgcc-s1 libstdc++6 zlib1g libexpat1 libffi8 libbz2-1.0 liblzma5 libnsl2 libtirpc3 libdb5.3
+      libssl3 libuuid1 libcrypt1 libsqlite3-0 libncursesw6 libtinfo6 libreadline8 libzstd1 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1
+      libpython3.11-minimal libpython3.11-stdlib python3.11-minimal python3.11
+      coreutils libacl1 libattr1 libgmp10 libselinux1 libpcre2-8-0"
+serve_key=$(echo $SERVE_PINS $debs | sha256sum | cut -c1-8)
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/infleet
 ROOT=$CACHE/arm64-root-py311-tvm$TVM_VERSION-ffi$TVM_FFI_VERSION-np$NUMPY_VERSION-serve$serve_key
 
@@ -51,10 +57,6 @@ fi
 sudo_ apt-get update -qq
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# The interpreter and the shared libraries it and the wheels load; no maintainer scripts run.
-debs="libc6 libgcc-s1 libstdc++6 zlib1g libexpat1 libffi8 libbz2-1.0 liblzma5 libnsl2 libtirpc3 libdb5.3
-      libssl3 libuuid1 libcrypt1 libsqlite3-0 libncursesw6 libtinfo6 libreadline8 libzstd1 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1
-      libpython3.11-minimal libpython3.11-stdlib python3.11-minimal python3.11"
 (cd "$work" && apt-get download -qq $(for d in $debs; do echo "$d:arm64"; done))
 mkdir -p "$work/root"
 for d in "$work"/*.deb; do dpkg -x "$d" "$work/root"; done
