@@ -57,6 +57,9 @@ from infleet.scheduler.policy import ClassDecision, ClusterPolicy, decide
 
 Manifest = dict[str, Any]
 BUILD_KEY_ANNOTATION = "infleet.dev/build-key"
+EMULATED_PROBE_TIMEOUT_S = 120.0
+"""An emulated class answers at the emulator's speed (EfficientNet-Lite0 takes about 10 s a
+row under qemu-user on a busy 2-core machine), so its test inference may take this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,8 @@ class ProbeTarget:
     ip: str
     engine_key: str
     model: str
+    timeout_s: float | None = None
+    """How long the test inference may take; None: the operator's HTTP default (10 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +477,8 @@ def _probe_targets(s: Snapshot, work: list[_Class]) -> list[ProbeTarget]:
             continue
         pod = pods[0]
         assert pod.ip is not None
-        out.append(ProbeTarget(c.cls.name, pod.name, pod.ip, sm.engine_key, model))
+        timeout = EMULATED_PROBE_TIMEOUT_S if c.cls.key.emulated else None
+        out.append(ProbeTarget(c.cls.name, pod.name, pod.ip, sm.engine_key, model, timeout))
     return out
 
 

@@ -16,7 +16,13 @@ from infleet.api import LatencyPoint
 from infleet.api.config import OperatorConfig
 from infleet.api.engine import BuildSummary, EngineKey
 from infleet.operator.engines import EngineResult, Outcome
-from infleet.operator.planner import ProbeResult, Reconcile, Snapshot, plan
+from infleet.operator.planner import (
+    EMULATED_PROBE_TIMEOUT_S,
+    ProbeResult,
+    Reconcile,
+    Snapshot,
+    plan,
+)
 from infleet.scheduler.capacity import profile_from_points, traffic_weights
 from infleet.scheduler.classes import derive_classes
 from infleet.scheduler.hardware import EMULATED_LABEL, SIMULATED_LABEL
@@ -82,8 +88,9 @@ def serving_both() -> tuple[Snapshot, Reconcile]:
     s, _ = converge(replace(s, records=built(s)))
     sets, pods = _serving_state(s, {CPU: 1, ARM: 1})
     s = replace(s, serving=sets, pods=pods)
-    targets = {t.node_class for t in plan(s).probes}
-    assert targets == {CPU, ARM}  # a real process serves there: it is sent a test inference
+    # A real process serves there: it is sent a test inference, with time for the emulator.
+    targets = {t.node_class: t.timeout_s for t in plan(s).probes}
+    assert targets == {CPU: None, ARM: EMULATED_PROBE_TIMEOUT_S}
     probes = {CPU: ProbeResult(True, "e" * 32, "ok", s.now),
               ARM: ProbeResult(True, "a" * 32, "ok", s.now)}
     return converge(replace(s, probes=probes))
