@@ -157,7 +157,8 @@ def test_the_fleet_builds_serves_routes_and_rebuilds_only_what_changed(
 
     def settled() -> dict[str, Any] | None:
         s = status_of(kube, namespace, "cnn")
-        ready = all(c["engine"]["state"] in ("Ready", "Failed") for c in s.get("classes", ()))
+        ready = all(c["engine"]["state"] in ("Ready", "Failed")
+                    for c in s.get("classes", ()) if not c.get("excluded"))
         return s if s.get("observedGeneration") == 2 and ready else None
 
     after = wait_until(settled, 300, "the rebuilt engines", lambda: describe(kube, namespace,
