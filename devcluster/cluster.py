@@ -384,11 +384,14 @@ class LocalCluster:
 
     def _executor_argv(self) -> list[str]:
         nodes = self.profile.local_nodes()
+        emulated = [f"--emulated={node}={cpu}"
+                    for node, cpu in self.profile.emulated_nodes().items()]
         return [
             sys.executable, "-m", "infleet.devcluster.executor",
             "--kubeconfig", str(self.workdir / "executor.kubeconfig"),
             "--workdir", str(self.workdir / "pods"),
             "--nodes", ",".join(nodes),
+            *emulated,
         ]
 
     # -- the Gateway API ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The local executor: a minimal kubelet for the nodes of the ``local`` class.
+"""The local executor: a minimal kubelet for the nodes whose pods run on this machine (the
+``local`` class, and the emulated ``qemu`` classes).
 
 It keeps its nodes Ready (status + Lease heartbeat), watches the pods bound to them and runs
 each pod's containers as local processes, planned by :mod:`infleet.devcluster.podspec` (argv
@@ -7,6 +8,11 @@ namespace: :mod:`infleet.devcluster.mounts`). Each pod gets its own 127.x.y.z ad
 (``POD_IP``, the downward API ``status.podIP``), its volumes as folders, readiness probes,
 restarts per restartPolicy, the termination message read back into the status, and on deletion
 SIGTERM, then SIGKILL after the grace period, then the final delete the kubelet would make.
+
+On an emulated node (``--emulated NODE=CPU``) each plan is rewritten to run the pod's aarch64
+programs under qemu-user with the arm64 root (:mod:`infleet.devcluster.emulation`); engine build
+pods there stay host processes that cross-compile and gate under qemu. Without a usable root or
+qemu, the pods of those nodes fail with the reason, and the other nodes run as ever.
 
 Each pod runs in a :class:`~infleet.devcluster.podrunner.PodRunner`. Two threads of
 :mod:`infleet.devcluster.controllers` go with it: the EndpointSlices of its pods, and the
@@ -22,20 +28,24 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from infleet.devcluster import mounts, podspec
+import infleet
+from infleet.devcluster import emulation, mounts, podspec
 from infleet.devcluster.controllers import EndpointsController, VolumeProvisioner
 from infleet.devcluster.cpus import CpuPool
 from infleet.devcluster.podrunner import HOST_IP, PodRunner, now
 from infleet.devcluster.podspec import PodPlan
+from infleet.runtime import arm64root
 
 log = logging.getLogger("infleet.devcluster.executor")
 LEASE_SECONDS = 40
@@ -53,7 +63,8 @@ class Executor:
     """Keeps the local nodes Ready, watches their pods and runs one PodRunner per pod."""
 
     def __init__(self, kubeconfig: Path, workdir: Path, nodes: list[str],
-                 read_only_mounts: bool = False) -> None:
+                 read_only_mounts: bool = False, emulated: Mapping[str, str] | None = None
+                 ) -> None:
         from kubernetes import client
 
         from infleet.devcluster.cluster import kube_client
@@ -77,6 +88,13 @@ class Executor:
         self.annotated: set[str] = set()
         venv_bin = str(Path(sys.executable).parent)
         self.base_path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])
+        self.emulated = dict(emulated or {})
+        """Emulated node -> the core qemu emulates there."""
+        self._arm64: tuple[Path, str] | None = None
+        """(arm64 root, qemu path) once found; looked up when a pod needs it, so a root made
+        after the cluster started (hack/arm64-sysroot.sh) is found."""
+        if self.emulated and isinstance(problem := self.arm64(), str):
+            log.warning("pods of the emulated nodes fail until this is fixed: %s", problem)
 
     # -- nodes ---------------------------------------------------------------------------------
     def heartbeat(self) -> bool:
@@ -189,10 +207,37 @@ class Executor:
             self.used_ips.add(ip)
             env = self._environment(pod, ip)
             plan = podspec.plan_pod(pod, env)
+            cpu = self.emulated.get(pod.get("spec", {}).get("nodeName", ""))
+            if cpu is not None:
+                plan = self._emulate(pod, plan, cpu)
             runner = PodRunner(self, pod, plan, grace=plan.grace_seconds)
             self.runners[uid] = runner
         log.info("running pod %s/%s at %s", plan.namespace, plan.name, ip)
         threading.Thread(target=runner.run, name=f"pod-{plan.name}", daemon=True).start()
+
+    def arm64(self) -> tuple[Path, str] | str:
+        """The arm64 root and qemu for emulated nodes, or why there are none."""
+        if self._arm64 is None:
+            found = _arm64(self.workdir)
+            if isinstance(found, str):
+                return found
+            self._arm64 = found
+        return self._arm64
+
+    def _emulate(self, pod: dict[str, Any], plan: PodPlan, cpu: str) -> PodPlan:
+        """The plan of a pod on an emulated node (emulation's rules; reads the root)."""
+        found = self.arm64()
+        if isinstance(found, str):
+            return emulation.unavailable(plan, found)
+        root, qemu = found
+        if emulation.is_build(pod):
+            return emulation.cross_build(plan, root, cpu)
+        emulator = emulation.Emulator(
+            qemu=qemu, root=root, cpu=cpu,
+            python_path=(root / arm64root.SITE, self.workdir / "arm64-python"))
+        programs = {name: emulation.find_program(root, name)
+                    for name in emulation.programs_of(plan)}
+        return emulation.emulate(plan, emulator, programs)
 
     def _environment(self, pod: dict[str, Any], ip: str) -> podspec.Environment:
         namespace = pod["metadata"].get("namespace", "default")
@@ -327,6 +372,29 @@ class Executor:
             runner.stop_all(grace=2.0)
 
 
+def _arm64(workdir: Path) -> tuple[Path, str] | str:
+    """The arm64 root and qemu for emulated nodes, or why there are none. Also links this
+    checkout's infleet package where emulated processes import it from (it is pure Python:
+    the same code the host runs, no second copy to fall out of step)."""
+    from infleet.runtime.errors import BackendUnavailable
+
+    qemu = shutil.which(arm64root.QEMU)
+    if qemu is None:
+        return f"{arm64root.QEMU} not found (apt-get install qemu-user-static)"
+    try:
+        root = arm64root.serving_root()
+    except BackendUnavailable as e:
+        return str(e)
+    link = workdir / "arm64-python" / "infleet"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        # The package as this process imports it, not resolved: with the strict editable
+        # install it is a folder of links that maps every subpackage (operator/, scheduler/...)
+        # into one tree, which the source folder src/infleet alone is not.
+        link.symlink_to(Path(infleet.__file__).parent, target_is_directory=True)
+    return root, qemu
+
+
 def _items(data: dict[str, str], items: list[dict[str, Any]] | None) -> dict[str, str]:
     if not items:
         return dict(data)
@@ -338,16 +406,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--nodes", required=True, help="comma-separated node names")
+    parser.add_argument("--emulated", action="append", default=[], metavar="NODE=CPU",
+                        help="a node (of --nodes) whose pods run under qemu-aarch64 emulating "
+                             "CPU; repeatable")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     nodes = [n for n in args.nodes.split(",") if n]
+    emulated = dict(e.split("=", 1) for e in args.emulated if "=" in e)
+    unknown = sorted(set(emulated) - set(nodes))
+    if unknown or len(emulated) != len(args.emulated):
+        parser.error(f"--emulated takes NODE=CPU for nodes of --nodes (got {args.emulated})")
     # Probed before any thread starts: it forks.
     read_only = mounts.supported()
     if not read_only:
         log.warning("read-only mounts are not enforced: no mount namespace can be made here "
                     "(neither root nor an unprivileged user namespace that may mount)")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    executor = Executor(args.kubeconfig, args.workdir, nodes, read_only)
+    executor = Executor(args.kubeconfig, args.workdir, nodes, read_only, emulated)
     signal.signal(signal.SIGTERM, lambda *_: executor.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: executor.stopping.set())
     if not nodes:  # no local class: no pods to run, but claims still get their volumes

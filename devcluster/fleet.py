@@ -1,20 +1,33 @@
 """Fleet profiles (data files in ``profiles/``) and their rendering into Node objects.
 
 Pure: :func:`render_nodes` turns a profile and the facts of this machine into the Node manifests
-the cluster creates. Simulated classes carry ``kwok.x-k8s.io/node: fake`` so kwok heartbeats them
-and runs their pods' lifecycle; the ``local`` class lacks it, because the local executor owns
-those nodes and runs their pods for real, so its CPU labels and allocatable resources come from
-this machine, never from the profile. Every node says which it is: ``dev.infleet.dev/simulated``
-is ``"true"`` on kwok's nodes and ``"false"`` on the local class's.
+the cluster creates. Each class says who runs its pods (``executor``):
 
-A simulated class may give ``nominalProfile``: latency points (batch size, p50, p99, throughput)
-that a simulated engine build on that class reports (:mod:`infleet.devcluster.stages`), since
-nothing is built or measured there. They are illustrative, model-independent figures of the
-profile's author, not measurements.
+- ``kwok``: simulated. The nodes carry ``kwok.x-k8s.io/node: fake`` so kwok heartbeats them and
+  runs their pods' lifecycle on paper; nothing runs.
+- ``local``: real. The local executor owns the nodes and runs their pods as processes of this
+  machine, so their CPU labels and allocatable resources come from this machine, never from
+  the profile.
+- ``qemu``: real, emulated. The local executor owns the nodes and runs their pods' aarch64
+  programs under qemu-user (:mod:`infleet.devcluster.emulation`), emulating the core
+  ``qemuCpu``; the labels are that core's (from the profile), the allocatable resources this
+  machine's (the processes share its cores).
+
+Every node says which it is: ``dev.infleet.dev/simulated`` is ``"true"`` on kwok's nodes and
+``"false"`` on the others; ``dev.infleet.dev/emulated`` is ``"true"`` on the qemu classes' and
+``"false"`` on the others.
+
+``nominalProfile``: latency points (batch size, p50, p99, throughput), illustrative,
+model-independent figures of the profile's author, not measurements. A simulated engine build
+reports them (:mod:`infleet.devcluster.stages`), since nothing is built or measured there; an
+emulated class carries them on its nodes (annotation ``dev.infleet.dev/nominal-profile``) and
+the operator plans its capacity from them, since latency measured under emulation is not the
+hardware's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from dataclasses import dataclass
@@ -27,8 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from infleet.devcluster.errors import FleetProfileError
 
-# The scheduler's label: simulated nodes never share a class (or an engine) with real ones.
-from infleet.scheduler.hardware import CPUINFO_TO_NFD, SIMULATED_LABEL
+# The scheduler's labels: simulated nodes never share a class (or an engine) with real ones,
+# emulated nodes never share a class (their speed) with native ones.
+from infleet.scheduler.hardware import CPUINFO_TO_NFD, EMULATED_LABEL, SIMULATED_LABEL
+from infleet.scheduler.inventory import NOMINAL_PROFILE_ANNOTATION
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
@@ -36,11 +51,17 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Not part of any class derivation: lets the harness find the nodes of a profile class.
 FLEET_CLASS_LABEL = "dev.infleet.dev/fleet-class"
+# On an emulated class's nodes: how their pods run, in words (for `kubectl describe node`).
+EMULATION_ANNOTATION = "dev.infleet.dev/emulation"
 
 
 class Executor(StrEnum):
     KWOK = "kwok"
+    """Simulated: kwok runs the pods' lifecycle on paper."""
     LOCAL = "local"
+    """Real: the local executor runs the pods as processes of this machine."""
+    QEMU = "qemu"
+    """Real, emulated: the local executor runs the pods' aarch64 programs under qemu-user."""
 
 
 class GpuSpec(BaseModel):
@@ -82,16 +103,38 @@ class NodeClassSpec(BaseModel):
     cpuid: tuple[str, ...] = ()
     gpu: GpuSpec | None = None
     nominalProfile: tuple[NominalPoint, ...] = ()
+    qemuCpu: str | None = Field(default=None, pattern=r"^[a-z0-9][-a-z0-9.]*$", max_length=40)
+    """The core qemu emulates for an ``executor: qemu`` class (``qemu-aarch64-static -cpu
+    help`` lists them); it should be the one ``cpuid`` describes."""
 
     @model_validator(mode="after")
-    def _nominal_only_when_simulated(self) -> NodeClassSpec:
+    def _executor_rules(self) -> NodeClassSpec:
         if self.nominalProfile and self.executor is Executor.LOCAL:
-            raise ValueError(f"class {self.name}: nominalProfile is for simulated (kwok) "
-                             "classes; the local class builds and measures for real")
+            raise ValueError(f"class {self.name}: nominalProfile is for simulated (kwok) and "
+                             "emulated (qemu) classes; the local class builds and measures for "
+                             "real")
+        if self.executor is Executor.QEMU:
+            if self.arch != "arm64" or self.gpu is not None:
+                raise ValueError(f"class {self.name}: executor qemu runs arm64 CPU nodes only "
+                                 "(qemu-aarch64)")
+            if not self.qemuCpu:
+                raise ValueError(f"class {self.name}: executor qemu needs qemuCpu, the core "
+                                 "its cpuid labels describe")
+            if not self.nominalProfile:
+                raise ValueError(f"class {self.name}: executor qemu needs nominalProfile: "
+                                 "latency under emulation is not the hardware's, so the "
+                                 "operator plans the class from these figures")
+        elif self.qemuCpu:
+            raise ValueError(f"class {self.name}: qemuCpu is for executor qemu only")
         batches = [p.batch_size for p in self.nominalProfile]
         if batches != sorted(set(batches)):
             raise ValueError(f"class {self.name}: nominalProfile batch sizes must increase")
         return self
+
+    @property
+    def runs_here(self) -> bool:
+        """Its pods run on this machine (the local executor owns its nodes)."""
+        return self.executor is not Executor.KWOK
 
 
 class Profile(BaseModel):
@@ -103,10 +146,15 @@ class Profile(BaseModel):
         return sum(c.count for c in self.classes)
 
     def local_nodes(self) -> list[str]:
-        return [
-            node_name(c, i) for c in self.classes if c.executor is Executor.LOCAL
-            for i in range(c.count)
-        ]
+        """The nodes whose pods run on this machine (the local and emulated classes')."""
+        return [node_name(c, i) for c in self.classes if c.runs_here for i in range(c.count)]
+
+    def emulated_nodes(self) -> dict[str, str]:
+        """Node -> the core qemu emulates there, for the emulated classes."""
+        return {
+            node_name(c, i): c.qemuCpu or "" for c in self.classes
+            if c.executor is Executor.QEMU for i in range(c.count)
+        }
 
 
 @dataclass(frozen=True)
@@ -172,7 +220,10 @@ def render_nodes(profile: Profile, host: HostFacts) -> list[dict[str, Any]]:
 
 def render_node(cls: NodeClassSpec, index: int, host: HostFacts) -> dict[str, Any]:
     local = cls.executor is Executor.LOCAL
+    emulated = cls.executor is Executor.QEMU
     name = node_name(cls, index)
+    # The local class is this machine; an emulated one is the core it emulates, on this
+    # machine's cores.
     arch = host.arch if local else cls.arch
     cpuid = host.cpuid if local else cls.cpuid
     labels = {
@@ -181,12 +232,14 @@ def render_node(cls: NodeClassSpec, index: int, host: HostFacts) -> dict[str, An
         "kubernetes.io/hostname": name,
         "node.kubernetes.io/instance-type": cls.instanceType,
         FLEET_CLASS_LABEL: cls.name,
-        SIMULATED_LABEL: "false" if local else "true",
+        SIMULATED_LABEL: "false" if cls.runs_here else "true",
+        EMULATED_LABEL: "true" if emulated else "false",
         **{f"feature.node.kubernetes.io/cpu-cpuid.{flag}": "true" for flag in cpuid},
     }
     allocatable = {
-        "cpu": str(host.cpus) if local or cls.cpu is None else cls.cpu,
-        "memory": str(host.memory_bytes) if local or cls.memory is None else cls.memory,
+        "cpu": str(host.cpus) if cls.runs_here or cls.cpu is None else cls.cpu,
+        "memory": (str(host.memory_bytes) if cls.runs_here or cls.memory is None
+                   else cls.memory),
         "pods": str(cls.pods),
         "ephemeral-storage": "100Gi",
     }
@@ -204,8 +257,14 @@ def render_node(cls: NodeClassSpec, index: int, host: HostFacts) -> dict[str, An
         allocatable[GPU_RESOURCE] = str(cls.gpu.count)
         taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
     annotations = {"node.alpha.kubernetes.io/ttl": "0"}
-    if not local:
+    if not cls.runs_here:
         annotations[KWOK_ANNOTATION] = "fake"
+    if emulated:
+        annotations[EMULATION_ANNOTATION] = (
+            f"pods run under qemu-aarch64-static -cpu {cls.qemuCpu} on an {host.arch} host; "
+            "engine build pods cross-compile on the host and gate the engine under qemu")
+        annotations[NOMINAL_PROFILE_ANNOTATION] = json.dumps(
+            [p.model_dump() for p in cls.nominalProfile], separators=(",", ":"))
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -217,7 +276,7 @@ def render_node(cls: NodeClassSpec, index: int, host: HostFacts) -> dict[str, An
             "nodeInfo": {
                 "architecture": arch,
                 "operatingSystem": "linux",
-                "kubeletVersion": "infleet-local" if local else "fake",
+                "kubeletVersion": "infleet-local" if cls.runs_here else "fake",
                 "kubeProxyVersion": "",
                 "containerRuntimeVersion": "",
                 "kernelVersion": "",

@@ -6,14 +6,19 @@ import sys
 
 body = json.load(sys.stdin)
 status = body.get("status", {})
-columns = ["CLASS", "BACKEND", "PRECISION", "ENGINE", "SIMULATED", "REPLICAS", "READY", "WEIGHT",
+# RUNS: how the class's pods run: real (processes of this machine, or of a real node),
+# emulated (real processes under qemu-user: real answers, nominal capacity), simulated (kwok:
+# nothing runs, no traffic), "-" for an excluded class not known to be either.
+columns = ["CLASS", "BACKEND", "PRECISION", "ENGINE", "RUNS", "REPLICAS", "READY", "WEIGHT",
            "WHY"]
 rows = [columns]
 for c in status.get("classes", []):
     engine = c.get("engine", {})
     state = "excluded" if c.get("excluded") else engine.get("state", "-")
+    runs = ("emulated" if c.get("emulated") else "simulated" if c.get("simulated") else
+            "-" if c.get("excluded") else "real")
     rows.append([c["name"], c.get("backend") or "-", c.get("precision") or "-", state,
-                 str(c.get("simulated", False)).lower(), str(c.get("replicas", 0)),
+                 runs, str(c.get("replicas", 0)),
                  str(c.get("readyReplicas", 0)), str(c.get("weight", 0)),
                  (c.get("reason") or "")[:70]])
 widths = [max(len(r[i]) for r in rows) for i in range(len(columns) - 1)]

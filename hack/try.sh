@@ -2,8 +2,9 @@
 # The main job on its embedded default: the product on a local cluster.
 #
 #   1. a local control plane with the mixed fleet of the `dev` profile (one real x86 class
-#      whose pods run as processes here, the other classes simulated by kwok), the CRD and a
-#      Gateway API gateway (Traefik);
+#      whose pods run as processes here, one real arm64 class whose pods run here under
+#      qemu-user and which the sample leaves out, as deployments do unless they name it, the
+#      other classes simulated by kwok), the CRD and a Gateway API gateway (Traefik);
 #   2. the operator (`infleet run`, in the background: `infleet dev operator`);
 #   3. the sample: an engine store, a real model (EfficientNet-Lite0 written onto a claim by
 #      a Job) and the InferenceDeployment of examples/sample/deployment.yaml;

@@ -18,6 +18,11 @@ the status, the Events and the classes to send a test inference. Per class:
 5. routing: HTTPRoute weights proportional to the Ready capacity of the classes whose test
    inference passed (simulated classes take no traffic: no process serves there), at the
    capacity per replica the autoscaler learnt.
+
+Emulated classes (the dev fleet's qemu-user arm64 nodes) build, serve and answer for real, but
+at the emulator's speed: their capacity comes from their nodes' nominal figures, never from a
+latency measured under emulation, and the autoscaler neither scales them nor learns from them
+(they keep the placement's replicas). Status and Events say so.
 """
 
 from __future__ import annotations
@@ -40,11 +45,11 @@ from infleet.api import (
 from infleet.api.config import OperatorConfig
 from infleet.api.engine import BuildSummary
 from infleet.api.spec import DEFAULT_FP16_DEVIATION
-from infleet.operator import children, engines, naming, scaling, status
+from infleet.operator import children, engines, naming, profiles, scaling, status
 from infleet.operator.diff import needs_apply
 from infleet.operator.engines import BuildJobState, EngineResult, Outcome
 from infleet.operator.observed import ServingPod, ServingSet
-from infleet.scheduler.capacity import ClassProfile, profile_from_points, traffic_weights
+from infleet.scheduler.capacity import ClassProfile, traffic_weights
 from infleet.scheduler.classes import NodeClass
 from infleet.scheduler.inventory import Resources
 from infleet.scheduler.plan import plan_deployment
@@ -52,6 +57,9 @@ from infleet.scheduler.policy import ClassDecision, ClusterPolicy, decide
 
 Manifest = dict[str, Any]
 BUILD_KEY_ANNOTATION = "infleet.dev/build-key"
+EMULATED_PROBE_TIMEOUT_S = 120.0
+"""An emulated class answers at the emulator's speed (EfficientNet-Lite0 takes about 10 s a
+row under qemu-user on a busy 2-core machine), so its test inference may take this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,8 @@ class ProbeTarget:
     ip: str
     engine_key: str
     model: str
+    timeout_s: float | None = None
+    """How long the test inference may take; None: the operator's HTTP default (10 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +268,10 @@ def _autoscale(s: Snapshot, work: list[_Class], rooms: Mapping[str, int]
     mine: list[_Class] = []
     for c in work:
         sm = c.serving_summary
-        if c.decision.excluded or c.profile is None or sm is None or sm.simulated:
+        # Emulated classes too stay out: their latency is the emulator's, and learning a
+        # capacity from it (or scaling on it) would act on numbers that are not the hardware's.
+        if (c.decision.excluded or c.profile is None or sm is None or sm.simulated
+                or c.cls.key.emulated):
             continue
         current = s.serving.get(c.cls.name)
         governed.append(scaling.Governed(
@@ -350,7 +363,8 @@ def _build_event(c: _Class, result: EngineResult) -> Event:
     if result.outcome is Outcome.SUCCEEDED and result.summary is not None:
         sm = result.summary
         what = "simulated engine (no build ran: a simulated class)" if sm.simulated else (
-            f"engine {sm.engine_key}")
+            f"engine {sm.engine_key}" + (" (gated under qemu-user emulation)" if sm.emulated
+                                         else ""))
         return Event("Normal", "BuildFinished",
                      f"{c.cls.name}: {sm.backend} {sm.precision} {what}")
     return Event("Warning", "BuildFailed", f"{c.cls.name}: {result.message}"[:1000])
@@ -368,11 +382,7 @@ def _serving_engine(s: Snapshot, c: _Class) -> None:
             return
         summary, key = old, old_key
     c.serving_key, c.serving_summary = key, summary
-    spec = s.spec
-    c.profile = profile_from_points(
-        summary.profile, spec.slo.latency_p99_ms, spec.batching.max_queue_delay_ms,
-        spec.batching.max_batch_size,
-    ) if summary.profile else None
+    c.profile = profiles.class_profile(s.spec, c.cls, summary)
 
 
 def _template_build_key(current: ServingSet) -> str:
@@ -467,7 +477,8 @@ def _probe_targets(s: Snapshot, work: list[_Class]) -> list[ProbeTarget]:
             continue
         pod = pods[0]
         assert pod.ip is not None
-        out.append(ProbeTarget(c.cls.name, pod.name, pod.ip, sm.engine_key, model))
+        timeout = EMULATED_PROBE_TIMEOUT_S if c.cls.key.emulated else None
+        out.append(ProbeTarget(c.cls.name, pod.name, pod.ip, sm.engine_key, model, timeout))
     return out
 
 
@@ -502,16 +513,20 @@ def _status(
             profile=list(sm.profile) if sm else [],
             message=_engine_message(c, result_summary),
             simulated=bool(sm and sm.simulated),
+            emulated=bool(sm and sm.emulated),
         )
         serving_precision: Precision | None = (
             c.serving_summary.precision if c.serving_summary else None
         )
         reason = c.decision.reason
+        if c.cls.key.emulated and not c.decision.excluded:
+            reason += "; " + profiles.emulation_note(s.spec, c.cls)
         class_statuses.append(ClassStatus(
             problem=_pods_problem(s, c),
             name=c.cls.name,
             excluded=c.decision.excluded,
             simulated=bool(c.serving_summary and c.serving_summary.simulated),
+            emulated=c.cls.key.emulated,
             verified=c.verified,
             nodes=c.cls.usable_nodes,
             backend=c.decision.backend,

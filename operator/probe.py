@@ -59,13 +59,16 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
     def result(ok: bool, message: str) -> ProbeResult:
         return ProbeResult(ok=ok, engine_key=target.engine_key, message=message, checked_at=now)
 
+    # A slow class (emulated) gets its own read timeout; connecting stays quick.
+    timeout: Any = (httpx.Timeout(target.timeout_s, connect=3.0) if target.timeout_s
+                    else httpx.USE_CLIENT_DEFAULT)
     try:
-        meta = await client.get(base)
+        meta = await client.get(base, timeout=timeout)
         if meta.status_code != 200:
             return result(False, f"pod {target.pod}: GET model metadata: {meta.status_code} "
                                  f"{meta.text[:200]}")
         metadata = meta.json()
-        answer = await client.post(f"{base}/infer", json=request_for(metadata))
+        answer = await client.post(f"{base}/infer", json=request_for(metadata), timeout=timeout)
         if answer.status_code != 200:
             return result(False, f"pod {target.pod}: test inference: {answer.status_code} "
                                  f"{answer.text[:200]}")

@@ -5,8 +5,10 @@ The planner places a deployment first (:func:`~infleet.scheduler.plan.plan_deplo
 classes, their engines, room and a replica count to start from). Then, unless
 ``spec.replicas`` pins the count (the scale subresource wins: the placement honours the pin
 and the autoscaler stays out), this module overrides the replicas of the classes it governs:
-real classes (a process serves there) with an engine to serve. Simulated classes keep the
-placement's count, and the bounds the autoscaler gets are the spec's minus theirs.
+real classes (a process serves there) with an engine to serve, except emulated ones (their
+latency is the emulator's: nothing to scale on or learn from). Simulated and emulated classes
+keep the placement's count, and the bounds the autoscaler gets are the spec's minus theirs;
+the load it measures and plans for is the governed classes' own.
 
 A reconcile is not always a tick: pokes (a pod turned ready, a build finished) reconcile at
 any time, decisions are taken every ``autoscaler.intervalSeconds`` over the window since
@@ -98,7 +100,8 @@ class Outcome:
 def settings_for(
     spec: InferenceDeploymentSpec, others: int, tick: Tick | None
 ) -> AutoscaleSettings:
-    """The spec's rules, with ``others`` replicas (simulated classes') taken off the bounds."""
+    """The spec's rules, with ``others`` replicas (simulated and emulated classes') taken off
+    the bounds."""
     hi = max(0, spec.scaling.max_replicas - others)
     lo = min(hi, max(0, spec.scaling.min_replicas - others))
     base = AutoscaleSettings.from_spec(spec)

@@ -3,7 +3,9 @@
 ``Available`` (and phase ``Ready``) needs more than Running pods: a real test inference must
 have succeeded on every real class that serves, on the engine it serves now. Simulated classes
 (the dev fleet's kwok nodes) cannot be sent one; they are named as simulated instead and take
-no traffic. Condition times move only when a condition's status changes.
+no traffic. Emulated classes (qemu-user) are real and must pass one too; they are named as
+emulated, since their capacity is nominal. Condition times move only when a condition's
+status changes.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ def summarize(
                                "NoClass", f"engines ready on {_names(placed)}"))
     simulated = [c for c in serving if c.simulated]
     sim_note = f"; simulated (no traffic): {_names(simulated)}" if simulated else ""
+    emulated = [c for c in serving if c.emulated]
+    if emulated:
+        sim_note += f"; emulated (qemu-user, nominal capacity): {_names(emulated)}"
     available = bool(verified) and not unverified
     if available:
         message = f"test inference passed on {_names(verified)}{sim_note}"

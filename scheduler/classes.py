@@ -11,10 +11,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from infleet.api import LatencyPoint
 from infleet.scheduler.affinity import NodeAffinity, Requirement
 from infleet.scheduler.hardware import (
     ARCH_LABEL,
     CPUID_PREFIX,
+    EMULATED_LABEL,
     GPU_MEMORY_LABEL,
     GPU_PRODUCT_LABEL,
     INSTANCE_TYPE_LABEL,
@@ -65,6 +67,9 @@ class NodeClass:
     affinity: NodeAffinity
     """Selects exactly the member nodes of this inventory (nodes are told apart by their
     ``kubernetes.io/hostname`` label where hardware labels cannot; every kubelet sets it)."""
+    nominal_profile: tuple[LatencyPoint, ...] = ()
+    """Nominal latency points the member nodes carry (the dev fleet's emulated classes, whose
+    speed cannot be measured where they run); when members differ, the slowest at batch 1."""
 
     def with_reserved(self, request: Resources) -> NodeClass:
         """This class with room for one ``request``-sized pod set aside on the node with the
@@ -108,10 +113,12 @@ def _blocking(taints: Iterable[Taint]) -> frozenset[Taint]:
     )
 
 
-def _selector_keys(key: HardwareKey, simulated_fleet: bool) -> list[str]:
+def _selector_keys(key: HardwareKey, simulated_fleet: bool, emulated_fleet: bool) -> list[str]:
     keys = [ARCH_LABEL, INSTANCE_TYPE_LABEL]
     if simulated_fleet:  # only an inventory with simulated nodes needs telling them apart
         keys.append(SIMULATED_LABEL)
+    if emulated_fleet:  # likewise emulated ones
+        keys.append(EMULATED_LABEL)
     if key.is_gpu:
         keys += [GPU_PRODUCT_LABEL, GPU_MEMORY_LABEL]
     else:
@@ -146,10 +153,11 @@ def _affinity(
 ) -> NodeAffinity:
     reqs: list[Requirement] = []
     simulated_fleet = any(k.simulated for k, _ in groups.values())
-    for label in _selector_keys(key, simulated_fleet):
+    emulated_fleet = any(k.emulated for k, _ in groups.values())
+    for label in _selector_keys(key, simulated_fleet, emulated_fleet):
         req = _requirement(
             label, [n.labels.get(label) for n in members],
-            label.startswith(CPUID_PREFIX) or label == SIMULATED_LABEL,
+            label.startswith(CPUID_PREFIX) or label in (SIMULATED_LABEL, EMULATED_LABEL),
         )
         if req is not None:
             reqs.append(req)
@@ -268,4 +276,14 @@ def _summarise(
         gpu_memory_bytes=gpu_mem,
         tolerations=tuple(sorted(tolerated)),
         affinity=_affinity(key, nodes, groups),
+        nominal_profile=_nominal(nodes),
     )
+
+
+def _nominal(nodes: Sequence[NodeInfo]) -> tuple[LatencyPoint, ...]:
+    """The members' nominal points; the slowest at batch 1 when they differ (the figures
+    plan capacity: the lower one is the one every member can be trusted to reach)."""
+    given = {n.nominal_profile for n in nodes if n.nominal_profile}
+    if not given:
+        return ()
+    return min(given, key=lambda points: (points[0].throughput_ips, repr(points)))

@@ -45,6 +45,12 @@ CPUID_PREFIX = "feature.node.kubernetes.io/cpu-cpuid."
 # "built" there is no engine, so simulated nodes never share a class (or an engine) with real
 # nodes of the same labels.
 SIMULATED_LABEL = "dev.infleet.dev/simulated"
+# Set by infleet's dev fleet on nodes whose pods run for real but under an emulator (qemu-user
+# on an x86 host): real processes, real answers, the emulator's speed. Their engines are the
+# hardware's (the fingerprint leaves the flag out, so a real node of the same labels shares
+# them); their speed is not, so they never share a class with real nodes either, and the
+# planner takes their capacity from nominal figures (inventory.NOMINAL_PROFILE_ANNOTATION).
+EMULATED_LABEL = "dev.infleet.dev/emulated"
 
 # Flags that matter, most significant first (the order of name suffixes).
 X86_FEATURES = ("AMXINT8", "AVX512VNNI", "AVXVNNI", "AVX512F", "AVX2")
@@ -213,6 +219,9 @@ class HardwareKey:
     instance_type: str = ""
     simulated: bool = False
     """A node of the dev fleet that kwok simulates (``SIMULATED_LABEL``)."""
+    emulated: bool = False
+    """A node of the dev fleet whose pods run under an emulator (``EMULATED_LABEL``). Not part
+    of :meth:`engine_fields`: the engine is the hardware's, only its speed is not."""
 
     @property
     def is_gpu(self) -> bool:
@@ -417,6 +426,7 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
     arch = normalize_arch(labels.get(ARCH_LABEL))
     instance = _dns(labels.get(INSTANCE_TYPE_LABEL, ""))
     simulated = labels.get(SIMULATED_LABEL, "").lower() == "true"
+    emulated = labels.get(EMULATED_LABEL, "").lower() == "true"
     if is_gpu_node(node):
         major = _int_label(labels, GPU_MAJOR_LABEL)
         minor = _int_label(labels, GPU_MINOR_LABEL)
@@ -432,7 +442,9 @@ def hardware_key(node: NodeInfo) -> HardwareKey:
             f for f in relevant_features(arch) if labels.get(CPUID_PREFIX + f, "").lower() == "true"
         ]
         key = cpu_key(arch, present, instance)
-    return dataclasses.replace(key, simulated=True) if simulated else key
+    if simulated or emulated:
+        key = dataclasses.replace(key, simulated=simulated, emulated=emulated)
+    return key
 
 
 def gpu_key(
@@ -491,6 +503,7 @@ def key_label_signature(node: NodeInfo) -> tuple[object, ...]:
         labels.get(GPU_MINOR_LABEL),
         labels.get(GPU_PRESENT_LABEL),
         labels.get(SIMULATED_LABEL),
+        labels.get(EMULATED_LABEL),
         node.allocatable.gpus > 0,
         tuple(labels.get(CPUID_PREFIX + f) for f in X86_FEATURES + ARM_FEATURES),
     )

@@ -9,6 +9,7 @@ many identical nodes. Both adapters are pure: the caller reads the files or the 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,10 +20,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from infleet.api import LatencyPoint
 from infleet.scheduler.errors import InventoryError
 
 GPU_RESOURCE = "nvidia.com/gpu"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+# Latency points (JSON, ``LatencyPoint``'s snake_case fields) that the dev fleet puts on nodes
+# whose speed cannot be measured where they run (its emulated arm64 class): the fleet author's
+# nominal figures for the hardware the labels describe.
+NOMINAL_PROFILE_ANNOTATION = "dev.infleet.dev/nominal-profile"
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
@@ -142,6 +148,9 @@ class NodeInfo:
     taints: tuple[Taint, ...] = ()
     unschedulable: bool = False
     ready: bool = True
+    nominal_profile: tuple[LatencyPoint, ...] = ()
+    """The node's nominal latency points (``NOMINAL_PROFILE_ANNOTATION``); empty when it has
+    none, or none that reads as a profile."""
 
     @property
     def free(self) -> Resources:
@@ -160,6 +169,7 @@ class NodeInfo:
             self.taints,
             self.unschedulable,
             self.ready,
+            self.nominal_profile,
         )
 
 
@@ -212,7 +222,37 @@ def node_from_object(obj: Mapping[str, Any]) -> NodeInfo:
         taints=_taints(spec.get("taints"), f"node {name}"),
         unschedulable=bool(spec.get("unschedulable", False)),
         ready=ready,
+        nominal_profile=nominal_profile(
+            (meta.get("annotations") or {}).get(NOMINAL_PROFILE_ANNOTATION)
+        ),
     )
+
+
+def nominal_profile(raw: object) -> tuple[LatencyPoint, ...]:
+    """Latency points from an annotation's JSON; empty for anything that is not a list of
+    points with increasing batch sizes (an annotation is anyone's to write: it never fails the
+    inventory, and a class without usable figures says so where they are needed)."""
+    if not isinstance(raw, str) or not raw.strip():
+        return ()
+    return _nominal_profile(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _nominal_profile(raw: str) -> tuple[LatencyPoint, ...]:
+    # Cached: every node of a class carries the same text.
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, list) or not data:
+            return ()
+        points = tuple(LatencyPoint.model_validate(p) for p in data)
+    except (ValueError, ValidationError):
+        return ()
+    batches = [p.batch_size for p in points]
+    if batches != sorted(set(batches)) or any(
+        p.p50_ms <= 0 or p.p99_ms < p.p50_ms or p.throughput_ips <= 0 for p in points
+    ):
+        return ()
+    return points
 
 
 def _sum_requests(containers: Iterable[Mapping[str, Any]]) -> Resources:

@@ -23,6 +23,12 @@ from infleet.scheduler.tensorrt_impl import ALL_IMPLS, TensorRtImpl, choose
 GIB = 2**30
 _WIDTH = {Precision.FP32: 4, Precision.FP16: 2, Precision.INT8: 1, Precision.FP8: 1}
 _LOW = (Precision.INT8, Precision.FP8)
+# The dev fleet's emulated classes (hardware.EMULATED_LABEL): what they are, and the one backend
+# that cannot be checked there. Said in every decision for such a class, never papered over.
+EMULATED = ("emulated: pods run under qemu-user on an x86 host (real processes and answers, "
+            "not the hardware's speed)")
+ORT_UNDER_QEMU = ("ONNX Runtime's aarch64 wheel crashes under qemu-user, so ONNX Runtime on "
+                  "arm64 is verifiable only on real arm64 hardware")
 _BACKEND_NAME = {
     Backend.TENSORRT: "TensorRT",
     Backend.ONNXRUNTIME: "ONNX Runtime",
@@ -230,6 +236,8 @@ def backend_problem(
             return f"TensorRT cannot run on this class: {trt.reason}"
     if backend == Backend.TVM and hw.is_gpu:
         return "infleet's TVM builder targets CPUs; this class serves on its GPU"
+    if backend == Backend.ONNXRUNTIME and hw.emulated and hw.arch == "arm64":
+        return ORT_UNDER_QEMU
     return None
 
 
@@ -347,9 +355,17 @@ def decide(
     allow = spec.classes.allow
     if allow is not None and most_specific(frozenset(allow), name) is None:
         return result(None, (), "not in spec.classes.allow")
+    if hw.emulated and allow is None:
+        # Slow by orders of magnitude (a build gates under qemu for minutes): a deployment
+        # asks for it by name rather than have every deployment wait on it.
+        return result(None, (), f"{EMULATED}; used only when spec.classes.allow selects it")
 
     backend, ladder, why = default_choice(hw, impls)
     reasons.append(why)
+    if hw.emulated:
+        reasons.append(EMULATED)
+        if hw.arch == "arm64" and backend == Backend.TVM:
+            reasons.append("the planned ONNX Runtime fallback is not tried: " + ORT_UNDER_QEMU)
     if defaults.backend is not None and defaults.backend != backend:
         backend = defaults.backend
         ladder = _default_ladder(backend, hw, impls)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,7 +35,13 @@ from infleet.api.engine import BUILDER_VERSION
 from infleet.runtime import datasets, shapes
 from infleet.runtime import fetch as fetching
 from infleet.runtime.accuracy import Budget, Reference, judge, needs_noise, output_deviations
-from infleet.runtime.builders import BuildJob, EngineBuilder, get_builder, load_built
+from infleet.runtime.builders import (
+    BuildJob,
+    EngineBuilder,
+    LoadedEngine,
+    get_builder,
+    load_built,
+)
 from infleet.runtime.errors import (
     AccuracyGateFailed,
     BackendUnavailable,
@@ -141,6 +148,8 @@ class _Candidate:
     notes: list[str] = field(default_factory=list)
     cache_hit: bool = False
     emulated: bool = False
+    emulated_profile: list[LatencyPoint] = field(default_factory=list)
+    """The emulator's speed on the gate's calls: recorded, marked emulated, never compared."""
 
 
 def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> BuildSummary:
@@ -319,9 +328,12 @@ def _build(
         model_sha256=model_sha,
         node_class=request.node_class,
         accuracy=winner.rungs,
-        profile=winner.manifest.profile,
+        # The store's manifest keeps no emulated profile (a native node reusing the engine
+        # must not inherit the emulator's speed); the summary carries it, marked.
+        profile=winner.manifest.profile or winner.emulated_profile,
         notes=notes,
         build_seconds=round(time.monotonic() - started, 2),
+        emulated=winner.emulated,
     )
 
 
@@ -452,7 +464,7 @@ def _walk_ladder(
         progress(f"{builder.backend} {precision}: engine {key.digest()}")
         with store.lock(key.digest()):
             result = _rung(request, job, store, builder, key, gate, progress)
-        rung, manifest, hit, emulated, notes, error = result
+        rung, manifest, hit, emulated, notes, error, emulated_profile = result
         cand.rungs.append(rung)
         cand.notes.extend(notes)
         if error is not None:
@@ -463,11 +475,20 @@ def _walk_ladder(
         if manifest is not None:
             cand.manifest = manifest.model_copy(update={"accuracy": list(cand.rungs)})
             cand.cache_hit, cand.emulated = hit, emulated
+            cand.emulated_profile = emulated_profile
             break
     return cand
 
 
-_RungOutcome = tuple[RungResult, EngineManifest | None, bool, bool, list[str], BuildError | None]
+class _RungOutcome(NamedTuple):
+    rung: RungResult
+    manifest: EngineManifest | None
+    cache_hit: bool
+    emulated: bool
+    notes: list[str]
+    error: BuildError | None
+    emulated_profile: list[LatencyPoint] = []
+    """The gate's calls as latency points, when the engine ran under an emulator."""
 
 
 def _rung(
@@ -481,7 +502,9 @@ def _rung(
 ) -> _RungOutcome:
     """Build (or reuse) one engine and gate it.
 
-    Returns (rung, manifest or None, cache hit, emulated, notes, the build error or None).
+    Returns the rung, the manifest (None when the rung failed), whether it was a cache hit,
+    whether the engine ran under an emulator (with the emulator's timings), notes, and the
+    build error or None.
     """
     precision = key.precision
     validation = gate.validation
@@ -501,7 +524,7 @@ def _rung(
         except BuildError as e:
             shutil.rmtree(staged, ignore_errors=True)
             word = "unsupported model" if isinstance(e, UnsupportedModel) else "build failed"
-            return (
+            return _RungOutcome(
                 RungResult(precision=precision, passed=False, message=f"{word}: {e}"),
                 None,
                 False,
@@ -541,16 +564,19 @@ def _rung(
         if not rung.passed:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
-            return rung, None, False, False, notes, None
-        if existing is not None:
-            return rung, existing, True, emulated, notes, None
-        profile: list[LatencyPoint] = []
+            return _RungOutcome(rung, None, False, False, notes, None)
+        emulated_profile = emulated_points(loaded)
         if emulated:
+            sizes = ", ".join(str(p.batch_size) for p in emulated_profile) or "none"
             notes.append(
-                f"{builder.backend}: no latency profile: the {job.target.arch} engine ran under "
-                "emulation; the serving pod measures it at start"
+                f"{builder.backend}: the {job.target.arch} engine ran under qemu-user emulation: "
+                f"its profile (batch {sizes}, the gate's own calls) is the emulator's speed, not "
+                "the hardware's, and is marked emulated"
             )
-        else:
+        if existing is not None:
+            return _RungOutcome(rung, existing, True, emulated, notes, None, emulated_profile)
+        profile: list[LatencyPoint] = []
+        if not emulated:
             progress(f"{builder.backend} {precision}: profiling batch sizes up to {job.max_batch}")
             profile = measure(
                 loaded.engine,
@@ -564,11 +590,20 @@ def _rung(
     manifest = manifest.model_copy(update={"profile": profile, "accuracy": [rung]})
     assert staged is not None  # a stored engine returned above
     final = store.commit(staged, manifest)
-    return (
+    return _RungOutcome(
         rung,
         EngineManifest.model_validate_json((final / "manifest.json").read_bytes()),
         False,
         emulated,
         notes,
         None,
+        emulated_profile,
     )
+
+
+def emulated_points(loaded: LoadedEngine) -> list[LatencyPoint]:
+    """The emulator's timings of an engine that ran under one; empty otherwise."""
+    if not loaded.emulated:
+        return []
+    measure_emulated = getattr(loaded.engine, "emulated_profile", None)
+    return list(measure_emulated()) if callable(measure_emulated) else []

@@ -1,6 +1,8 @@
 """One InferenceDeployment on the whole dev fleet: the real-executor class builds and serves for
-real, the simulated classes (kwok) answer with simulated builds and take no traffic, and the
-deployment's one endpoint (the Gateway API route, served by Traefik) answers OIP requests.
+real, the simulated classes (kwok) answer with simulated builds and take no traffic, the
+emulated arm64 class stays out (a deployment must name it), and the deployment's one endpoint
+(the Gateway API route, served by Traefik) answers OIP requests. The emulated class serving
+beside the x86 one is test_operator_arm64's.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def test_the_fleet_builds_serves_routes_and_rebuilds_only_what_changed(
     assert kube.cluster is not None
     sha = put_model(store["models"], "cnn.onnx", small_cnn)
     local = local_class(kube)
-    nodes = class_nodes(kube)
+    emulated = local_class(kube, "arm64-qemu")
+    everyone = class_nodes(kube)
+    # The emulated class serves only deployments that name it in spec.classes.allow.
+    nodes = {c: n for c, n in everyone.items() if c != emulated}
     # More throughput than fits: the planner fills the real class (the cheapest), spills onto
     # simulated ones and places what it can (best effort), saying so.
     spec = cnn_spec(sha, None, slo={"latencyP99Ms": 10000, "maxThroughputRps": 100000},
@@ -91,7 +96,9 @@ def test_the_fleet_builds_serves_routes_and_rebuilds_only_what_changed(
 
     status = wait_available(kube, namespace, "cnn", timeout=300)
     classes = {c["name"]: c for c in status["classes"]}
-    assert set(classes) == set(nodes)
+    assert set(classes) == set(everyone)
+    assert classes[emulated]["excluded"] and classes[emulated]["emulated"]
+    assert "spec.classes.allow selects it" in classes[emulated]["reason"]
     assert not classes[local]["engine"]["simulated"] and classes[local]["verified"]
     simulated = [n for n in nodes if n != local]
     for name in simulated:
@@ -150,7 +157,8 @@ def test_the_fleet_builds_serves_routes_and_rebuilds_only_what_changed(
 
     def settled() -> dict[str, Any] | None:
         s = status_of(kube, namespace, "cnn")
-        ready = all(c["engine"]["state"] in ("Ready", "Failed") for c in s.get("classes", ()))
+        ready = all(c["engine"]["state"] in ("Ready", "Failed")
+                    for c in s.get("classes", ()) if not c.get("excluded"))
         return s if s.get("observedGeneration") == 2 and ready else None
 
     after = wait_until(settled, 300, "the rebuilt engines", lambda: describe(kube, namespace,

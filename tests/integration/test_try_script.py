@@ -36,28 +36,31 @@ def test_try_script_runs_the_product_on_the_sample_and_answers_through_the_gatew
         assert f"cluster '{name}' is up" in out
         # Every node of the dev profile is listed, the bad one refused, the sample applied.
         fleet = out.split("the fleet:", 1)[1].split("== the operator", 1)[0]
-        assert fleet.count(" Ready ") == 13, out
+        assert fleet.count(" Ready ") == 14, out
         assert "scaling.maxReplicas must be greater than or equal to scaling.minReplicas" in out
         assert f"operator of cluster '{name}' is running" in out
         assert "job.batch/sample-model condition met" in out
         assert "inferencedeployment.infleet.dev/efficientnet created" in out
         assert "inferencedeployment.infleet.dev/efficientnet condition met" in out
         # kubectl get idep: the sample Available; the per-class table shows the real class
-        # built and serving, the simulated ones marked simulated.
+        # built and serving, the simulated ones marked simulated, and the emulated arm64 class
+        # left out (the sample does not name it in spec.classes.allow).
         table = out.split("per class: backend", 1)[1]
         rows = [line.split() for line in table.splitlines()[1:]
                 if line.startswith(("x86", "arm", "nvidia"))]
-        real = [r for r in rows if r[4] == "false"]
+        real = [r for r in rows if r[4] == "real"]
         assert real, table
         assert all(r[3] == "Ready" and int(r[6]) >= 1 and int(r[7]) > 0 for r in real), table
-        assert any(r[4] == "true" for r in rows), table
+        assert any(r[4] == "simulated" for r in rows), table
+        (emulated,) = [r for r in rows if r[4] == "emulated"]
+        assert emulated[3] == "excluded", table
         assert "Available=True" in out
         # The answer came through the gateway and matches ONNX Runtime on the same model.
         assert "OK: the answer matches the model" in out, out
 
         status = _infleet("dev", "status", "--name", name)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert "nodes: 13/13 Ready" in status.stdout
+        assert "nodes: 14/14 Ready" in status.stdout
         operator_line = next(line for line in status.stdout.splitlines()
                              if line.split()[:1] == ["operator"])
         assert "running" in operator_line

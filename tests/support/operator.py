@@ -212,13 +212,14 @@ def wait_available(kube: Kube, namespace: str, name: str, timeout: float = 240
     return status
 
 
-def local_class(kube: Kube) -> str:
-    """The name of the real-executor class on this machine (it depends on the CPU)."""
+def local_class(kube: Kube, fleet_class: str = "x86-local") -> str:
+    """The node class name of a fleet class that runs for real on this machine: the local
+    executor's x86 class (named from this machine's CPU), or ``arm64-qemu``, the emulated one."""
     from infleet.scheduler.classes import derive_classes
     from infleet.scheduler.inventory import nodes_from_objects
 
     raw = kube.api.sanitize_for_serialization(kube.core.list_node().items)
-    local = [n for n in raw if n["metadata"]["labels"].get(LOCAL_CLASS_LABEL) == "x86-local"]
+    local = [n for n in raw if n["metadata"]["labels"].get(LOCAL_CLASS_LABEL) == fleet_class]
     classes = derive_classes(nodes_from_objects(local))
     assert len(classes) == 1, [c.name for c in classes]
     return classes[0].name

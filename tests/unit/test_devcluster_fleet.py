@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
 from infleet.devcluster import fleet, tools
 from infleet.devcluster.errors import FleetProfileError, ToolsMissingError
+from infleet.scheduler.classes import derive_classes
+from infleet.scheduler.inventory import nodes_from_objects
 
 HOST = fleet.HostFacts(arch="amd64", cpuid=("AVX2", "FMA3"), cpus=6, memory_bytes=8 * 1024**3)
 
@@ -23,6 +26,7 @@ def test_dev_profile_has_every_kind_of_hardware() -> None:
     assert counts["nvidia-h100"] == 2 and counts["nvidia-t4"] == 2
     assert counts["x86-avx512-vnni"] == 3 and counts["x86"] == 2
     assert counts["arm64-neoverse-v1"] == 2 and counts["x86-local"] >= 1
+    assert counts["arm64-qemu"] == 1
     assert len({n["metadata"]["name"] for n in nodes}) == len(nodes) == profile.node_count()
 
 
@@ -72,7 +76,49 @@ def test_local_class_reports_this_machine_and_is_not_kwoks() -> None:
     assert "feature.node.kubernetes.io/cpu-cpuid.AVX512F" not in labels
     assert local["status"]["allocatable"]["cpu"] == "6"
     assert local["status"]["allocatable"]["memory"] == str(8 * 1024**3)
-    assert fleet.load_profile("dev").local_nodes() == ["x86-local-0", "x86-local-1"]
+    assert labels[fleet.SIMULATED_LABEL] == "false" and labels[fleet.EMULATED_LABEL] == "false"
+    # The local executor runs the local class's nodes and the emulated class's.
+    assert fleet.load_profile("dev").local_nodes() == [
+        "x86-local-0", "x86-local-1", "arm64-qemu-0"]
+
+
+def test_emulated_class_is_real_arm64_with_its_cores_labels_and_nominal_figures() -> None:
+    profile = fleet.load_profile("dev")
+    nodes = fleet.render_nodes(profile, HOST)
+    node = next(n for n in nodes if n["metadata"]["name"] == "arm64-qemu-0")
+    labels, annotations = node["metadata"]["labels"], node["metadata"]["annotations"]
+    assert fleet.KWOK_ANNOTATION not in annotations  # the executor runs it, not kwok
+    assert labels["kubernetes.io/arch"] == "arm64"  # the emulated core's, not this machine's
+    assert labels[fleet.SIMULATED_LABEL] == "false" and labels[fleet.EMULATED_LABEL] == "true"
+    # Neoverse N1's flags (what qemu's neoverse-n1 reports), none of this host's
+    assert labels["feature.node.kubernetes.io/cpu-cpuid.ASIMDDP"] == "true"
+    assert "feature.node.kubernetes.io/cpu-cpuid.SVE" not in labels
+    assert "feature.node.kubernetes.io/cpu-cpuid.AVX2" not in labels
+    assert node["status"]["allocatable"]["cpu"] == "6"  # this machine's cores
+    assert "qemu-aarch64-static -cpu neoverse-n1" in annotations[fleet.EMULATION_ANNOTATION]
+    points = json.loads(annotations[fleet.NOMINAL_PROFILE_ANNOTATION])
+    spec = next(c for c in profile.classes if c.name == "arm64-qemu")
+    assert points == [p.model_dump() for p in spec.nominalProfile]
+    assert profile.emulated_nodes() == {"arm64-qemu-0": "neoverse-n1"}
+    # The scheduler reads it back as an emulated arm64-asimddp class with those figures.
+    (cls,) = [c for c in derive_classes(nodes_from_objects(nodes)) if c.key.emulated]
+    assert cls.name == "arm64-asimddp-infleet-qemu" and not cls.key.simulated
+    assert [p.batch_size for p in cls.nominal_profile] == [1, 4, 16]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("arch: amd64, qemuCpu: max, nominalProfile: [{batch_size: 1, p50_ms: 1, p99_ms: 2, "
+     "throughput_ips: 9}]", "runs arm64 CPU nodes only"),
+    ("arch: arm64, nominalProfile: [{batch_size: 1, p50_ms: 1, p99_ms: 2, throughput_ips: 9}]",
+     "needs qemuCpu"),
+    ("arch: arm64, qemuCpu: neoverse-n1", "needs nominalProfile"),
+])
+def test_emulated_classes_need_arm64_a_core_and_nominal_figures(tmp_path, extra, message) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nclasses:\n- {name: e, count: 1, instanceType: t, executor: qemu, "
+                   f"{extra}}}\n")
+    with pytest.raises(FleetProfileError, match=message):
+        fleet.load_profile(str(bad))
 
 
 def test_host_facts_read_this_machine() -> None:

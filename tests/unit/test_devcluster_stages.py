@@ -60,9 +60,11 @@ def test_nodes_say_whether_they_are_simulated() -> None:
     nodes = fleet.render_nodes(fleet.load_profile("dev"), HOST)
     for node in nodes:
         labels = node["metadata"]["labels"]
-        local = labels[fleet.FLEET_CLASS_LABEL] == "x86-local"
-        assert labels[fleet.SIMULATED_LABEL] == ("false" if local else "true")
-        assert (fleet.KWOK_ANNOTATION in node["metadata"]["annotations"]) is not local
+        real = labels[fleet.FLEET_CLASS_LABEL] in ("x86-local", "arm64-qemu")
+        assert labels[fleet.SIMULATED_LABEL] == ("false" if real else "true")
+        assert (fleet.KWOK_ANNOTATION in node["metadata"]["annotations"]) is not real
+        emulated = labels[fleet.FLEET_CLASS_LABEL] == "arm64-qemu"
+        assert labels[fleet.EMULATED_LABEL] == ("true" if emulated else "false")
 
 
 @pytest.mark.parametrize(("extra", "message"), [

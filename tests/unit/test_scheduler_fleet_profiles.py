@@ -14,6 +14,8 @@ from infleet.scheduler.policy import decide
 HOST = fleet.HostFacts(arch="amd64", cpuid=("AVX2",), cpus=2, memory_bytes=8 * 2**30)
 SPEC = parse_spec({"model": {"uri": "file:///m.onnx"}, "slo": {"latencyP99Ms": 25},
                    "accuracy": {"maxDeviation": 0.01}})
+EMULATED_SPEC = parse_spec({"model": {"uri": "file:///m.onnx"}, "slo": {"latencyP99Ms": 25},
+                            "accuracy": {"maxDeviation": 0.01}, "classes": {"allow": ["arm64"]}})
 
 
 @pytest.mark.parametrize("profile", fleet.available_profiles())
@@ -29,7 +31,8 @@ def test_each_fleet_class_is_one_node_class(profile: str) -> None:
         by_fleet[owners.pop()] = c
     assert len(by_fleet) == len(classes) == len(set(fleet_class.values()))
     for fleet_name, c in by_fleet.items():
-        d = decide(c, SPEC)
+        # An emulated class serves only deployments that name it (its allow-list entry).
+        d = decide(c, EMULATED_SPEC if c.key.emulated else SPEC)
         assert not d.excluded, (c.name, d.reasons)
         if fleet_name.startswith("nvidia-"):
             model = fleet_name.removeprefix("nvidia-")
@@ -51,5 +54,21 @@ def test_dev_profile_names() -> None:
         "x86-avx2-c5a-4xlarge",
         "x86-avx2-infleet-local",
     } <= names
-    (arm,) = [n for n in names if n.startswith("arm64")]
-    assert arm.startswith("arm64-sve") and arm.endswith("-c7g-4xlarge")
+    arm = sorted(n for n in names if n.startswith("arm64"))
+    assert arm == ["arm64-asimddp-infleet-qemu", "arm64-sve-c7g-4xlarge"]
+
+
+def test_the_emulated_class_waits_to_be_named_and_never_gets_onnxruntime() -> None:
+    nodes = nodes_from_objects(fleet.render_nodes(fleet.load_profile("dev"), HOST))
+    (emulated,) = [c for c in derive_classes(nodes) if c.key.emulated]
+    unnamed = decide(emulated, SPEC)
+    assert unnamed.excluded and "spec.classes.allow selects it" in unnamed.reason
+    named = decide(emulated, EMULATED_SPEC)
+    assert named.backend == Backend.TVM and "qemu-user" in named.reason
+    assert "ONNX Runtime fallback is not tried" in named.reason
+    ort = parse_spec({"model": {"uri": "file:///m.onnx"}, "slo": {"latencyP99Ms": 25},
+                      "classes": {"allow": [emulated.name], "overrides": [
+                          {"class": emulated.name, "backend": "onnxruntime"}]}})
+    refused = decide(emulated, ort)
+    assert refused.excluded and "crashes under qemu-user" in refused.reason
+    assert "real arm64 hardware" in refused.reason

@@ -1,14 +1,16 @@
 """Runs a cross-compiled arm64 TVM engine under qemu-user, for the accuracy gate on x86 hosts.
 
 The one engine the build does not run through the server's engines: an aarch64 library cannot
-be loaded into an x86 process. It has the server's engine interface, and only its outputs
-count (no latency profile is taken under emulation).
+be loaded into an x86 process. It has the server's engine interface, and its outputs are judged
+as any engine's. It also times the calls the gate makes (:meth:`QemuTvmEngine.emulated_profile`),
+which the build records marked *emulated*: the emulator's speed, never taken for the hardware's.
 
 Debian's ``qemu-aarch64-static`` is called explicitly with ``-L ROOT`` (no binfmt needed) on
-Debian's arm64 python3.11 inside ROOT, which `hack/arm64-sysroot.sh` prepares with aarch64
-wheels of the TVM runtime and numpy. The reference outputs come from ONNX Runtime on the host:
-onnxruntime's aarch64 wheel crashes under qemu. On a real arm64 build node none of this runs:
-the engine loads natively.
+Debian's arm64 python3.11 inside ROOT (:mod:`infleet.runtime.arm64root`). The CPU it emulates is
+qemu's default unless ``QEMU_CPU`` (qemu's own variable) names one: the dev fleet's emulated
+node sets it to the core its labels describe. The reference outputs come from ONNX Runtime on
+the host: onnxruntime's aarch64 wheel crashes under qemu. On a real arm64 build node none of
+this runs: the engine loads natively.
 """
 
 from __future__ import annotations
@@ -21,31 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from infleet.api import LatencyPoint
+from infleet.runtime.arm64root import PYTHON, QEMU, ROOT_ENV, SITE, arm64_root
 from infleet.runtime.builders.base import Feeds
 from infleet.runtime.builders.tvm import ELF_MACHINE, elf_machine
 from infleet.runtime.errors import BackendUnavailable, BuildError
 from infleet.runtime.hardware import host_arch
 from infleet.runtime.manifest import EngineManifest
+from infleet.runtime.profile import percentile_ms
 
-QEMU = "qemu-aarch64-static"
-ROOT_ENV = "INFLEET_ARM64_ROOT"
+__all__ = ["QEMU", "ROOT_ENV", "QemuTvmEngine", "arm64_root", "needs_emulation"]
 TIMEOUT_S = 600.0
-
-
-def arm64_root() -> Path:
-    """The arm64 root: $INFLEET_ARM64_ROOT, else the newest complete one in ~/.cache/infleet."""
-    env = os.environ.get(ROOT_ENV)
-    if env:
-        root = Path(env)
-    else:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infleet"
-        roots = sorted(cache.glob("arm64-root-*/.complete"), key=lambda p: p.stat().st_mtime)
-        root = roots[-1].parent if roots else cache / "arm64-root-missing"
-    if not (root / ".complete").is_file() or not (root / "usr/bin/python3.11").exists():
-        raise BackendUnavailable(
-            f"no arm64 root at {root}: run hack/arm64-sysroot.sh (or set {ROOT_ENV})"
-        )
-    return root
 
 
 def needs_emulation(engine: Path) -> bool:
@@ -72,12 +60,29 @@ class QemuTvmEngine:
         self.inputs = tuple(manifest.inputs)
         self.outputs = tuple(manifest.outputs)
         self.description = f"tvm aarch64 engine under {QEMU}"
+        self.seconds: dict[int, list[float]] = {}
+        """Wall time of every call the emulated engine made, by compiled batch size."""
 
     def close(self) -> None:
         pass
 
+    def emulated_profile(self) -> list[LatencyPoint]:
+        """The calls made so far as latency points: the emulator's speed, for the record.
+        The first call of a size pays the VM's first-run allocations; it is left out when
+        there are others."""
+        points = []
+        for batch, seconds in sorted(self.seconds.items()):
+            samples = seconds[1:] if len(seconds) > 1 else seconds
+            p50 = percentile_ms(samples, 50)
+            points.append(LatencyPoint(
+                batch_size=batch, p50_ms=round(p50, 2),
+                p99_ms=round(percentile_ms(samples, 99), 2),
+                throughput_ips=round(batch / (p50 / 1e3), 3) if p50 > 0 else 0.0,
+            ))
+        return points
+
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        site = self.root / "opt/infleet/site"
+        site = self.root / SITE
         with tempfile.TemporaryDirectory() as tmp:
             # Run a copy: beside the original sits builders/tvm.py, which `import tvm` would find.
             script = Path(tmp) / "tvm_vmrun.py"
@@ -89,7 +94,7 @@ class QemuTvmEngine:
                 QEMU,
                 "-L",
                 str(self.root),
-                str(self.root / "usr/bin/python3.11"),
+                str(self.root / PYTHON),
                 str(script),
                 str(self.engine),
                 str(inp),
@@ -106,6 +111,8 @@ class QemuTvmEngine:
                 "PYTHONNOUSERSITE": "1",
                 "HOME": tmp,
             }
+            if os.environ.get("QEMU_CPU"):  # the core the dev fleet's emulated node describes
+                env["QEMU_CPU"] = os.environ["QEMU_CPU"]
             try:
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S
@@ -116,7 +123,12 @@ class QemuTvmEngine:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise BuildError(f"arm64 engine under qemu failed (exit {proc.returncode}): {tail}")
             with np.load(out) as data:
-                values = [data[f"arr_{i}"] for i in range(len(data.files))]
+                values = [data[f"arr_{i}"] for i in range(len(data.files))
+                          if f"arr_{i}" in data.files]
+                for name in data.files:
+                    if name.startswith("seconds_b"):
+                        batch = int(name.removeprefix("seconds_b"))
+                        self.seconds.setdefault(batch, []).extend(float(t) for t in data[name])
         if len(values) != len(self.outputs):
             raise BuildError(
                 f"arm64 engine under qemu returned {len(values)} outputs, the manifest lists "

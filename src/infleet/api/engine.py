@@ -109,6 +109,10 @@ class BuildSummary(_Frozen):
     simulated: bool = False
     """True when no engine was built: a simulated class of the dev fleet ended the build Job
     with this summary, and its profile is the fleet profile's nominal one."""
+    emulated: bool = False
+    """True when the engine was checked under an emulator (an aarch64 engine cross-built on an
+    x86 host and gated under qemu-user): its outputs were compared as any engine's, but its
+    profile, if any, is the emulator's speed, not the hardware's."""
 
     def to_message(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
         """Compact JSON of at most ``limit`` bytes: notes, then profile points, are trimmed."""

@@ -126,6 +126,9 @@ class EngineStatus(StatusModel):
     Job and the engine record; deployments with equal build keys share one engine."""
     simulated: bool = False
     """No engine was built: a simulated class of the dev fleet answered for it."""
+    emulated: bool = False
+    """The engine was gated under an emulator (qemu-user): its outputs were checked, its
+    profile is the emulator's speed, not the hardware's."""
     state: EngineState = EngineState.PENDING
     """Pending, Building, Ready or Failed."""
     backend: Backend | None = None
@@ -186,6 +189,10 @@ class ClassStatus(StatusModel):
     simulated: bool = False
     """A simulated class (the dev fleet's kwok nodes): no process serves there, so it takes
     no traffic."""
+    emulated: bool = False
+    """An emulated class (the dev fleet's qemu-user arm64 nodes): real processes serve there
+    and take traffic, but at the emulator's speed; its capacity is planned from the nodes'
+    nominal figures and the autoscaler does not learn from its latency."""
     verified: bool = False
     """A test inference through this class's serving pods succeeded on the current engine."""
     nodes: int = 0

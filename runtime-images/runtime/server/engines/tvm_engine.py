@@ -36,7 +36,11 @@ class TvmEngine:
     def __init__(self, manifest: EngineManifest, engine_path: Path, options: EngineOptions):
         try:
             import tvm
-            from tvm import relax
+
+            # The runtime's VM (``relax.VirtualMachine`` is this class): importing
+            # ``tvm.relax`` registers the compiler's operators, which fails where only the
+            # runtime library is installed (the arm64 root, a runtime-only image).
+            from tvm.runtime.vm import VirtualMachine
         except ImportError as e:
             raise BackendUnavailable("tvm is not installed (pip install 'infleet[tvm]')") from e
         if any(s.datatype == "BYTES" for s in (*manifest.inputs, *manifest.outputs)):
@@ -48,7 +52,7 @@ class TvmEngine:
             raise BackendUnavailable(f"{engine_path.name} targets {target!r} but no CUDA device")
         try:
             library = tvm.runtime.load_module(str(engine_path))
-            self._vm = relax.VirtualMachine(library, self._device)
+            self._vm = VirtualMachine(library, self._device)
             entry = manifest.options.get("entry", "main")
             if "{batch}" in entry:
                 sizes = sorted(manifest.batch_sizes or [manifest.max_batch_size])
