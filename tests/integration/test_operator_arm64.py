@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +26,12 @@ import pytest
 import yaml
 from serve_harness import binary_body, decode_response, json_input
 from support.arm64 import prepare_arm64_root
-from support.cluster import Kube, wait_until
+from support.cluster import Kube, fresh_namespace, wait_until
 from support.operator import (
     DEV_CONFIG,
     Operator,
     apply_deployment,
-    claim,
+    claims,
     deployment,
     describe,
     events_of,
@@ -61,18 +60,13 @@ def arm64_root() -> Path:
 
 @pytest.fixture(scope="module")
 def ns(kube: Kube, crd: Path) -> Iterator[str]:
-    name = f"t-{secrets.token_hex(4)}"
-    kube.core.create_namespace({"metadata": {"name": name, "labels": {"infleet.dev/test": "1"}}})
-    wait_until(lambda: kube.core.read_namespaced_service_account("default", name), 30,
-               f"the default ServiceAccount of {name}")
-    yield name
-    kube.core.delete_namespace(name)
+    with fresh_namespace(kube) as name:  # one for the module: both tests share its engines
+        yield name
 
 
 @pytest.fixture(scope="module")
 def store(kube: Kube, ns: str) -> dict[str, Path]:
-    return {"engines": claim(kube, ns, "infleet-engines"),
-            "models": claim(kube, ns, "infleet-models")}
+    return claims(kube, ns)
 
 
 @pytest.fixture(scope="module")

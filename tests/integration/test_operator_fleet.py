@@ -19,7 +19,6 @@ from support.cluster import Kube, wait_until
 from support.operator import (
     Operator,
     apply_deployment,
-    claim,
     deployment,
     describe,
     local_class,
@@ -34,12 +33,6 @@ from infleet.api import GROUP, PLURAL, VERSION
 from infleet.runtime.server.samples import small_cnn
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(kube: Kube, crd: Path, namespace: str) -> dict[str, Path]:
-    return {"engines": claim(kube, namespace, "infleet-engines"),
-            "models": claim(kube, namespace, "infleet-models")}
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from support.cluster import Kube, wait_until
 from support.operator import (
     Operator,
     apply_deployment,
-    claim,
     deployment,
     describe,
     local_class,
@@ -77,12 +76,6 @@ def jobs(kube: Kube, namespace: str) -> Iterator[JobWatch]:
     watch = JobWatch(kube, namespace)
     yield watch
     watch.stop()
-
-
-@pytest.fixture
-def store(kube: Kube, crd: Path, namespace: str) -> dict[str, Path]:
-    return {"engines": claim(kube, namespace, "infleet-engines"),
-            "models": claim(kube, namespace, "infleet-models")}
 
 
 def start(kube: Kube, workdir: Path, namespace: str, config: Path, *extra: str) -> Operator:

@@ -37,7 +37,7 @@ from support.operator import (
     status_of,
     wait_available,
 )
-from support.s3 import ACCESS, SECRET, S3Server, s3_server
+from support.s3 import ACCESS, SECRET, S3Server, bucket_server
 from test_chart_rbac import RBAC_KINDS, RESTRICTED, chart_config
 from test_operator import cnn_spec, reference_logits, serving_pod_ip
 
@@ -52,9 +52,7 @@ STORE_SECRET = "engine-store"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    base = tmp_path_factory.mktemp("s3-store")
-    with s3_server(base / "root", base / "versitygw.log") as server:
-        server.bucket(BUCKET)
+    with bucket_server(tmp_path_factory, "s3-store", BUCKET) as server:
         yield server
 
 

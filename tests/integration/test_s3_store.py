@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from build_helpers import build_fails, built, ort_reference, run_stored, stored_manifests
-from support.s3 import ACCESS, SECRET, S3Server, s3_server
+from support.s3 import ACCESS, SECRET, S3Server, bucket_server
 
 from infleet.devcluster.cluster import free_port
 from infleet.runtime.manifest import MANIFEST_FILE
@@ -30,9 +30,7 @@ BUCKET = "engines"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    base = tmp_path_factory.mktemp("s3")
-    with s3_server(base / "root", base / "versitygw.log") as server:
-        server.bucket(BUCKET)
+    with bucket_server(tmp_path_factory, "s3", BUCKET) as server:
         yield server
 
 

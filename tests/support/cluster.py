@@ -17,6 +17,7 @@ Loaded by ``tests/conftest.py`` (``pytest_plugins``). Fixtures start nothing unt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -152,12 +153,21 @@ def gateway_url(kube: Kube) -> str:
     return url
 
 
-@pytest.fixture
-def namespace(kube: Kube) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_namespace(kube: Kube) -> Iterator[str]:
+    """A namespace of a random name, deleted afterwards."""
     name = f"t-{secrets.token_hex(4)}"
     kube.core.create_namespace({"metadata": {"name": name, "labels": {"infleet.dev/test": "1"}}})
     # The ServiceAccount admission plugin refuses pods until the `default` SA exists.
     wait_until(lambda: kube.core.read_namespaced_service_account("default", name), 30,
                f"the default ServiceAccount of {name}")
-    yield name
-    kube.core.delete_namespace(name)
+    try:
+        yield name
+    finally:
+        kube.core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    with fresh_namespace(kube) as name:
+        yield name

@@ -283,6 +283,18 @@ def settled_autoscaler(kube: Kube, namespace: str, name: str, timeout: float = 9
     return auto
 
 
+def claims(kube: Kube, namespace: str) -> dict[str, Path]:
+    """The engine store's and the models' claims of a namespace; their folders."""
+    return {"engines": claim(kube, namespace, "infleet-engines"),
+            "models": claim(kube, namespace, "infleet-models")}
+
+
+@pytest.fixture
+def store(kube: Kube, crd: Path, namespace: str) -> dict[str, Path]:
+    """A test's namespace with its engine store and model claims."""
+    return claims(kube, namespace)
+
+
 @pytest.fixture(scope="session")
 def op_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The dev cluster's operator configuration, with a short drift interval: tests count

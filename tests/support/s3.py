@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infleet.devcluster import tools
 from infleet.devcluster.cluster import free_port
@@ -64,3 +65,12 @@ def s3_server(root: Path, log: Path) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def bucket_server(tmp_path_factory: Any, name: str, bucket: str) -> Iterator[S3Server]:
+    """A versitygw of its own under a fresh temporary folder, with ``bucket`` made."""
+    base = tmp_path_factory.mktemp(name)
+    with s3_server(base / "root", base / "versitygw.log") as server:
+        server.bucket(bucket)
+        yield server
