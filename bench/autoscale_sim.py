@@ -8,8 +8,9 @@ development machine's CPU; the GPU class's figures copied from the README's H100
 that fixture's `source`), a cost per replica-hour (examples/operator-config.yaml) and a
 start-up delay (assumed: 10 s for a CPU pod, 40 s for a GPU pod: scheduling, container
 start, engine load and warm-up). The fleet (bench/autoscale_fleet.py) queues every request
-and batches as `infleet serve` does; the policies (bench/autoscale_policies.py) are given
-the same classes, costs and router.
+and batches as `infleet serve` does, with the admission budget the operator gives every
+serving pod (`--max-queue-wait-ms`, 70% of the SLO); the policies
+(bench/autoscale_policies.py) are given the same classes, costs, servers and router.
 
 Traces (rates are set against the fleet's capacity F, every replica that fits at its
 profiled capacity at the SLO):
@@ -50,7 +51,7 @@ from autoscale_policies import HpaCpu, Infleet, KpaConcurrency, Policy
 
 from infleet.api import LatencyPoint
 from infleet.scheduler.autoscale import AutoscaleSettings
-from infleet.scheduler.capacity import ClassProfile, profile_from_points
+from infleet.scheduler.capacity import ClassProfile, profile_from_points, queue_wait_budget_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "profiles"
@@ -61,6 +62,8 @@ SLO_MS = 100.0
 MAX_BATCH = 2
 MAX_QUEUE_DELAY_MS = 2.0
 MAX_QUEUE = 256  # infleet serve's --max-queue-size default
+# the admission budget the operator gives every serving pod (--max-queue-wait-ms)
+QUEUE_WAIT_S: float | None = queue_wait_budget_ms(SLO_MS) / 1000
 DT = 1.0
 WARMUP_S = 600.0
 
@@ -198,7 +201,7 @@ def simulate(trace: Trace, policy: Policy, classes: list[SimClass],
              profiles: list[ClassProfile], seed: int) -> Run:
     started = time.perf_counter()
     rng = np.random.default_rng(seed)  # the same arrivals' randomness for every policy
-    fleet = Fleet(classes, MAX_QUEUE, rng, MAX_BATCH)
+    fleet = Fleet(classes, MAX_QUEUE, rng, MAX_BATCH, QUEUE_WAIT_S)
     run = Run(trace.name, policy.name)
     t = -WARMUP_S
     policy.start(fleet, t, trace.rate(0))
@@ -264,7 +267,8 @@ def kpa_targets(classes: list[SimClass], profiles: list[ClassProfile], seed: int
         best = 1.0
         for step in range(5, 16):
             rate = prof.capacity_rps * step / 10
-            fleet = Fleet([cls], MAX_QUEUE, np.random.default_rng(seed + c), MAX_BATCH)
+            fleet = Fleet([cls], MAX_QUEUE, np.random.default_rng(seed + c), MAX_BATCH,
+                          QUEUE_WAIT_S)
             fleet.scale(0, 1, 0.0, warm=True)
             lat = []
             for t in range(60):
