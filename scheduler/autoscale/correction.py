@@ -11,7 +11,12 @@ def corrected(
     memory: ClassMemory, cls: ClassInput, settings: AutoscaleSettings
 ) -> tuple[float, str, float | None]:
     """The class's new correction factor, a note when it moved, and (when the class broke
-    the SLO under load) the per-replica rate it broke at."""
+    the SLO under load) the per-replica rate it carried while breaking it.
+
+    What it carried is what it answered (``success_rps``), not what was asked of it: a
+    saturated replica that refuses or queues the rest answers at its saturated rate, which
+    is more than it holds at the SLO, so this is an upper bound known at the first tick of
+    an overload, whatever the demand was."""
     prof = cls.profile
     obs = cls.observed
     k = memory.correction
@@ -32,11 +37,12 @@ def corrected(
     growing = (obs.queue_depth / max(1, obs.pods_known) > settings.max_batch
                and obs.queue_depth > memory.queue_depth)
     if (breach or growing) and per_pod >= settings.low_load * q:
-        broke_at = per_pod
-        if per_pod < q:
-            # It broke below the estimate: capacity is under what it carried.
-            k = min(k, (1 - step) * k + step * 0.95 * per_pod / base)
-            note = f"capacity lowered: SLO broken at {fmt(per_pod)} rps per replica"
+        carried = min(per_pod, obs.success_rps / obs.pods)
+        broke_at = carried
+        if carried < q:
+            # It broke carrying less than the estimate: capacity is under what it carried.
+            k = min(k, (1 - step) * k + step * 0.95 * carried / base)
+            note = f"capacity lowered: SLO broken carrying {fmt(carried)} rps per replica"
     elif not breach and per_pod > q:
         k = max(k, (1 - step) * k + step * per_pod / base)
         note = f"capacity raised: SLO held at {fmt(per_pod)} rps per replica"

@@ -38,6 +38,13 @@ class AutoscaleSettings:
     """Below this share of its estimated capacity, a class's p99 says nothing about it."""
     refused_budget: float = 0.005
     """Share of refused requests that counts as an SLO breach."""
+    reserve: float = 3.0
+    """Capacity held beyond the demand where it is cheap, as a fraction of the demand (3: a
+    burst to four times the demand finds Ready capacity, as far as the cheap classes have
+    room)."""
+    reserve_cost_share: float = 0.1
+    """A class is cheap when its cost per request is at most this share of the dearest
+    usable class's (a class that is not cheaper than that is never held in reserve)."""
     correction_step: float = 0.3
     correction_floor: float = 0.25
     correction_ceiling: float = 2.0
@@ -53,6 +60,8 @@ class AutoscaleSettings:
             raise ValueError("correction bounds must enclose 1")
         if not 0 < self.correction_step <= 1:
             raise ValueError("the correction step must lie in (0, 1]")
+        if self.reserve < 0 or not 0 <= self.reserve_cost_share <= 1:
+            raise ValueError("need reserve >= 0 and a reserve cost share in [0, 1]")
 
     @classmethod
     def from_spec(cls, spec: InferenceDeploymentSpec, **rules: Any) -> AutoscaleSettings:
