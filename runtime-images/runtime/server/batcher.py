@@ -40,8 +40,10 @@ from infleet.runtime.server.errors import EngineError, Overloaded, ServeError
 
 log = logging.getLogger(__name__)
 
-ROW_SMOOTHING = 0.1
-"""Weight of the latest batch in the engine's seconds per row (about the last 10 batches)."""
+ROW_SMOOTHING = 0.03
+"""Weight of the latest batch in the engine's seconds per row (about the last 30 batches:
+an engine's speed at full batches is steady, its batch times are not, and a short memory
+refused requests after a few slow batches that the queue would have run in time)."""
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Mapping[str, np.ndarray]], Arrays]
