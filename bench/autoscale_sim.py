@@ -204,7 +204,9 @@ class Run:
 
 
 def simulate(trace: Trace, policy: Policy, classes: list[SimClass],
-             profiles: list[ClassProfile], seed: int) -> Run:
+             held: list[float], seed: int) -> Run:
+    """Run ``policy`` over ``trace``; ``held``: what one replica of each class holds at the
+    SLO (the load test), against which the capacity ordered after a step is counted."""
     started = time.perf_counter()
     rng = np.random.default_rng(seed)  # the same arrivals' randomness for every policy
     fleet = Fleet(classes, MAX_QUEUE, rng, MAX_BATCH, QUEUE_WAIT_S)
@@ -213,7 +215,7 @@ def simulate(trace: Trace, policy: Policy, classes: list[SimClass],
     policy.start(fleet, t, trace.rate(0))
     next_tick = t
     slo_s = SLO_MS / 1000
-    caps = [p.capacity_rps for p in profiles]
+    caps = held
     new_rate = trace.rate(trace.step_at) if trace.step_at is not None else None
     ok_since: float | None = None
     while t < trace.duration:
@@ -445,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         trace_runs = []
         floors[trace.name] = cost_floor(trace, classes, tests)
         for make in policies(classes, profiles, tests):
-            r = simulate(trace, make(), classes, profiles, args.seed)
+            r = simulate(trace, make(), classes, [t.capacity_rps for t in tests], args.seed)
             trace_runs.append(r)
             print(f"  {trace.name:8} {r.policy:16} attainment {r.attainment:.3%}  "
                   f"violation {r.violation_s:4d} s  cost {r.cost:8.3f}  "

@@ -11,8 +11,10 @@ The rules, per tick:
 
 1. *Capacity per replica at the SLO*: the engine profile's (:func:`profile_from_points`)
    times a per-class correction factor learnt from observation (:func:`corrected`): it
-   falls when the class broke the SLO while carrying at least half its estimated capacity,
-   rises when it held the SLO above it, and creeps back toward the profile when p99 stays
+   falls when the class broke the SLO while asked for at least half its estimated capacity,
+   toward what it answered (a saturated class answers its saturated rate and refuses or
+   queues the rest, so that is an upper bound from the first tick of an overload), rises
+   when it held the SLO above it, and creeps back toward the profile when p99 stays
    under half the SLO under load; bounded to [``correction_floor``, ``correction_ceiling``]
    x profile, moved a fraction ``correction_step`` of the way per tick, never from a window
    with fewer than ``min_requests`` requests. It cannot run away: each move is toward a rate
@@ -27,7 +29,7 @@ The rules, per tick:
 3. *Panic*: when a class's p99 breaks the SLO at >= half its capacity, it refuses more
    than ``refused_budget`` of its requests, or its queue holds more than a full batch per
    pod and grows, the target becomes the latest demand plus the backlog cleared within
-   ``drain_s``, and the breaching class is planned at what it carried, at once.
+   ``drain_s``, and the breaching class is planned at what it answered, at once.
 4. *Stabilization*: the target in force is the highest of every tick's target over the
    last ``stabilization_s``, so capacity falls only when the smoothed demand stayed lower
    that long; and no class shrinks within ``stabilization_s`` of the last scale-up.
@@ -39,6 +41,16 @@ The rules, per tick:
    mix for the stabilized target plus ``scale_down_tolerance``, when that is cheaper than
    the running mix. Traffic weights follow the ready capacity of the mix
    (:func:`traffic_weights`).
+6. *The reserve*: classes whose cost per request is at most ``reserve_cost_share`` of the
+   dearest usable class's hold, on their own, ``(1 + reserve)`` x the demand the target
+   stands for (within room and maxReplicas; the target comes first): floors that rule 5
+   plans above, with the same band. A burst then finds Ready capacity where it costs little
+   instead of waiting for pods to start; a fleet of one price holds none.
+
+The serving pods' own admission (``infleet serve --max-queue-wait-ms``, see
+:func:`~infleet.scheduler.capacity.queue_wait_budget_ms`) refuses at once what could only
+answer late: an overload shows as refusals (rule 3's ``refused_budget``) while the requests
+admitted still answer in time.
 
 The package, by job: :mod:`.settings` (the rules' knobs and the classes as told),
 :mod:`.state` (the memory between ticks and its JSON), :mod:`.correction` (rule 1 and the

@@ -1,5 +1,5 @@
 """Rule 1: a class's capacity per replica at the SLO, learnt from what it carried; and whether
-it broke the SLO under load (the panic signal of rule 4)."""
+it broke the SLO under load (the panic signal of rule 3)."""
 
 from __future__ import annotations
 

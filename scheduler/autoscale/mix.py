@@ -1,4 +1,4 @@
-"""Rules 5-7: replicas per class for the target in force, within the bounds, at the least
+"""Rules 5-6: replicas per class for the target in force, within the bounds, at the least
 cost: scale-up on top of the running replicas (bridged while slower classes start),
 scale-down to the cheapest mix once the stabilization window allows it, and above floors of
 cheap capacity held in reserve."""
@@ -23,7 +23,7 @@ def reserve_floors(
     costs: Sequence[float],
     want: float,
 ) -> list[int]:
-    """Replicas per class held in reserve (rule 7): the classes whose cost per request is at
+    """Replicas per class held in reserve (rule 6): the classes whose cost per request is at
     most ``reserve_cost_share`` of the dearest usable class's, filled cheapest first until
     they alone hold ``want`` rps, within room and maxReplicas.
 
