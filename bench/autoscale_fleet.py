@@ -90,6 +90,8 @@ class Pod:
     cls: int
     created: float
     ready_at: float
+    uid: int = 0
+    """Unique in the fleet (a pod's name; ``id()`` is reused once a pod is gone)."""
     deleted_at: float | None = None
     queue: list[float] = field(default_factory=list)
     head: int = 0
@@ -144,6 +146,7 @@ class Fleet:
         self.rng = rng
         self.pods: list[Pod] = []
         self.cost = 0.0  # replica-hours x cost
+        self.serial = 0
         self.queue_wait_s = queue_wait_s
         self._z: list[float] = []
         self._zi = 0
@@ -163,8 +166,10 @@ class Fleet:
         pods = self.live(c)
         if n > len(pods):
             delay = 0.0 if warm else self.classes[c].startup_s
-            self.pods.extend(Pod(c, now, now + delay, busy_until=now + delay)
-                             for _ in range(n - len(pods)))
+            for _ in range(n - len(pods)):
+                self.serial += 1
+                self.pods.append(Pod(c, now, now + delay, busy_until=now + delay,
+                                     uid=self.serial))
         elif n < len(pods):
             # like a ReplicaSet: pods not ready yet go first, then the newest
             for p in sorted(pods, key=lambda p: (p.ready(now), -p.created))[: len(pods) - n]:

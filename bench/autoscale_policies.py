@@ -90,7 +90,7 @@ class Infleet(Policy):
         inputs = []
         for c, cls in enumerate(fleet.classes):
             pods = _ready(fleet, c, now)
-            scrapes = [PodScrape(str(id(p)), now, p.metrics()) for p in pods]
+            scrapes = [PodScrape(f"pod-{p.uid}", now, p.metrics()) for p in pods]
             obs = observe_class(self.scrapes.get(c, []), scrapes, self.settings.slo_ms,
                                 since=self.last_t)
             self.scrapes[c] = scrapes
@@ -129,8 +129,8 @@ class HpaCpu(Policy):
             fleet.scale(c, max(1, n), now, warm=True)
 
     def _util(self, p: Pod, now: float) -> float:
-        t, busy = self.seen.get(id(p), (max(p.ready_at, p.created), 0.0))
-        self.seen[id(p)] = (now, p.busy_s)
+        t, busy = self.seen.get(p.uid, (max(p.ready_at, p.created), 0.0))
+        self.seen[p.uid] = (now, p.busy_s)
         return min(1.0, (p.busy_s - busy) / (now - t)) if now > t else 0.0
 
     def tick(self, fleet: Fleet, now: float) -> None:
