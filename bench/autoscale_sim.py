@@ -11,6 +11,9 @@ start, engine load and warm-up). The fleet (bench/autoscale_fleet.py) queues eve
 and batches as `infleet serve` does, with the admission budget the operator gives every
 serving pod (`--max-queue-wait-ms`, 70% of the SLO); the policies
 (bench/autoscale_policies.py) are given the same classes, costs, servers and router.
+Each class is load-tested first (:func:`load_tests`): what one replica really holds at the
+SLO, which the profiles get wrong both ways; it sets KPA's concurrency target, counts the
+capacity ordered after the step, and gives each trace a cost floor (:func:`cost_floor`).
 
 Traces (rates are set against the fleet's capacity F, every replica that fits at its
 profiled capacity at the SLO):
@@ -30,8 +33,10 @@ per trace and policy: SLO attainment (share of requests answered within the p99 
 refused requests count as misses), seconds in violation (seconds whose requests' p99 was
 over the target), cost (replica-seconds x class cost, starting pods included), the cost
 against the cheapest baseline that reached 99%, and for the step the time until the
-policy had ordered capacity for the new rate and until p99 stayed under the SLO. One PNG
-per trace: load, replicas per class for each policy, p99 over time.
+policy had ordered capacity for the new rate (at what the load test saw a replica hold)
+and until p99 stayed under the SLO for a minute; per trace, the cost floor and its ratio
+to that baseline. One PNG per trace: load, replicas per class for each policy, p99 over
+time.
 """
 
 from __future__ import annotations
