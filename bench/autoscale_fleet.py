@@ -6,7 +6,11 @@ Time moves in slices of ``dt`` seconds. In each slice every ready pod receives a
 number of requests (the class's weighted share of the trace's rate, split evenly over its
 ready pods), spread uniformly over the slice, and its engine runs them in time order:
 
-- a request that finds ``max_queue`` requests waiting is refused (429; an SLO miss);
+- a request that finds ``max_queue`` requests waiting is refused (429; an SLO miss), and
+  so is one whose expected time to run, the requests waiting ahead of it and its own at the
+  pod's smoothed seconds per request of full batches, is over ``queue_wait_s``: the
+  server's SLO-aware admission (``Batcher._admit``, ``--max-queue-wait-ms``, which the
+  operator sets from the SLO);
 - the engine runs one batch at a time (the server's default ``--batch-concurrency 1``);
   when it comes free it takes up to ``max_batch`` waiting requests in arrival order, and
   when it is idle a request that arrives starts at once, alone (the server's "start at
@@ -25,12 +29,14 @@ requests spent inside (concurrency for KPA).
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 
 from infleet.api import LatencyPoint
+from infleet.runtime.server.batcher import ROW_SMOOTHING
 from infleet.scheduler.metrics import Histogram, PodMetrics
 
 # infleet serve's latency buckets (runtime-images/runtime/server/metrics.py, _LATENCY)
@@ -71,6 +77,10 @@ class ServiceTime:
         self.mean = np.exp(self.mu + self.sigma**2 / 2)
         self.top = top
 
+        # plain lists: the serving loop indexes them once per batch
+        self.mu_list: list[float] = self.mu.tolist()
+        self.sigma_list: list[float] = self.sigma.tolist()
+
     def draw(self, b: int, rng: np.random.Generator) -> float:
         return float(np.exp(self.mu[b] + self.sigma[b] * rng.standard_normal()))
 
@@ -80,6 +90,8 @@ class Pod:
     cls: int
     created: float
     ready_at: float
+    uid: int = 0
+    """Unique in the fleet (a pod's name; ``id()`` is reused once a pod is gone)."""
     deleted_at: float | None = None
     queue: list[float] = field(default_factory=list)
     head: int = 0
@@ -93,6 +105,9 @@ class Pod:
     # what HPA and KPA read
     busy_s: float = 0.0
     inside_s: float = 0.0
+    # the server's admission estimate: engine seconds per row, smoothed
+    row_s: float = 0.0
+    full_seen: bool = False
 
     def ready(self, now: float) -> bool:
         return self.deleted_at is None and now >= self.ready_at
@@ -123,7 +138,7 @@ class Fleet:
     """Pods of every class and the router in front of them."""
 
     def __init__(self, classes: list[SimClass], max_queue: int, rng: np.random.Generator,
-                 max_batch: int) -> None:
+                 max_batch: int, queue_wait_s: float | None = None) -> None:
         self.classes = classes
         self.service = [ServiceTime(c.points) for c in classes]
         self.max_batch = [min(max_batch, s.top) for s in self.service]
@@ -131,6 +146,10 @@ class Fleet:
         self.rng = rng
         self.pods: list[Pod] = []
         self.cost = 0.0  # replica-hours x cost
+        self.serial = 0
+        self.queue_wait_s = queue_wait_s
+        self._z: list[float] = []
+        self._zi = 0
 
     # --- scaling ------------------------------------------------------------------------
 
@@ -147,8 +166,10 @@ class Fleet:
         pods = self.live(c)
         if n > len(pods):
             delay = 0.0 if warm else self.classes[c].startup_s
-            self.pods.extend(Pod(c, now, now + delay, busy_until=now + delay)
-                             for _ in range(n - len(pods)))
+            for _ in range(n - len(pods)):
+                self.serial += 1
+                self.pods.append(Pod(c, now, now + delay, busy_until=now + delay,
+                                     uid=self.serial))
         elif n < len(pods):
             # like a ReplicaSet: pods not ready yet go first, then the newest
             for p in sorted(pods, key=lambda p: (p.ready(now), -p.created))[: len(pods) - n]:
@@ -189,46 +210,81 @@ class Fleet:
         everything = np.concatenate(lat) if lat else np.empty(0)
         return SliceResult(everything, refused)
 
+    def _normals(self) -> list[float]:
+        """Standard normal draws, fetched from the generator in blocks (one call per
+        batch was most of the simulator's time)."""
+        self._z = self.rng.standard_normal(1 << 16).tolist()
+        self._zi = 0
+        return self._z
+
     def _serve(self, p: Pod, arrivals: np.ndarray, t1: float) -> tuple[np.ndarray, int]:
         """Run the pod's engine over its queue and these arrivals until the first batch
         that would start at or after t1. Returns the latencies completed and refusals."""
         svc = self.service[p.cls]
+        mu, sigma = svc.mu_list, svc.sigma_list
         top = self.max_batch[p.cls]
-        rng = self.rng
+        limit = self.max_queue
+        budget = self.queue_wait_s
+        rs, seen = p.row_s, p.full_seen
         q = p.queue
+        head = p.head
         f = p.busy_until
-        i, n = 0, len(arrivals)
+        arr = arrivals.tolist()
+        i, n = 0, len(arr)
         out: list[float] = []
         refused = 0
-        cap = self.max_queue
-        arr = arrivals.tolist()
+        busy = 0.0
+        z, zi = self._z, self._zi
+        exp = math.exp
         while True:
-            while i < n and arr[i] <= f:
-                if len(q) - p.head >= cap:
-                    refused += 1
+            if i < n and arr[i] <= f:
+                # everything that arrived while the engine ran: queued while there is room
+                j = bisect_right(arr, f, i)
+                cap = limit if budget is None or rs <= 0 else min(limit, max(1, int(budget / rs)))
+                room = cap - (len(q) - head)
+                if j - i > room:
+                    if room > 0:
+                        q.extend(arr[i:i + room])
+                    refused += j - i - max(0, room)
                 else:
-                    q.append(arr[i])
-                i += 1
-            if len(q) == p.head:
+                    q.extend(arr[i:j])
+                i = j
+            depth = len(q) - head
+            if depth == 0:
                 if i >= n:
                     break
-                f = max(f, arr[i])
-                q.append(arr[i])
+                a = arr[i]  # the engine is idle: this request starts at once, alone
+                f = max(f, a)
+                q.append(a)
                 i += 1
+                depth = 1
             if f >= t1:
                 break
-            b = min(top, len(q) - p.head)
-            s = svc.draw(b, rng)
+            b = top if depth > top else depth
+            if zi >= len(z):
+                z = self._normals()
+                zi = 0
+            s = exp(mu[b] + sigma[b] * z[zi])
+            zi += 1
             end = f + s
-            batch = q[p.head:p.head + b]
-            p.head += b
-            for a in batch:
-                out.append(end - a)
-            p.busy_s += s
+            for k in range(head, head + b):
+                out.append(end - q[k])
+            head += b
+            busy += s
+            # the server's estimate of its speed (Batcher._learn_speed): full batches only,
+            # once one ran
+            if b >= top and not seen:
+                seen, rs = True, 0.0
+            if b >= top or not seen:
+                rs = s / b if rs <= 0 else rs + ROW_SMOOTHING * (s / b - rs)
             f = end
-            if p.head > 4096:  # keep the list short
-                del q[: p.head]
-                p.head = 0
+            if head > 4096:  # keep the list short
+                del q[:head]
+                head = 0
+        self._zi = zi
+        p.row_s, p.full_seen = rs, seen
+        p.head = head
+        p.busy_s += busy
         p.busy_until = f
         p.running = 0 if f <= t1 else 1
         p.refused += refused

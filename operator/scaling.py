@@ -55,6 +55,8 @@ class Tick:
     """Per class; a class missing or None: nothing answered (unknown load, never zero)."""
     stable_window_s: float = 60.0
     min_requests: float = 100.0
+    reserve: float = 3.0
+    reserve_cost_share: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,8 @@ def settings_for(
     base = AutoscaleSettings.from_spec(spec)
     out = replace(base, min_replicas=lo, max_replicas=hi)
     if tick is not None:
-        out = replace(out, stable_window_s=tick.stable_window_s, min_requests=tick.min_requests)
+        out = replace(out, stable_window_s=tick.stable_window_s, min_requests=tick.min_requests,
+                      reserve=tick.reserve, reserve_cost_share=tick.reserve_cost_share)
     return out
 
 

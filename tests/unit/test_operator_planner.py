@@ -31,6 +31,7 @@ from infleet.operator.children import Owner
 from infleet.operator.engines import BuildJobState, EngineResult, Outcome
 from infleet.operator.observed import ServingPod, serving_set
 from infleet.operator.planner import ProbeResult, Reconcile, Snapshot, plan
+from infleet.scheduler.capacity import queue_wait_budget_ms
 from infleet.scheduler.classes import derive_classes
 from infleet.scheduler.hardware import SIMULATED_LABEL
 from infleet.scheduler.inventory import NodeInfo, Resources, Taint
@@ -251,6 +252,9 @@ def test_built_engines_are_served_with_replicas_from_the_capacity_planner() -> N
     assert cpu["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     args = cpu["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--engine-dir") + 1] == "/var/lib/infleet/store/engines/" + "e" * 32
+    # SLO-aware admission: a share of the deployment's SLO
+    slo = SPEC.slo.latency_p99_ms
+    assert float(args[args.index("--max-queue-wait-ms") + 1]) == queue_wait_budget_ms(slo) < slo
     assert {s["metadata"]["name"] for s in kinds(r, "Service")} == {
         "cnn", naming.serving_name("cnn", CPU), naming.serving_name("cnn", SIM)}
     route = kinds(r, "HTTPRoute")[0]

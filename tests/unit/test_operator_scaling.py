@@ -23,6 +23,7 @@ from test_operator_planner import (
 )
 
 from infleet.api import ObservedLoad
+from infleet.api.config import AutoscalerConfig
 from infleet.operator import naming, scaling
 from infleet.operator.engines import EngineResult, Outcome
 from infleet.operator.planner import ProbeResult, Reconcile
@@ -140,6 +141,16 @@ def test_bounds_leave_the_simulated_classes_their_replicas() -> None:
     s = serving()
     settings = scaling.settings_for(s.spec, others=3, tick=None)
     assert (settings.min_replicas, settings.max_replicas) == (0, 7)
+
+
+def test_the_operator_configuration_sets_the_reserve() -> None:
+    tick = scaling.Tick(0.0, {}, reserve=0.5, reserve_cost_share=0.2)
+    settings = scaling.settings_for(serving().spec, others=0, tick=tick)
+    assert (settings.reserve, settings.reserve_cost_share) == (0.5, 0.2)
+    config = AutoscalerConfig()  # the defaults the operator passes on
+    default = scaling.settings_for(serving().spec, others=0, tick=scaling.Tick(0.0, {}))
+    assert (default.reserve, default.reserve_cost_share) == \
+        (config.reserve_fraction, config.reserve_cost_share)
 
 
 def _restarted(s: Snapshot, observed: dict[str, ClassObservation | None]) -> Reconcile:

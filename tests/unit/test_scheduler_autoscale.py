@@ -135,6 +135,30 @@ def test_faster_classes_bridge_the_start_up_of_a_slow_one() -> None:
     assert d.replicas == {"x86": 5, "gpu": 1}
 
 
+def test_cheap_capacity_is_held_in_reserve_for_a_burst() -> None:
+    # The CPU costs a third of the GPU per request here: cheap with a share of 0.5. 200 rps
+    # (a target of 240) holds CPU replicas for four times the demand, 800 rps, plus the 5%
+    # band of a scale-up: 9 replicas where the target alone needs 3; the GPU holds none
+    cheap = replace(BASE, reserve_cost_share=0.5)
+    d = decide_scale([cpu(3, free=13, o=obs(200, pods=3)), gpu()], cheap, AutoscaleState(), 0.0)
+    assert d.mode is Mode.SCALE_UP and d.replicas == {"x86": 9, "gpu": 0}
+    assert "cheap replicas held for 4x the demand: x86 9" in d.reason
+    assert decide_scale([cpu(3, free=13, o=obs(200, pods=3)), gpu()], BASE, AutoscaleState(),
+                        0.0).replicas == {"x86": 3, "gpu": 0}  # not cheap at the default 0.1
+    # a fleet of one price holds no reserve
+    one = decide_scale([cpu(3, free=13, o=obs(200, pods=3))], cheap, AutoscaleState(), 0.0)
+    assert one.mode is Mode.HOLD and one.replicas == {"x86": 3}
+
+
+def test_the_reserve_yields_to_the_target_within_max_replicas() -> None:
+    # maxReplicas 4 cannot hold the reserve and 1,000 rps both: the target comes first
+    s = replace(BASE, reserve_cost_share=0.5, max_replicas=4)
+    d = decide_scale([cpu(2, free=14, o=obs(1000, p99=20.0, pods=2)), gpu()], s,
+                     AutoscaleState(), 0.0)
+    assert d.replicas["gpu"] >= 1 and sum(d.replicas.values()) <= 4
+    assert d.capacity_rps >= d.inputs.target_rps
+
+
 def test_class_that_cannot_meet_the_slo_at_batch_1_is_unused() -> None:
     slow = ClassInput("slow", ClassProfile(1000.0, SLO * 2), 0.01, 0, 0, 10)
     d = decide_scale([slow, cpu(1, o=obs(150))], BASE, AutoscaleState(), 0.0)
@@ -259,6 +283,23 @@ def test_correction_lowers_capacity_after_a_breach_under_load_and_raises_it_afte
     assert k > 1 and "raised" in note
     few = cpu(1, o=ClassObservation(90, 90, 0, 0, 200.0, 10, 0, 0, TICK, 1, 0))
     assert corrected(ClassMemory(), few, BASE)[0] == 1.0  # 10 requests: p99 is noise
+
+
+def test_a_saturated_class_is_planned_at_what_it_answered_not_what_it_was_asked() -> None:
+    # 2 replicas asked for 200 rps each answer 70 each and refuse the rest: from the first
+    # tick of the overload they count at no more than 0.95 x 70, whatever the profile says
+    # (100), so the scale-up covers the demand at once instead of a tick per correction step
+    saturated = cpu(2, o=obs(400, p99=45.0, pods=2, refused=260))
+    k, note, carried = corrected(ClassMemory(), saturated, BASE)
+    assert carried == pytest.approx(70) and k < 1 and "carrying 70 rps" in note
+    d = decide_scale([saturated], BASE, AutoscaleState(), 0.0)
+    assert d.mode is Mode.PANIC and "refused" in d.reason
+    assert d.replicas["x86"] >= math.ceil((1 + BASE.headroom) * 400 / (0.95 * 70))
+    assert d.capacity_rps >= (1 + BASE.headroom) * 400
+    # asked for no more than it answered, the same breach keeps the profile's figure
+    slow = cpu(2, o=obs(140, p99=120.0, pods=2))
+    assert corrected(ClassMemory(), slow, BASE)[0] == pytest.approx(
+        (1 - BASE.correction_step) + BASE.correction_step * 0.95 * 70 / 100)
 
 
 @given(st.lists(st.tuples(st.floats(0, 1e5), st.one_of(st.none(), st.floats(0.1, 1e4)),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import pytest
 
-from infleet.runtime.server.batcher import Batcher, BatchPolicy
+from infleet.runtime.server.batcher import ROW_SMOOTHING, Batcher, BatchPolicy
 from infleet.runtime.server.errors import EngineError, Overloaded
 
 
@@ -209,3 +210,64 @@ def test_policy_rejects_nonsense() -> None:
         BatchPolicy(max_batch_size=0)
     with pytest.raises(ValueError):
         BatchPolicy(max_queue_delay_s=-1)
+
+
+class TimedEngine(RecordingEngine):
+    """Takes at least ``seconds_per_row`` per row (a sleep is never shorter), so the
+    batcher's estimate of its speed is at least that."""
+
+    def __init__(self, seconds_per_row: float) -> None:
+        super().__init__()
+        self.seconds_per_row = seconds_per_row
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().__call__(inputs)
+        time.sleep(self.seconds_per_row * len(inputs["x"]))
+        return out
+
+
+def test_admission_refuses_at_once_what_could_only_answer_past_the_queue_budget() -> None:
+    # 50 ms a row at least and a 90 ms budget: one request waiting plus a new one is
+    # 100 ms or more of engine time, so the new one is refused; one that finds nothing
+    # waiting is always taken, however slow the engine
+    engine = TimedEngine(0.05)
+    policy = BatchPolicy(max_batch_size=1, max_queue_size=100, max_queue_wait_s=0.09)
+    batcher = Batcher(engine, policy)
+
+    async def main() -> None:
+        one = {"x": np.ones((1, 1))}
+        await batcher.submit(one)  # before any batch ran there is no estimate: admitted
+        assert batcher.seconds_per_row is not None and batcher.seconds_per_row >= 0.05
+        engine.gate.clear()
+        running = asyncio.create_task(batcher.submit(one))
+        await until(lambda: batcher.running == 1, "the held batch")
+        waiting = asyncio.create_task(batcher.submit(one))  # nothing waits: taken
+        await held(batcher, waiting=1)
+        with pytest.raises(Overloaded, match="over the 90 ms queue budget"):
+            await asyncio.wait_for(batcher.submit(one), 5.0)
+        engine.gate.set()
+        await asyncio.gather(running, waiting)
+
+    run(main())
+    batcher.close()
+
+
+def test_the_speed_estimate_follows_full_batches_once_one_ran() -> None:
+    # a lone request's batch of one runs slower per row than a full batch, and a queue is
+    # made of full batches: once one ran, only they move the estimate
+    batcher = Batcher(RecordingEngine(), BatchPolicy(max_batch_size=4, max_queue_wait_s=0.1))
+    batcher._learn_speed(1, 0.010)
+    assert batcher.seconds_per_row == pytest.approx(0.010)
+    batcher._learn_speed(4, 0.008)  # the first full batch replaces the estimate
+    assert batcher.seconds_per_row == pytest.approx(0.002)
+    batcher._learn_speed(1, 0.010)  # ignored now
+    assert batcher.seconds_per_row == pytest.approx(0.002)
+    batcher._learn_speed(4, 0.012)  # smoothed toward 3 ms a row
+    assert batcher.seconds_per_row == pytest.approx(0.002 + ROW_SMOOTHING * (0.003 - 0.002))
+    batcher.close()
+
+
+def test_admission_is_off_by_default_and_its_budget_must_be_positive() -> None:
+    assert BatchPolicy().max_queue_wait_s is None
+    with pytest.raises(ValueError, match="max queue wait"):
+        BatchPolicy(max_queue_wait_s=0)

@@ -103,6 +103,13 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["--manifest", "m.json", *argv])
 
 
+def test_queue_wait_budget_is_off_unless_given() -> None:
+    assert parse_config(_args("--port", "1")).policy.max_queue_wait_s is None
+    assert parse_config(_args("--max-queue-wait-ms", "70")).policy.max_queue_wait_s == 0.07
+    with pytest.raises(ConfigError, match="max queue wait"):
+        parse_config(_args("--max-queue-wait-ms", "-5"))
+
+
 def test_metrics_dir_needs_workers_and_an_empty_directory(tmp_path) -> None:
     assert parse_config(_args("--workers", "2", "--port", "1")).metrics_dir is None
     fresh = tmp_path / "fresh"

@@ -10,6 +10,13 @@ Policy (``BatchPolicy``):
 - At most ``max_concurrent_batches`` batches run at once, each in a worker thread (the event
   loop never runs an engine). At most ``max_queue_size`` requests wait; one more is refused
   at once with :class:`Overloaded` instead of queueing without bound.
+- With ``max_queue_wait`` (SLO-aware admission), a request is also refused at once when the
+  rows waiting ahead of it and its own would take longer than that to run at the engine's
+  recent speed: seconds per row of the last full batches (the batches a queue makes), of
+  any batch until one was full. A request that could only answer late is refused while it
+  can still go elsewhere, and those admitted still answer in time: past saturation the
+  engine serves its capacity within the SLO instead of a backlog that makes every answer
+  late (and takes minutes to drain).
 
 Everything that touches the queue runs on the event loop thread, so no lock is needed; the
 worker thread only concatenates inputs, runs the engine and splits outputs.
@@ -33,6 +40,11 @@ from infleet.runtime.server.errors import EngineError, Overloaded, ServeError
 
 log = logging.getLogger(__name__)
 
+ROW_SMOOTHING = 0.03
+"""Weight of the latest batch in the engine's seconds per row (about the last 30 batches:
+an engine's speed at full batches is steady, its batch times are not, and a short memory
+refused requests after a few slow batches that the queue would have run in time)."""
+
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Mapping[str, np.ndarray]], Arrays]
 
@@ -45,12 +57,17 @@ class BatchPolicy:
     """Requests allowed to wait (not counting the running batches)."""
     max_concurrent_batches: int = 1
     """Batches run at once; 1 suits CPU engines that already use every core per batch."""
+    max_queue_wait_s: float | None = None
+    """Refuse a request whose expected time to run (the rows ahead and its own, at the
+    engine's recent speed) is longer than this; None: only ``max_queue_size`` bounds."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_concurrent_batches < 1:
             raise ValueError("batch size, queue size and concurrency must be at least 1")
         if self.max_queue_delay_s < 0:
             raise ValueError("max queue delay must not be negative")
+        if self.max_queue_wait_s is not None and self.max_queue_wait_s <= 0:
+            raise ValueError("max queue wait must be positive (or None: off)")
 
 
 class BatchObserver(Protocol):
@@ -101,10 +118,18 @@ class Batcher:
             max_workers=policy.max_concurrent_batches, thread_name_prefix=f"infer-{name}"
         )
         self._idle: asyncio.Event | None = None
+        self._row_s: float | None = None
+        """Engine seconds per row, smoothed over recent batches (full ones once one ran)."""
+        self._full_seen = False
 
     @property
     def depth(self) -> int:
         return len(self._pending)
+
+    @property
+    def seconds_per_row(self) -> float | None:
+        """The admission's estimate of the engine's speed (None before any batch ran)."""
+        return self._row_s
 
     @property
     def running(self) -> int:
@@ -118,6 +143,7 @@ class Batcher:
             )
         first = next(iter(inputs.values()))
         rows = int(first.shape[0]) if self.batchable and first.ndim else 1
+        self._admit(rows)
         # inputs arrive in the model's input order (the data plane builds the feed that way)
         if self.batchable:
             signature = tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
@@ -129,6 +155,37 @@ class Batcher:
         self._observer.queue_depth(len(self._pending))
         self._dispatch()
         return await item.future
+
+    def _admit(self, rows: int) -> None:
+        """Refuse (:class:`Overloaded`) a request that would wait past ``max_queue_wait``.
+        Never one that finds nothing waiting: an engine slower than the budget still serves
+        one request at a time."""
+        budget = self.policy.max_queue_wait_s
+        if budget is None or self._row_s is None or not self._pending:
+            return
+        # the queue is short whenever this rule is on (it refuses what a budget cannot run)
+        ahead = sum(item.rows for item in self._pending)
+        expected = (ahead + rows) * self._row_s
+        if expected > budget:
+            raise Overloaded(
+                f"{len(self._pending)} requests waiting would take about "
+                f"{expected * 1000:.0f} ms to run, over the {budget * 1000:g} ms queue budget; "
+                "retry later"
+            )
+
+    def _learn_speed(self, rows: int, run_s: float) -> None:
+        """Smooth the engine's seconds per row. Full batches are what a queue makes, so
+        once one ran only they count: a lone request's batch of one runs slower per row
+        and would make the queue look longer than it is."""
+        full = rows >= self.policy.max_batch_size or not self.batchable
+        if full and not self._full_seen:
+            self._full_seen = True
+            self._row_s = None
+        elif self._full_seen and not full:
+            return
+        per_row = run_s / max(1, rows)
+        prev = self._row_s
+        self._row_s = per_row if prev is None else prev + ROW_SMOOTHING * (per_row - prev)
 
     def _dispatch(self) -> None:
         """Start every batch that the policy allows now; arm the timer for the rest."""
@@ -229,7 +286,9 @@ class Batcher:
             log.exception("engine failed on a batch of %d requests", len(batch))
             self._fail(batch, EngineError(f"the engine failed: {type(e).__name__}: {e}"))
         else:
-            self._observer.batch_done(sum(i.rows for i in batch), waits, run_s)
+            rows = sum(i.rows for i in batch)
+            self._observer.batch_done(rows, waits, run_s)
+            self._learn_speed(rows, run_s)
             for item, part in zip(batch, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(part)

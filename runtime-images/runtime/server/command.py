@@ -124,6 +124,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="requests allowed to wait per model; more get 429 (default: 256)",
     )
     b.add_argument(
+        "--max-queue-wait-ms",
+        type=float,
+        default=0.0,
+        help="refuse a request at once (429) when the requests ahead of it and its own would "
+        "take longer than this to run at the engine's recent speed: SLO-aware admission, "
+        "so that those admitted still answer in time (default: 0, off)",
+    )
+    b.add_argument(
         "--batch-concurrency",
         type=int,
         default=1,
@@ -195,6 +203,7 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
             max_queue_delay_s=args.max_queue_delay_ms / 1000,
             max_queue_size=args.max_queue_size,
             max_concurrent_batches=args.batch_concurrency,
+            max_queue_wait_s=args.max_queue_wait_ms / 1000 if args.max_queue_wait_ms else None,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -125,9 +125,7 @@ class DataPlane:
         batchable = is_batchable(engine)
         if batchable:  # never merge past what the engine was built for
             size = min(policy.max_batch_size, manifest.max_batch_size)
-            policy = BatchPolicy(
-                size, policy.max_queue_delay_s, policy.max_queue_size, policy.max_concurrent_batches
-            )
+            policy = replace(policy, max_batch_size=size)
         batcher = Batcher(
             engine.run,
             policy,

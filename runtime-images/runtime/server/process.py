@@ -10,12 +10,12 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
 from infleet.runtime.manifest import EngineManifest
 from infleet.runtime.server.app import HttpApp, HttpLimits
-from infleet.runtime.server.batcher import BatchPolicy
 from infleet.runtime.server.command import ServeConfig
 from infleet.runtime.server.dataplane import DataPlane
 from infleet.runtime.server.engines import load_engine
@@ -43,12 +43,7 @@ async def load_model(
     engine = await asyncio.to_thread(load_engine, manifest, path.parent, config.engine)
     policy = config.policy
     if not config.batch_size_given:
-        policy = BatchPolicy(
-            manifest.max_batch_size,
-            policy.max_queue_delay_s,
-            policy.max_queue_size,
-            policy.max_concurrent_batches,
-        )
+        policy = replace(policy, max_batch_size=manifest.max_batch_size)
     model = dataplane.add_model(name, config.model_version, manifest, engine, policy)
     await dataplane.warm_up(model)
     seconds = time.perf_counter() - started

@@ -113,6 +113,13 @@ class AutoscalerConfig(_Config):
     """A pod (or Prometheus) that has not answered within this long is unknown."""
     min_requests: Annotated[float, Field(ge=1, le=1_000_000)] = 100.0
     """Requests a window needs before its p99 counts (p99 of fewer is noise)."""
+    reserve_fraction: Annotated[float, Field(ge=0, le=100)] = 3.0
+    """Capacity held on cheap classes beyond the demand, as a fraction of the demand (3: a
+    burst to four times the demand finds Ready replicas instead of waiting for pods to
+    start, as far as the cheap classes have room); 0: none."""
+    reserve_cost_share: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """A class is cheap (held in reserve) when its cost per request at the SLO is at most
+    this share of the dearest class's the deployment uses; a fleet of one price holds none."""
     prometheus_window_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
     """The range of ``rate()`` when the load comes from Prometheus (at least twice its
     scrape interval)."""
