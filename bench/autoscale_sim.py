@@ -4,8 +4,9 @@
 
 One model (EfficientNet-Lite0) on three node classes, each with the engine profile measured
 for it (tests/fixtures/profiles/: ONNX Runtime FP32 and INT8 built by `infleet build` on the
-development machine's CPU; the GPU class's figures copied from the README's H100 table, see
-that fixture's `source`), a cost per replica-hour (examples/operator-config.yaml) and a
+development machine's CPU, and ONNX Runtime CUDA FP16 (max batch 2) built by `infleet build` on the lent
+NVIDIA H200, see each fixture's `source`), a cost per replica-hour (examples/operator-config.yaml;
+the H200's from the scheduler's list prices) and a
 start-up delay (assumed: 10 s for a CPU pod, 40 s for a GPU pod: scheduling, container
 start, engine load and warm-up). The fleet (bench/autoscale_fleet.py) queues every request
 and batches as `infleet serve` does, with the admission budget the operator gives every
@@ -82,7 +83,7 @@ WARMUP_S = 600.0
 FLEET = [
     ("x86-avx512vnni", "efficientnet-lite0-ort-int8-x86.json", 0.085, 10.0, 24),
     ("x86-avx2", "efficientnet-lite0-ort-fp32-x86.json", 0.085, 10.0, 16),
-    ("nvidia-h100", "efficientnet-lite0-ort-cuda-fp32-h100.json", 12.3, 40.0, 4),
+    ("nvidia-h200", "efficientnet-lite0-ort-cuda-fp16-h200-b2.json", 12.0, 40.0, 4),
 ]
 
 

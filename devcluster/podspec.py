@@ -334,8 +334,13 @@ def _container(
     all_mounts = tuple(mounts)
     values = _resolve_env(c, pod, env, problems)
     values["HOME"] = str(pod_dir / "home")
+    # Only what the pod set names paths inside it: the executor's own values are this
+    # machine's (its PATH starts with the venv's bin, which under a clone in /tmp would
+    # otherwise be "mapped" into a pod's emptyDir at /tmp, and no program would be found).
+    ours = {"PATH": env.base_path, "HOME": values["HOME"]}
     for key, value in list(values.items()):
-        values[key] = map_path(value, all_mounts)
+        if ours.get(key) != value:
+            values[key] = map_path(value, all_mounts)
     command = [expand(a, values) for a in c.get("command") or []]
     args = [expand(a, values) for a in c.get("args") or []]
     argv = tuple(map_path(a, all_mounts) for a in command + args)

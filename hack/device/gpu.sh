@@ -13,7 +13,9 @@
 # Steps (STEPS=tests,rtx,ort,serve by default; each one's output lands in OUT):
 #   tests  pytest -m gpu tests/gpu                     (pytest-gpu.log)
 #   rtx    bench/gpu_tensorrt_rtx.py: TensorRT-RTX facts (rtx.json, rtx.log)
-#   ort    bench/gpu_onnxruntime.py: infleet build/serve on ORT CUDA, the profiles (gpu.json, gpu.log)
+#   ort    bench/gpu_onnxruntime.py: infleet build/serve on ORT CUDA, the profiles (gpu.json, gpu.log;
+#          MAX_BATCH, default 16: the engine pads batches to it; PROFILE_SECONDS, default 0.3;
+#          ORT_ONLY=build: the builds and their profiles alone)
 #   serve  bench/bench_serve.py on the GPU: in-process layouts vs infleet serve --workers N
 #          (serve-MODE.json/.log), once per BINDING_MODES (off iobinding graph: the ORT engine's
 #          INFLEET_ORT_CUDA_BINDING); SERVE_ARGS overrides the configurations (';'-separated);
@@ -142,8 +144,10 @@ run() {
     fi
     if [[ $steps == *,ort,* ]]; then
         timeout 300 python3 bench/gpu_onnxruntime.py --models /tmp/payload/models \
-            --class nvidia-h200 --compute-capability 9.0 --max-batch 16 --batch 32 \
-            --profile-seconds 0.3 --seconds 1 --json "$out/gpu.json" 2>&1 |
+            --class nvidia-h200 --compute-capability 9.0 --max-batch "${MAX_BATCH:-16}" \
+            --batch 32 --profile-seconds "${PROFILE_SECONDS:-0.3}" --seconds 1 \
+            ${ORT_ONLY:+--only "$ORT_ONLY"} \
+            --json "$out/gpu.json" 2>&1 |
             tee "$out/gpu.log" || echo "gpu_onnxruntime.py failed: $?"
     fi
     if [[ $steps == *,serve,* ]]; then  # the sample CNN served from the GPU

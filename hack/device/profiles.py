@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 
-def fixtures(result: dict[str, Any], node_class: str) -> dict[str, dict[str, Any]]:
+def fixtures(result: dict[str, Any], node_class: str, seconds: float
+             ) -> dict[str, dict[str, Any]]:
     """One fixture per model and kept precision, named for the file it goes into."""
     out: dict[str, dict[str, Any]] = {}
     for model, ladders in result["build"].items():
@@ -21,7 +22,12 @@ def fixtures(result: dict[str, Any], node_class: str) -> dict[str, dict[str, Any
             if "profile" not in built:
                 continue
             precision = built["precision"]
-            name = f"{model}-ort-cuda-{precision}-{node_class.removeprefix('nvidia-')}.json"
+            # The GPU engine pads every batch above 1 to the build's max batch: a profile
+            # holds for deployments of that maxBatchSize (16 unless the name says -bN).
+            top = built["key"]["max_batch_size"]
+            suffix = "" if top == 16 else f"-b{top}"
+            name = (f"{model}-ort-cuda-{precision}-{node_class.removeprefix('nvidia-')}"
+                    f"{suffix}.json")
             out[name] = {
                 "model": model,
                 "class": node_class,
@@ -31,13 +37,14 @@ def fixtures(result: dict[str, Any], node_class: str) -> dict[str, dict[str, Any
                 "source": (
                     f"Measured by `infleet build --model file://{model}.onnx --class "
                     f"{node_class} --backend onnxruntime --precision-ladder {ladder} "
-                    f"--max-batch 16 --profile-seconds 0.3` through bench/gpu_onnxruntime.py "
+                    f"--max-batch {top} --profile-seconds {seconds:g}` through "
+                    f"bench/gpu_onnxruntime.py "
                     f"(hack/device/gpu.sh run, STEPS=ort) on {result['gpu']}, onnxruntime-gpu "
                     f"{result['onnxruntime']} (CUDAExecutionProvider), model written by "
                     f"infleet.runtime.zoo; engine {built['engine_key']}, deviation "
                     f"{built['accuracy'][-1]['deviation']:.3g} (cosine, synthetic inputs). "
-                    "0.3 s per batch size: a small batch can measure slower than a larger one "
-                    "(GPU launch and clock noise), left as measured."),
+                    "The engine runs single rows in one session and pads larger batches to "
+                    f"{top} in another, so batches of 2 to {top} cost about the same."),
                 "points": [{"batchSize": p["batch_size"], "p50Ms": p["p50_ms"],
                             "p99Ms": p["p99_ms"], "throughputIps": p["throughput_ips"]}
                            for p in built["profile"]],
@@ -50,8 +57,11 @@ def main() -> int:
     ap.add_argument("result", type=Path, help="gpu.json written by bench/gpu_onnxruntime.py")
     ap.add_argument("--class", dest="node_class", default="nvidia-h200")
     ap.add_argument("--out", type=Path, default=Path("tests/fixtures/profiles"))
+    ap.add_argument("--profile-seconds", type=float, default=0.3,
+                    help="what the run's PROFILE_SECONDS was (for the fixtures' source)")
     args = ap.parse_args()
-    for name, body in fixtures(json.loads(args.result.read_text()), args.node_class).items():
+    for name, body in fixtures(json.loads(args.result.read_text()), args.node_class,
+                               args.profile_seconds).items():
         (args.out / name).write_text(json.dumps(body, indent=2) + "\n")
         print(f"wrote {args.out / name}")
     return 0

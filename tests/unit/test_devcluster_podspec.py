@@ -174,3 +174,32 @@ def test_termination_message_rules() -> None:
     assert podspec.termination_message(None, "log", 0, True) == ""  # only on error
     assert len(podspec.termination_message("x" * 10000, "", 0, False)) == 4096
     assert podspec.exit_reason(0) == "Completed" and podspec.exit_reason(3) == "Error"
+
+
+def test_the_executors_own_path_is_never_mapped_into_a_pod_volume() -> None:
+    """A checkout under /tmp puts the venv's bin at /tmp/...: a pod with an emptyDir at /tmp
+    (the sample's model Job has one) must still find its programs there."""
+    from dataclasses import replace
+
+    env = replace(ENV, base_path="/tmp/clone/.venv/bin:/usr/bin")
+    plan = podspec.plan_pod(pod(
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+        containers=[container(
+            command=["infleet", "zoo"], args=["--output", "/tmp/m.onnx"],
+            env=[{"name": "SCRATCH", "value": "/tmp/work"}],
+            volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}],
+        )],
+    ), env)
+    c = plan.containers[0]
+    values = dict(c.env)
+    assert values["PATH"] == "/tmp/clone/.venv/bin:/usr/bin"
+    scratch = plan.pod_dir / "volumes" / "tmp"
+    assert values["SCRATCH"] == f"{scratch}/work"  # what the pod set is still mapped
+    assert c.argv[-1] == f"{scratch}/m.onnx"
+    # a PATH the pod sets itself is the pod's: mapped like any of its values
+    plan = podspec.plan_pod(pod(
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+        containers=[container(command=["x"], env=[{"name": "PATH", "value": "/tmp/bin"}],
+                              volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}])],
+    ), env)
+    assert dict(plan.containers[0].env)["PATH"] == f"{scratch}/bin"
