@@ -185,6 +185,8 @@ def build(request: BuildRequest, progress: Progress = lambda _msg: None) -> Buil
                 tuning_seconds=request.tuning_seconds,
                 batch_sizes=request.batch_sizes,
                 int8_method=request.int8_method,
+                model_sha256=fetched.sha256,
+                tuning_dir=store.root / "tuning",
             )
             summary = _build(
                 request, job, data, store, builders, fetched.sha256, progress, started
@@ -344,10 +346,10 @@ def choose(passing: list[_Candidate]) -> tuple[_Candidate, list[str]]:
     )
     scores = {c.backend: speed_score(c.manifest.profile, common) for c in measured if c.manifest}
     best = max(measured, key=lambda c: scores[c.backend])
-    shown = ", ".join(f"{b} {s:.1f}/s" for b, s in scores.items())
+    others = ", ".join(f"{b} {s:.1f}/s" for b, s in scores.items() if b != best.backend)
     return best, [
-        f"kept {best.backend}: fastest passing engine "
-        f"(geometric-mean throughput over batch sizes {common}: {shown})"
+        f"kept {best.backend}: measured faster on this hardware, {scores[best.backend]:.1f}/s "
+        f"against {others} (geometric-mean throughput over batch sizes {common})"
     ]
 
 

@@ -34,11 +34,16 @@ class BuildJob:
     threads: int
     work_dir: Path
     tuning_trials: int = 0
+    """TVM MetaSchedule trials per task (function) still without records."""
     tuning_seconds: float = 0.0
     batch_sizes: tuple[int, ...] = ()
     """Batch sizes for backends that compile static shapes; empty = builder's default."""
     int8_method: str = "auto"
     options: Mapping[str, str] = field(default_factory=dict)
+    model_sha256: str = ""
+    tuning_dir: Path | None = None
+    """Where the store keeps tuning records (TVM's MetaSchedule databases), shared by builds;
+    None: a build's records live and die with its work directory."""
 
 
 @dataclass(frozen=True)
