@@ -430,6 +430,7 @@ def _walk_ladder(
             input_shapes=shapes.input_shapes(job.info),
             max_batch_size=job.max_batch,
             batch_sizes=list(builder.batch_sizes(job)),
+            tuning=builder.tuning(job),
         )
         progress(f"{builder.backend} {precision}: engine {key.digest()}")
         with store.lock(key.digest()):
@@ -445,6 +446,11 @@ def _walk_ladder(
         if manifest is not None:
             cand.manifest = manifest.model_copy(update={"accuracy": list(cand.rungs)})
             cand.cache_hit, cand.emulated = hit, emulated
+            if not hit:  # what a first build of this backend costs on this class
+                cand.notes.append(
+                    f"{builder.backend} {precision}: first build {manifest.build_seconds:.0f}s "
+                    f"on {job.threads} CPUs (compile and tuning; later builds reuse it)"
+                )
             break
     return cand
 

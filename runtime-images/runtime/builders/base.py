@@ -69,6 +69,11 @@ class EngineBuilder(Protocol):
         it takes any batch up to ``job.max_batch``."""
         ...
 
+    def tuning(self, job: BuildJob) -> str:
+        """How this builder will tune the engine for ``job`` (it enters the engine key); empty
+        when it does not tune."""
+        ...
+
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         """Why this builder cannot build ``precision`` for ``target``; None when it can."""
         ...

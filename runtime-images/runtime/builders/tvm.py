@@ -102,6 +102,13 @@ class TvmBuilder:
             return (job.info.fixed_batch,)
         return pick_batch_sizes(job.max_batch, job.batch_sizes)
 
+    def tuning(self, job: BuildJob) -> str:
+        """MetaSchedule runs only where its measurements mean something: on the class's own
+        CPU (the build host), with a budget."""
+        if job.tuning_trials <= 0 or job.tuning_seconds <= 0 or not job.target.is_host():
+            return ""
+        return f"metaschedule-{job.tuning_trials}"
+
     def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
         _tvm()  # BackendUnavailable when missing
         from tvm.relax.frontend.onnx import onnx_frontend

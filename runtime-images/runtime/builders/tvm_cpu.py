@@ -85,14 +85,21 @@ def pipeline(target: Any, database_dir: str | None = None) -> Any:
                 database = ms.database.JSONDatabase(work_dir=database_dir, allow_missing=False)
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-            mod = dl.ApplyDefaultSchedule(
-                Contraction(), dl.cpu.Reduction(), dl.cpu.GEMV(), Injective()
-            )(mod)
+            mod = dl.ApplyDefaultSchedule(*default_rules())(mod)
             return tvm.transform.Sequential(
                 cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             )(mod)
 
     return _pipeline
+
+
+def default_rules() -> list[Any]:
+    """The schedule rules of an untuned function, the first that applies wins: Contraction
+    before dlight's Reduction, which would take a conv with its epilogue and parallelise only
+    its batch axis."""
+    from tvm.s_tir import dlight as dl
+
+    return [Contraction(), dl.cpu.Reduction(), dl.cpu.GEMV(), Injective(), Fallback()]
 
 
 def clip_calls_to_relax() -> Any:
@@ -379,6 +386,33 @@ class Injective(_Rule):
         for b in remaining:
             _schedule_injective(sch, b.block_rv, lanes)
         return True
+
+
+class Fallback(_Rule):
+    """Whatever no other rule took (a reduction to one axis, as MiniLM's mean pooling): each
+    root block's leading spatial loops fused and run in parallel, so no function is left as
+    TVM's single-threaded loop nest."""
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        from tvm import s_tir, tirx
+
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        if not _has_root(sch):
+            return None
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            iters = sch.get(block).iter_vars
+            loops = sch.get_loops(block)
+            lead = 0
+            while (
+                lead < min(len(iters), len(loops))
+                and iters[lead].iter_type == tirx.IterVar.DataPar
+            ):
+                lead += 1
+            if lead:
+                sch.parallel(sch.fuse(*loops[:lead]) if lead > 1 else loops[0])
+        return sch
 
 
 def schedule_in_place(sch: Any, target: Any) -> None:
