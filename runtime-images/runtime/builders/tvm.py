@@ -192,7 +192,7 @@ class TvmBuilder:
         None (untuned; the notes say why). Runs the tuner child unless the store's database
         for (model, target, TVM version) already covers every task."""
         if job.tuning_trials <= 0 or job.tuning_seconds <= 0:
-            notes.append("tvm: untuned (tuning budget 0)")
+            notes.append("tvm: untuned: default CPU schedules (tuning budget 0)")
             return None
         if not job.target.is_host():
             notes.append(
