@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
         # (xgboost, a large dependency) evolution only ranks at random, and its population of
         # 512 per task cost minutes before the first measurement (36 tasks of EfficientNet-Lite0
         # wrote no record in 8 minutes on 2 cores). Sampling measures from the first second.
-        from infleet.runtime.builders.tvm_cpu import schedule_in_place
+        from infleet.runtime.builders.tvm_schedules import schedule_in_place
 
         # MetaSchedule's own design space, and the untuned engine's schedule as a space of its
         # own: measured beside the sampled ones, it keeps a task at the default schedule
