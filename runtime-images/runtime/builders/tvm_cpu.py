@@ -16,11 +16,11 @@ FuseOps, FuseTIR) with three additions:
   cannot see through, which would put two transposes around every activation; they are
   rewritten to Relax ``maximum``/``minimum`` first (:func:`clip_calls_to_relax`).
 - default schedules (``tvm_schedules``): ``Contraction`` for any function with one reduction
-  block (conv2d, depthwise conv2d, matmul, pooling): a register tile of rows x one vector of the innermost
-  output axis, accumulated in a local buffer, the fused epilogue (bias, activation, residual)
-  applied as the tile is written back, and the outer loops run on the thread pool.
-- ``Injective`` (and ``Fallback``) for what is left (pads, layout transforms, elementwise): parallel outer
-  loops, vectorized inner loop.
+  block (conv2d, depthwise conv2d, matmul, pooling): a register tile of rows x one vector of
+  the innermost output axis, accumulated in a local buffer, the fused epilogue (bias,
+  activation, residual) applied as the tile is written back, the outer loops on the thread
+  pool; ``Injective`` (and ``Fallback``) for what is left: parallel outer loops, vectorized
+  inner loop.
 
 MetaSchedule records, when a build has them, take precedence over these schedules per
 function (``MetaScheduleApplyDatabase`` runs first and marks what it scheduled). The tuning
