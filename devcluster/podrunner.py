@@ -248,8 +248,16 @@ class PodRunner:
         if proc is None or proc.poll() is not None:
             self._collect(c)
             return
+        # Every process the container started, read before any is signalled (a dead parent's
+        # children are re-parented and no longer found): one that left the container's
+        # process group (a session of its own) is not reached by stop_groups, and a pod's
+        # stop must end it all the same, as a container's cgroup would.
+        family = toolbox.descendants(proc.pid)
         toolbox.stop_groups([proc.pid], max(grace if grace is not None else self.grace, 0.0),
                             {proc.pid: proc})
+        for pid in family:
+            if toolbox.alive(pid):
+                toolbox.kill_tree(pid)
         self._collect(c)
 
     def stop_all(self, grace: float) -> None:

@@ -212,6 +212,8 @@ def _build_request(request: BuildRequest, store: EngineStore, progress: Progress
                 tuning_seconds=request.tuning_seconds,
                 batch_sizes=request.batch_sizes,
                 int8_method=request.int8_method,
+                model_sha256=fetched.sha256,
+                tuning_dir=store.root / "tuning",
             )
             summary = _build(
                 request, job, data, store, builders, fetched.sha256, progress, started
@@ -376,10 +378,10 @@ def choose(passing: list[_Candidate]) -> tuple[_Candidate, list[str]]:
     )
     scores = {c.backend: speed_score(c.manifest.profile, common) for c in measured if c.manifest}
     best = max(measured, key=lambda c: scores[c.backend])
-    shown = ", ".join(f"{b} {s:.1f}/s" for b, s in scores.items())
+    others = ", ".join(f"{b} {s:.1f}/s" for b, s in scores.items() if b != best.backend)
     return best, [
-        f"kept {best.backend}: fastest passing engine "
-        f"(geometric-mean throughput over batch sizes {common}: {shown})"
+        f"kept {best.backend}: measured faster on this hardware, {scores[best.backend]:.1f}/s "
+        f"against {others} (geometric-mean throughput over batch sizes {common})"
     ]
 
 
@@ -460,6 +462,7 @@ def _walk_ladder(
             input_shapes=shapes.input_shapes(job.info),
             max_batch_size=job.max_batch,
             batch_sizes=list(builder.batch_sizes(job)),
+            tuning=builder.tuning(job),
         )
         progress(f"{builder.backend} {precision}: engine {key.digest()}")
         with store.lock(key.digest()):
@@ -476,6 +479,11 @@ def _walk_ladder(
             cand.manifest = manifest.model_copy(update={"accuracy": list(cand.rungs)})
             cand.cache_hit, cand.emulated = hit, emulated
             cand.emulated_profile = emulated_profile
+            if not hit:  # what a first build of this backend costs on this class
+                cand.notes.append(
+                    f"{builder.backend} {precision}: first build {manifest.build_seconds:.0f}s "
+                    f"on {job.threads} CPUs (compile and tuning; later builds reuse it)"
+                )
             break
     return cand
 

@@ -125,9 +125,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--validation-samples", type=int, default=16)
     p.add_argument("--int8-method", default="auto", choices=["auto", "static", "dynamic"])
     p.add_argument(
-        "--tuning-trials", type=int, default=200, help="TVM MetaSchedule trials (0 = untuned)"
+        "--tuning-trials",
+        type=int,
+        default=0,
+        help="TVM MetaSchedule trials per task (function) without stored records; 0 (the "
+        "default) builds with the default CPU schedules, no tuning",
     )
-    p.add_argument("--tuning-seconds", type=float, default=600.0, help="time bound of TVM tuning")
+    p.add_argument(
+        "--tuning-seconds",
+        type=float,
+        default=1200.0,
+        help="time bound of TVM tuning; what was measured by then is applied",
+    )
     p.add_argument(
         "--batch-sizes", default="", help="static batch sizes for TVM (default: 1 and max batch)"
     )

@@ -152,6 +152,37 @@ def stop_groups(
                 proc.wait(timeout=5)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, parents before their children (Linux /proc: the children
+    of each of its threads, since a child belongs to the thread that forked it)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop(0)
+        try:
+            tids = [p.name for p in Path(f"/proc/{current}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                children = Path(f"/proc/{current}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            found.extend(int(c) for c in children)
+            todo.extend(int(c) for c in children)
+    return found
+
+
+def kill_tree(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal ``pid`` and every process below it, wherever their process groups are.
+
+    The list is read before any signal is sent: a killed parent's children are re-parented
+    and could not be found afterwards."""
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, sig)
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of a process and all its descendants, in KiB (Linux /proc)."""
     total = 0

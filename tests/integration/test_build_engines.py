@@ -248,3 +248,25 @@ def test_engines_load_in_the_server(models: dict[str, Path], tmp_path: Path) -> 
         finally:
             engine.close()
         assert deviation(AccuracyMetric.MAX_ABS_ERROR, ref, got) < 1e-4, manifest.key.backend
+
+
+def test_measured_choice_keeps_the_faster_backend_and_gives_both_numbers(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """TVM as the class's backend with ONNX Runtime as the alternative: both are built and
+    profiled here, and the one kept is the one measured faster, with both throughputs named."""
+    import re
+
+    r = built(
+        models["cnn"], store=tmp_path / "store", backend="tvm", alternative="onnxruntime",
+        max_batch=4,
+    )
+    (note,) = [n for n in r.summary["notes"] if n.startswith("kept ")]
+    m = re.match(
+        r"kept (\w+): measured faster on this hardware, ([\d.]+)/s against (\w+) ([\d.]+)/s",
+        note,
+    )
+    assert m, note
+    kept, kept_ips, other, other_ips = m.group(1), float(m.group(2)), m.group(3), float(m.group(4))
+    assert {kept, other} == {"tvm", "onnxruntime"} and r.summary["backend"] == kept
+    assert kept_ips >= other_ips

@@ -51,18 +51,23 @@ def test_large_summary_is_trimmed_to_4_kib_keeping_key_and_verdict() -> None:
 
 def test_child_crash_is_reported_not_raised() -> None:
     crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
-    assert run_child(crash, timeout_s=30) == "child process killed by SIGSEGV"
+    assert run_child(crash, timeout_s=30).reason == "child process killed by SIGSEGV"
 
 
 def test_child_timeout_is_reported() -> None:
-    reason = run_child([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=1.0)
+    reason = run_child([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=1.0).reason
     assert reason == "time budget of 1s"
 
 
 def test_child_error_exit_names_its_last_line() -> None:
     fail = [sys.executable, "-c", "import sys; print('first'); sys.exit('tuner: no tasks')"]
-    assert run_child(fail, 30) == "exit code 1: tuner: no tasks"
+    assert run_child(fail, 30).reason == "exit code 1: tuner: no tasks"
 
 
 def test_child_success() -> None:
-    assert run_child([sys.executable, "-c", "pass"], 30) is None
+    assert run_child([sys.executable, "-c", "pass"], 30).reason is None
+
+
+def test_child_report_is_its_last_json_line() -> None:
+    report = [sys.executable, "-c", "print('{\"tasks\": 3, \"tuned\": 1}'); print('done')"]
+    assert run_child(report, 30).report == {"tasks": 3, "tuned": 1}

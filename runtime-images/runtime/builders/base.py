@@ -34,11 +34,16 @@ class BuildJob:
     threads: int
     work_dir: Path
     tuning_trials: int = 0
+    """TVM MetaSchedule trials per task (function) still without records."""
     tuning_seconds: float = 0.0
     batch_sizes: tuple[int, ...] = ()
     """Batch sizes for backends that compile static shapes; empty = builder's default."""
     int8_method: str = "auto"
     options: Mapping[str, str] = field(default_factory=dict)
+    model_sha256: str = ""
+    tuning_dir: Path | None = None
+    """Where the store keeps tuning records (TVM's MetaSchedule databases), shared by builds;
+    None: a build's records live and die with its work directory."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,11 @@ class EngineBuilder(Protocol):
     def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
         """The batch sizes the engine is compiled for (they enter the engine key); empty when
         it takes any batch up to ``job.max_batch``."""
+        ...
+
+    def tuning(self, job: BuildJob) -> str:
+        """How this builder will tune the engine for ``job`` (it enters the engine key); empty
+        when it does not tune."""
         ...
 
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:

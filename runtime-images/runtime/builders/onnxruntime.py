@@ -164,6 +164,9 @@ class OnnxRuntimeBuilder:
     def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
         return ()  # ORT takes any batch
 
+    def tuning(self, job: BuildJob) -> str:
+        return ""
+
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         if not target.is_host():
             return (

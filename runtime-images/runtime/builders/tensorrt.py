@@ -196,6 +196,9 @@ class TensorRtBuilder:
     def batch_sizes(self, job: BuildJob) -> tuple[int, ...]:
         return ()  # one optimisation profile: any batch from 1 to max_batch
 
+    def tuning(self, job: BuildJob) -> str:
+        return ""
+
     def unsupported(self, precision: Precision, target: HardwareTarget) -> str | None:
         impl = lib.select(target.compute_capability).impl or TensorRtImpl.FULL
         return capability_problem(precision, target, impl)

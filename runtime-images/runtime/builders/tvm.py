@@ -16,6 +16,8 @@ applies what it measured.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -24,11 +26,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from infleet import toolbox
 from infleet.api import Backend, Precision
+from infleet.runtime.builders import tvm_cpu
+from infleet.runtime.builders import tvm_tuning as tuning
 from infleet.runtime.builders.base import BuildJob, BuiltEngine, op_label, pick_batch_sizes
 from infleet.runtime.errors import BackendUnavailable, BuildError, UnsupportedModel
 from infleet.runtime.hardware import Arch, HardwareTarget
@@ -97,6 +102,13 @@ class TvmBuilder:
             return (job.info.fixed_batch,)
         return pick_batch_sizes(job.max_batch, job.batch_sizes)
 
+    def tuning(self, job: BuildJob) -> str:
+        """MetaSchedule runs only where its measurements mean something: on the class's own
+        CPU (the build host), with a budget."""
+        if job.tuning_trials <= 0 or job.tuning_seconds <= 0 or not job.target.is_host():
+            return ""
+        return f"metaschedule-{job.tuning_trials}"
+
     def unsupported_ops(self, ops: frozenset[tuple[str, str]]) -> tuple[str, ...]:
         _tvm()  # BackendUnavailable when missing
         from tvm.relax.frontend.onnx import onnx_frontend
@@ -136,16 +148,10 @@ class TvmBuilder:
         spec = target_spec(job.target, job.threads)
         target = tvm.target.Target(spec)
         notes: list[str] = []
-        db_dir = job.work_dir / "tuning"
-        tuned = self._tune(job, prepared, spec, db_dir, notes)
+        db_dir = self._tune(job, prepared, spec, notes)
         try:
-            if tuned:
-                from tvm import relax
-
-                mod = relax.get_pipeline(
-                    "static_shape_tuning", total_trials=0, target=target, work_dir=str(db_dir)
-                )(mod)
-            ex = tvm.compile(mod, target=target)
+            pipeline = tvm_cpu.pipeline(target, str(db_dir) if db_dir is not None else None)
+            ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
         except Exception as e:
             raise _wrap(e, "compiling") from e
         engine = out_dir / ENGINE_FILE
@@ -169,7 +175,8 @@ class TvmBuilder:
             "target": json.dumps(spec, sort_keys=True),
             "entry": "main_b{batch}",
             "input_order": ",".join(t.name for t in job.info.inputs),
-            "tuning": "metaschedule" if tuned else "none",
+            "tuning": "metaschedule" if db_dir is not None else "none",
+            "schedules": tvm_cpu.SCHEDULES,
             "cross_compiled": str(not job.target.is_host()).lower(),
         }
         return BuiltEngine(ENGINE_FILE, options, batch_sizes, tuple(notes))
@@ -179,49 +186,75 @@ class TvmBuilder:
         job: BuildJob,
         prepared: Mapping[int, Any],
         spec: dict[str, Any],
-        db_dir: Path,
         notes: list[str],
-    ) -> bool:
+    ) -> Path | None:
+        """MetaSchedule records for this build: the directory of a JSON database to apply, or
+        None (untuned; the notes say why). Runs the tuner child unless the store's database
+        for (model, target, TVM version) already covers every task."""
         if job.tuning_trials <= 0 or job.tuning_seconds <= 0:
-            notes.append("tvm: untuned (tuning budget 0)")
-            return False
+            notes.append("tvm: untuned: default CPU schedules (tuning budget 0)")
+            return None
         if not job.target.is_host():
             notes.append(
-                "tvm: untuned: MetaSchedule measures on the target CPU; cross builds "
-                "skip it (run the build on an arm64 node to tune)"
+                "tvm: untuned: MetaSchedule measures on the target CPU and this build is for "
+                f"{job.target.arch} on another host (emulated timings would tune for the "
+                "emulator); the build Job on a node of the class tunes"
             )
-            return False
-        db_dir.mkdir(parents=True, exist_ok=True)
-        # The child re-imports the prepared graphs: serialising a Relax module with its
-        # constants (tvm.ir.save_json) segfaults in apache-tvm 0.27.
-        spec_file = job.work_dir / "tune.json"
-        spec_file.write_text(
-            json.dumps(
-                {
-                    "prepared": prepared,
-                    "target": spec,
-                    "db": str(db_dir),
-                    "trials": job.tuning_trials,
-                }
+            return None
+        key = tuning_key(job.model_sha256, spec, self.version())
+        shared = job.tuning_dir / key if job.tuning_dir is not None else None
+        work = job.work_dir / "tuning"
+        with _locked(shared):
+            tuning.copy_database(shared, work)
+            before = tuning.count_records(work)
+            # The child re-imports the prepared graphs: serialising a Relax module with its
+            # constants (tvm.ir.save_json) segfaults in apache-tvm 0.27.
+            spec_file = job.work_dir / "tune.json"
+            spec_file.write_text(
+                json.dumps(
+                    {
+                        "prepared": prepared,
+                        "target": spec,
+                        "db": str(work),
+                        "trials_per_task": job.tuning_trials,
+                        "threads": job.threads,
+                    }
+                )
             )
-        )
-        cmd = [sys.executable, "-m", "infleet.runtime.builders.tvm_tune", str(spec_file)]
-        started = time.monotonic()
-        reason = run_child(cmd, job.tuning_seconds)
-        records = _count_records(db_dir)
-        took = time.monotonic() - started
-        if reason is None:
-            notes.append(f"tvm: tuned with MetaSchedule, {records} records in {took:.0f}s")
-            return records > 0
-        if records > 0 and reason.startswith("time budget"):
-            notes.append(
-                f"tvm: tuning stopped at its {reason}; applied the {records} records measured"
-            )
-            return True
-        notes.append(
-            f"tvm: untuned: MetaSchedule tuning failed ({reason}); kept the untuned engine"
-        )
-        return False
+            cmd = [sys.executable, "-m", "infleet.runtime.builders.tvm_tune", str(spec_file)]
+            started = time.monotonic()
+            outcome = run_child(cmd, job.tuning_seconds)
+            took = time.monotonic() - started
+            kept = tuning.repair_database(work)
+            if shared is not None and kept > before:
+                tuning.publish_database(work, shared)
+        notes.append(tuning.note(outcome, key, job.tuning_trials, before, kept, took))
+        return work if kept > 0 else None
+
+
+def tuning_key(model_sha256: str, spec: Mapping[str, Any], tvm_version: str) -> str:
+    """The store's key of a tuning database: records belong to one model on one target with
+    one TVM (its schedules and their measurements change with each), not to a batch size."""
+    fields = {"model": model_sha256, "target": spec, "tvm": tvm_version}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return "tvm-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def _locked(shared: Path | None) -> Iterator[None]:
+    """One tuner per database at a time: a second build of the class waits for the first's
+    records instead of measuring the same tasks beside it on the same CPUs."""
+    if shared is None:
+        yield
+        return
+    shared.mkdir(parents=True, exist_ok=True)
+    fd = os.open(shared / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def import_module(prepared: Mapping[int, tuple[str, Mapping[str, list[int]]]]) -> Any:
@@ -259,38 +292,40 @@ def import_module(prepared: Mapping[int, tuple[str, Mapping[str, list[int]]]]) -
     return bb.get()
 
 
-def run_child(cmd: Sequence[str], timeout_s: float) -> str | None:
-    """Run a child process in its own process group; None when it exits 0, else why not.
+def run_child(cmd: Sequence[str], timeout_s: float) -> tuning.ChildOutcome:
+    """Run the tuner child; its outcome (None reason when it exits 0) and its last JSON line.
 
-    On timeout the whole group is killed: MetaSchedule starts builder/runner workers of its own.
+    The child stays in this process's group (a signal to the build's group, as a pod's stop
+    or a time-out sends, reaches it and its workers) and gets SIGTERM when this process dies
+    (PR_SET_PDEATHSIG), on which it kills its own descendants. On its time-out the child and
+    every process below it are killed here.
     """
+    env = {**os.environ, "INFLEET_TUNE_PARENT": str(os.getpid())}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=toolbox.die_with_parent,  # prctl only: safe between fork and exec
     )
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return f"time budget of {timeout_s:.0f}s"
+        toolbox.kill_tree(proc.pid)
+        output, _ = proc.communicate()
+        return tuning.ChildOutcome(f"time budget of {timeout_s:.0f}s", tuning.last_json(output))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stray workers of a finished tuner
+        toolbox.kill_tree(proc.pid)  # stray workers of a finished tuner
     if proc.returncode == 0:
-        return None
+        return tuning.ChildOutcome(None, tuning.last_json(output))
     if proc.returncode < 0:
-        return f"child process killed by {signal.Signals(-proc.returncode).name}"
+        reason = f"child process killed by {signal.Signals(-proc.returncode).name}"
+        return tuning.ChildOutcome(reason, tuning.last_json(output))
     tail = output.strip().splitlines()[-1:] or ["no output"]
-    return f"exit code {proc.returncode}: {tail[0][:300]}"
-
-
-def _count_records(db_dir: Path) -> int:
-    path = db_dir / "database_tuning_record.json"
-    try:
-        return sum(1 for line in path.read_text().splitlines() if line.strip())
-    except OSError:
-        return 0
+    return tuning.ChildOutcome(
+        f"exit code {proc.returncode}: {tail[0][:300]}", tuning.last_json(output)
+    )
 
 
 def _wrap(e: Exception, doing: str, *, importing: bool = False) -> BuildError:

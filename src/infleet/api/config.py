@@ -83,7 +83,9 @@ class BuildConfig(_Config):
     active_deadline_seconds: Annotated[int, Field(ge=60, le=86_400)] = 3600
     """A build still running after this long is stopped and its class marked Failed."""
     tuning_trials: Annotated[int, Field(ge=0, le=100_000)] = 0
-    """TVM MetaSchedule trials per build; 0 builds untuned engines (minutes, not hours)."""
+    """TVM MetaSchedule trials per task (function) of the model, for tasks without records in
+    the engine store; 0 builds untuned engines (infleet's default CPU schedules). Each trial is
+    measured on the build node; EfficientNet-Lite0 has 36 tasks per batch size."""
     tuning_seconds: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     """Time bound of TVM tuning within a build."""
 

@@ -36,7 +36,9 @@ Datatype = Literal[
     "BYTES",
 ]
 
-BUILDER_VERSION = f"infleet-{__version__}/2"
+# /3: TVM engines compiled with infleet's CPU pipeline and default schedules (the /2 ones are
+# unscheduled loops, 10-50x slower): they are rebuilt, not reused.
+BUILDER_VERSION = f"infleet-{__version__}/3"
 """Enters every engine key and build key: bump the suffix when a builder change makes old engines
 stale. Here, with the contract, because `infleet build` (which writes keys) and the operator
 (which computes build keys and must never import a backend) both need the same value."""
@@ -78,10 +80,17 @@ class EngineKey(_Frozen):
     batch_sizes: list[int] = []
     """The batch sizes compiled in, for backends that compile static shapes (TVM); empty:
     any batch up to ``max_batch_size``."""
+    tuning: str = ""
+    """How the engine's code was tuned for the hardware ("metaschedule-16": MetaSchedule, 16
+    trials per task); empty when it was not. A tuned engine is another engine than the untuned
+    one of the same class, so a request for one never gets the other from the store."""
 
     def digest(self) -> str:
         """Content address of the engine: the store's directory name."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = self.model_dump(mode="json")
+        if not fields["tuning"]:
+            del fields["tuning"]  # untuned engines keep the address they had before the field
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 

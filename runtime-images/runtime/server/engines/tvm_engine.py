@@ -70,7 +70,10 @@ class TvmEngine:
             raise ConfigError(
                 f"{engine_path.name}: input_order {self._order} does not match the inputs"
             )
-        self.description = f"tvm {tvm.__version__} ({_target_kind(target)}, {self._device})"
+        threads = _configure_threads(tvm, options.threads)
+        self.description = (
+            f"tvm {tvm.__version__} ({_target_kind(target)}, {self._device}, {threads} threads)"
+        )
         self.warm_batch_sizes = tuple(sorted(b for b in self._entries if b))
         # A VM keeps per-invocation state; serialise calls (the batcher runs one batch per
         # engine at a time unless told otherwise, so this lock is normally uncontended).
@@ -98,6 +101,19 @@ class TvmEngine:
     def close(self) -> None:
         self._entries.clear()
         del self._vm
+
+
+def _configure_threads(tvm: Any, threads: int) -> int:
+    """Sizes TVM's thread pool: ``threads`` (the server's choice, from the container's CPU
+    limit), else the CPUs this process may run on. TVM's own default is the host's core count,
+    which in a container limited to 2 CPUs of a 64-core node runs 64 threads on 2 CPUs: each
+    parallel loop then waits for threads the kernel has not scheduled."""
+    from infleet.runtime.hardware import cpu_limit_threads
+
+    n = threads or cpu_limit_threads()
+    # (mode 1 = "big cores", i.e. every core on a homogeneous CPU; then the thread count)
+    tvm.get_global_func("runtime.config_threadpool")(1, n)
+    return n
 
 
 def _flatten(result: Any) -> list[np.ndarray]:
