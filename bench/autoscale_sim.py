@@ -4,9 +4,9 @@
 
 One model (EfficientNet-Lite0) on three node classes, each with the engine profile measured
 for it (tests/fixtures/profiles/: ONNX Runtime FP32 and INT8 built by `infleet build` on the
-development machine's CPU, and ONNX Runtime CUDA FP16 (max batch 2) built by `infleet build` on the lent
-NVIDIA H200, see each fixture's `source`), a cost per replica-hour (examples/operator-config.yaml;
-the H200's from the scheduler's list prices) and a
+development machine's CPU, and ONNX Runtime CUDA FP16 (max batch 2) built by `infleet build`
+on the lent NVIDIA H200, see each fixture's `source`), a cost per replica-hour
+(examples/operator-config.yaml; the H200's from the scheduler's list prices) and a
 start-up delay (assumed: 10 s for a CPU pod, 40 s for a GPU pod: scheduling, container
 start, engine load and warm-up). The fleet (bench/autoscale_fleet.py) queues every request
 and batches as `infleet serve` does, with the admission budget the operator gives every
