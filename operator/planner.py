@@ -153,6 +153,13 @@ class _Class:
     serving_key: str = ""
     """Build key of the engine the class serves (the new one, or the previous one meanwhile)."""
     serving_summary: BuildSummary | None = None
+    untuned_key: str = ""
+    """Build key of the untuned engine a tuned class serves while its tuned engine builds."""
+    untuned: EngineResult | None = None
+    waiting: str = ""
+    """Build key of the Job the class waits for, when not ``key`` (its untuned build)."""
+    what: str = ""
+    """"tuned " or "untuned " in Events, where the class's engine is tuned."""
     profile: ClassProfile | None = None
     desired: int = 0
     weight: int = 0
@@ -169,6 +176,19 @@ def _settings(config: OperatorConfig, backend: Backend) -> engines.BuildSettings
         tuning_trials=config.build.tuning_trials,
         tuning_seconds=config.build.tuning_seconds,
     )
+
+
+def _untuned(config: OperatorConfig) -> OperatorConfig:
+    build = config.build.model_copy(update={"tuning_trials": 0, "tuning_seconds": 0.0})
+    return config.model_copy(update={"build": build})
+
+
+def _tunes(s: Snapshot, c: _Class) -> bool:
+    """Whether the class's build spends the tuning budget (TVM on the build node's own CPU:
+    an emulated class's timings would be the emulator's, so its builds never tune)."""
+    budget = s.config.build
+    return (c.decision.backend is Backend.TVM and budget.tuning_trials > 0
+            and budget.tuning_seconds > 0 and not c.cls.key.emulated)
 
 
 def _ready_summary(result: EngineResult | None) -> BuildSummary | None:
@@ -195,7 +215,11 @@ def plan(s: Snapshot) -> Reconcile:
             settings=_settings(s.config, c.decision.backend),
         )
         jobs_needed.add(c.key)
-        _engine(s, c, apply, delete)
+        if _tunes(s, c) and not s.spec.build.wait_for_tuning:
+            _untuned_first(s, c, apply, delete)
+            jobs_needed.add(c.untuned_key)
+        else:
+            _engine(s, c, apply, delete)
         _serving_engine(s, c)
 
     # Replicas: the capacity planner over the classes that have an engine to serve, with room
@@ -254,7 +278,8 @@ def plan(s: Snapshot) -> Reconcile:
         status=new_status,
         events=tuple(events),
         probes=tuple(_probe_targets(s, work)),
-        waiting_on=tuple(sorted(c.key for c in work if c.state is EngineState.BUILDING)),
+        waiting_on=tuple(sorted(c.waiting or c.key for c in work
+                                if c.state is EngineState.BUILDING)),
         scale=scale,
     )
 
@@ -292,8 +317,40 @@ def _autoscale(s: Snapshot, work: list[_Class], rooms: Mapping[str, int]
     return outcome
 
 
-def _engine(s: Snapshot, c: _Class, apply: list[Manifest], delete: list[ObjectRef]) -> None:
-    """The engine state of one class; adds the build Job or the record to write."""
+def _untuned_first(s: Snapshot, c: _Class, apply: list[Manifest], delete: list[ObjectRef]
+                   ) -> None:
+    """A tuned class's rollout does not wait for tuning (tens of minutes; unless
+    spec.build.waitForTuning): its untuned engine builds first, in its own Job and under its
+    own key, and serves until the tuned engine is ready; the tuned build starts once the
+    untuned one is done, so the two never share the class's CPUs."""
+    config = _untuned(s.config)
+    assert c.decision.backend is not None
+    interim = _Class(c.cls, c.decision, what="untuned ")
+    interim.key = c.untuned_key = engines.build_key(
+        s.spec, backend=c.decision.backend, ladder=c.decision.ladder,
+        hardware_fingerprint=c.cls.fingerprint, settings=_settings(config, c.decision.backend))
+    c.what = "tuned "
+    tuned_started = c.key in s.records or c.key in s.jobs
+    if tuned_started:
+        record = s.records.get(c.untuned_key)  # served meanwhile, never built again
+        if record is not None and not _over_budget(s.spec, record):
+            c.untuned = record
+    else:
+        _engine(s, interim, apply, delete, config)
+        c.events += interim.events
+        c.untuned = interim.result
+        if interim.state is EngineState.BUILDING:
+            c.state, c.waiting = EngineState.BUILDING, interim.key
+            c.message = (interim.message + ": the untuned engine, served while the tuned one "
+                         "builds after it")
+            return
+    _engine(s, c, apply, delete)
+
+
+def _engine(s: Snapshot, c: _Class, apply: list[Manifest], delete: list[ObjectRef],
+            config: OperatorConfig | None = None) -> None:
+    """The engine state of one class; adds the build Job (built with ``config``, the
+    operator's by default) or the record to write."""
     ns = s.owner.namespace
     record = s.records.get(c.key)
     job = s.jobs.get(c.key)
@@ -329,12 +386,13 @@ def _engine(s: Snapshot, c: _Class, apply: list[Manifest], delete: list[ObjectRe
             c.message += " (a retryable failure: tried again after a backoff)"
         return
     # No engine, no build: start one.
-    apply.append(children.build_job(s.owner, c.key, s.spec, c.cls, c.decision, s.config))
+    apply.append(children.build_job(s.owner, c.key, s.spec, c.cls, c.decision,
+                                    config or s.config))
     c.state = EngineState.BUILDING
     c.message = f"building in Job {naming.build_job_name(c.key)}"
     again = " again" if record is not None else ""
     c.events.append(Event("Normal", "BuildStarted", (
-        f"{c.cls.name}: building{again} a {c.decision.backend} engine (ladder "
+        f"{c.cls.name}: building{again} a {c.what}{c.decision.backend} engine (ladder "
         f"{'>'.join(p.value for p in c.decision.ladder)}) in Job {naming.build_job_name(c.key)}"
     )))
 
@@ -366,14 +424,17 @@ def _build_event(c: _Class, result: EngineResult) -> Event:
             f"engine {sm.engine_key}" + (" (gated under qemu-user emulation)" if sm.emulated
                                          else ""))
         return Event("Normal", "BuildFinished",
-                     f"{c.cls.name}: {sm.backend} {sm.precision} {what}")
+                     f"{c.cls.name}: {c.what}{sm.backend} {sm.precision} {what}")
     return Event("Warning", "BuildFailed", f"{c.cls.name}: {result.message}"[:1000])
 
 
 def _serving_engine(s: Snapshot, c: _Class) -> None:
-    """Which engine the class serves: the new one once ready, else the previous one."""
+    """Which engine the class serves: the new one once ready, else its untuned one while it is
+    tuned, else the previous one."""
     summary = _ready_summary(c.result)
     key = c.key
+    if summary is None and _ready_summary(c.untuned) is not None:
+        summary, key = _ready_summary(c.untuned), c.untuned_key
     if summary is None:
         current = s.serving.get(c.cls.name)
         old_key = _template_build_key(current) if current else ""
@@ -564,5 +625,8 @@ def _engine_message(c: _Class, summary: BuildSummary | None) -> str:
         text = "; ".join(summary.notes)
         return text[:1000]
     if c.state is EngineState.BUILDING and c.serving_summary is not None:
-        return c.message + f"; serving the previous engine {c.serving_summary.engine_key} meanwhile"
+        which = ("untuned (spec.build.waitForTuning is false)"
+                 if c.serving_key == c.untuned_key else "previous")
+        return (c.message + f"; serving the {which} engine {c.serving_summary.engine_key} "
+                "meanwhile")[:1000]
     return c.message[:1000]

@@ -484,3 +484,90 @@ def test_reserving_room_takes_it_from_the_emptiest_node() -> None:
     assert reserved.replicas_that_fit(Resources(1000, 2**30, 0)) == (
         cls.replicas_that_fit(Resources(1000, 2**30, 0)) - 1)
     assert cls.with_reserved(Resources(10**6, 0, 0)) == cls  # fits nowhere: unchanged
+
+
+# --- TVM tuning never holds a rollout back (unless the spec asks) ---------------------------
+
+TUNING = CONFIG.model_copy(update={"build": CONFIG.build.model_copy(
+    update={"tuning_trials": 4, "tuning_seconds": 900.0})})
+TVM_ON_CPU = {"overrides": [{"class": CPU, "backend": "tvm"}]}
+
+
+def _job_of(r: Reconcile, cls: str) -> dict[str, Any]:
+    (job,) = [j for j in kinds(r, "Job") if j["metadata"]["labels"][naming.CLASS_LABEL] == cls]
+    return job
+
+
+def _trials(job: dict[str, Any]) -> str:
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return str(args[args.index("--tuning-trials") + 1])
+
+
+def test_a_tuned_class_serves_its_untuned_engine_while_the_tuned_one_builds() -> None:
+    s = snap(config=TUNING, spec=spec(classes=TVM_ON_CPU))
+    # 1. the untuned engine builds first, alone on the class
+    r1 = plan(s)
+    untuned_job = _job_of(r1, CPU)
+    untuned_key = untuned_job["metadata"]["labels"][naming.BUILD_KEY_LABEL]
+    tuned_key = by_class(r1)[CPU].engine.build_key
+    assert _trials(untuned_job) == "0" and untuned_key != tuned_key
+    assert untuned_key in r1.waiting_on and tuned_key not in r1.waiting_on
+    cpu = by_class(r1)[CPU]
+    assert cpu.engine.state is EngineState.BUILDING and "untuned" in cpu.engine.message
+    assert any("untuned tvm engine" in e.message for e in r1.events if e.reason == "BuildStarted")
+    assert _trials(_job_of(r1, GPU)) == "4"  # TensorRT: the key's budget, no interim build
+    # 2. untuned built: it serves, and the tuned build starts
+    running = BuildJobState(naming.build_job_name(untuned_key), OWNER.uid, True, None)
+    s2 = replace(s, jobs={untuned_key: running}, previous=r1.status,
+                 children=observed_world(r1, {}))
+    assert not [j for j in kinds(plan(s2), "Job")
+                if j["metadata"]["labels"][naming.CLASS_LABEL] == CPU]  # one build at a time
+    untuned = ok(CPU, engine="u" * 32)
+    s3 = replace(s2, jobs={untuned_key: replace(running, active=False, result=untuned)})
+    r3 = plan(s3)
+    assert _trials(_job_of(r3, CPU)) == "4"
+    assert any(m["kind"] == "ConfigMap" for m in r3.apply)  # the untuned engine's record
+    (deployment,) = [d for d in kinds(r3, "Deployment")
+                     if d["metadata"]["labels"][naming.CLASS_LABEL] == CPU]
+    assert "u" * 32 in deployment["spec"]["template"]["spec"]["containers"][0]["args"][2]
+    cpu = by_class(r3)[CPU]
+    assert cpu.engine.state is EngineState.BUILDING and tuned_key in r3.waiting_on
+    assert "serving the untuned" in cpu.engine.message and cpu.precision is not None
+    # 3. while tuning, the untuned engine is never built again; tuned built: it rolls out
+    s4 = replace(s3, records={untuned_key: untuned},
+                 jobs={tuned_key: BuildJobState(naming.build_job_name(tuned_key), OWNER.uid,
+                                                True, None)},
+                 children=observed_world(r3, dict(s3.children)), previous=r3.status)
+    r4 = plan(s4)
+    assert not kinds(r4, "Job") or all(
+        j["metadata"]["labels"][naming.CLASS_LABEL] != CPU for j in kinds(r4, "Job"))
+    sets, pods = _serving_state(s4, {CPU: 1})
+    s5 = replace(s4, serving=sets, pods=pods, jobs={},
+                 records={untuned_key: untuned, tuned_key: ok(CPU, engine="t" * 32)})
+    r5 = plan(s5)
+    (rolled,) = [d for d in kinds(r5, "Deployment")
+                 if d["metadata"]["labels"][naming.CLASS_LABEL] == CPU]
+    assert "t" * 32 in rolled["spec"]["template"]["spec"]["containers"][0]["args"][2]
+    assert "Rollout" in {e.reason for e in r5.events}
+    assert by_class(r5)[CPU].engine.state is EngineState.READY
+
+
+def test_wait_for_tuning_builds_only_the_tuned_engine_and_serves_nothing_new_meanwhile() -> None:
+    s = snap(config=TUNING, spec=spec(classes=TVM_ON_CPU, build={"waitForTuning": True}))
+    r = plan(s)
+    job = _job_of(r, CPU)
+    assert _trials(job) == "4"
+    assert job["metadata"]["labels"][naming.BUILD_KEY_LABEL] == by_class(r)[CPU].engine.build_key
+    # the untuned engine exists (another deployment built it): still not served
+    untuned_key = _job_of(plan(replace(s, spec=spec(classes=TVM_ON_CPU))), CPU)[
+        "metadata"]["labels"][naming.BUILD_KEY_LABEL]
+    r2 = plan(replace(s, records={untuned_key: ok(CPU, engine="u" * 32)}))
+    assert not [d for d in kinds(r2, "Deployment")
+                if d["metadata"]["labels"][naming.CLASS_LABEL] == CPU]
+
+
+def test_an_untuned_operator_builds_each_class_once() -> None:
+    r = plan(snap(spec=spec(classes=TVM_ON_CPU)))
+    job = _job_of(r, CPU)
+    assert _trials(job) == "0"
+    assert job["metadata"]["labels"][naming.BUILD_KEY_LABEL] == by_class(r)[CPU].engine.build_key

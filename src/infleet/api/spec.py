@@ -297,6 +297,15 @@ class Scaling(ApiModel):
     )
 
 
+class BuildOptions(ApiModel):
+    """How this deployment's engines are built."""
+
+    wait_for_tuning: bool = False
+    """Where the operator tunes TVM engines (its build.tuningTrials): false serves each class's
+    untuned engine (built first, in minutes) while the tuned one builds, then rolls the tuned
+    one out; true keeps the class's rollout waiting for the tuned engine."""
+
+
 NAME_MAX = 45
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 NAME_RULE = CelRule(
@@ -331,6 +340,8 @@ class InferenceDeploymentSpec(ApiModel):
     """Dynamic batching in the serving pods."""
     scaling: Annotated[Scaling, Field(json_schema_extra=_default_object())] = Scaling()
     """Autoscaling bounds."""
+    build: Annotated[BuildOptions, Field(json_schema_extra=_default_object())] = BuildOptions()
+    """How engines are built (TVM tuning)."""
     replicas: Annotated[int | None, Field(ge=0, le=10_000)] = None
     """Pins the total replica count (`kubectl scale` sets it); absent: the autoscaler decides."""
 

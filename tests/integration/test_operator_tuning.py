@@ -1,0 +1,90 @@
+"""TVM tuning under the operator, on the real-executor class with real builds: the rollout never
+waits for tuning. With the operator tuning TVM engines, a class whose backend is TVM builds its
+untuned engine first, serves it (verified by a test inference), builds the tuned engine after it
+and rolls it out in place of the untuned one. (spec.build.waitForTuning, which keeps the rollout
+waiting instead, is a planner decision: tests/unit/test_operator_planner.py.)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.cluster import Kube, wait_until
+from support.operator import (
+    DEV_CONFIG,
+    apply_deployment,
+    condition,
+    deployment,
+    describe,
+    events_of,
+    local_class,
+    put_model,
+    running_operator,
+    status_of,
+    wait_available,
+)
+from test_operator import cnn_spec
+
+from infleet.runtime.server.samples import small_cnn
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_a_tuned_class_serves_its_untuned_engine_until_the_tuned_one_rolls_out(
+    kube: Kube, namespace: str, store: dict[str, Path], tmp_path: Path
+) -> None:
+    x86 = local_class(kube)
+    raw = yaml.safe_load(DEV_CONFIG.read_text())
+    raw["reconcileIntervalSeconds"] = 3
+    raw["build"].update(tuningTrials=2, tuningSeconds=600)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    sha = put_model(store["models"], "cnn.onnx", small_cnn)
+    spec = cnn_spec(sha, None, classes={"allow": [x86], "overrides": [
+        {"class": x86, "backend": "tvm"}]}, batching={"maxBatchSize": 2, "maxQueueDelayMs": 2},
+        scaling={"minReplicas": 1, "maxReplicas": 1})
+
+    def engine_of(status: dict[str, Any]) -> dict[str, Any]:
+        engine: dict[str, Any] = next(c for c in status["classes"] if c["name"] == x86)["engine"]
+        return engine
+
+    with running_operator(kube, tmp_path / "operator", "-n", namespace, config=config):
+        started = time.monotonic()
+        apply_deployment(kube, deployment("tuned", namespace, spec))
+        # Available on the untuned engine while the tuned one builds (minutes: MetaSchedule
+        # measures every trial; a pod starts and answers in seconds).
+        first = wait_available(kube, namespace, "tuned", timeout=600)
+        untuned_s = time.monotonic() - started
+        engine = engine_of(first)
+        assert engine["state"] == "Building", describe(kube, namespace, "tuned")
+        assert "serving the untuned" in engine["message"], engine["message"]
+        assert condition(first, "EnginesReady")["reason"] == "Building"
+
+        def rolled_out() -> dict[str, Any] | None:
+            s = status_of(kube, namespace, "tuned")
+            done = (s.get("classes") and engine_of(s)["state"] != "Building"
+                    and condition(s, "Available").get("status") == "True"
+                    and next(c for c in s["classes"] if c["name"] == x86)["verified"])
+            return s if done else None
+
+        final = wait_until(rolled_out, 1200, "the tuned engine to roll out",
+                           lambda: describe(kube, namespace, "tuned"))
+        tuned = engine_of(final)
+        print(f"\nAvailable on the untuned engine {untuned_s:.0f} s after apply, the tuned "
+              f"engine rolled out and verified {time.monotonic() - started:.0f} s after apply")
+        assert tuned["state"] == "Ready", describe(kube, namespace, "tuned")
+        assert "tuned with MetaSchedule" in tuned["message"], tuned["message"]
+        events = events_of(kube, namespace, "tuned")
+        finished = [m for _, r, m in events if r == "BuildFinished"]
+        assert any("untuned tvm" in m for m in finished), finished
+        assert any(f"tuned tvm fp32 engine {tuned['key']}" in m for m in finished), finished
+        rollouts = [m for _, r, m in events if r == "Rollout"]
+        assert any(tuned["key"] in m for m in rollouts), events
+        # Exactly two builds: the untuned one and the tuned one, each under its own key.
+        started = [m for _, r, m in events if r == "BuildStarted"]
+        assert len(started) == 2, started
+        assert sorted("untuned tvm" in m for m in started) == [False, True], started
