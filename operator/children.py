@@ -44,6 +44,9 @@ an s3:// model fetch reads (``infleet.runtime.s3store.ENV_PREFIX``)."""
 PVC_ROOT = "/mnt/pvc"
 TERMINATION_LOG = "/dev/termination-log"
 HTTP_PORT = 8080
+DRAIN_TIMEOUT_S = 30.0
+"""Longest a stopping serving pod waits for the requests it admitted (`infleet serve`'s
+--drain-timeout-s)."""
 RUNTIME_UID = 65532
 
 
@@ -339,6 +342,11 @@ def serving_deployment(
         # the rest at once, instead of a backlog that makes every answer late (the
         # autoscaler reads the refusals as a breach)
         "--max-queue-wait-ms", f"{queue_wait_budget_ms(spec.slo.latency_p99_ms):g}",
+        # Served on, not ready, for a moment after SIGTERM: the gateway still routes to a
+        # deleted pod until its endpoints catch up (without it, every rollout of a one-class
+        # deployment answered some requests 502)
+        "--shutdown-delay-s", f"{config.shutdown_delay_seconds:g}",
+        "--drain-timeout-s", f"{DRAIN_TIMEOUT_S:g}",
     ]
     if replica.gpus:
         args += ["--device", "gpu", "--batch-concurrency", "2"]
@@ -382,7 +390,9 @@ def serving_deployment(
     pod_spec: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 40,  # the server drains for up to 30 s
+        # the delay, the drain, and room for the engine to close before SIGKILL
+        "terminationGracePeriodSeconds": math.ceil(config.shutdown_delay_seconds
+                                                   + DRAIN_TIMEOUT_S) + 10,
         "securityContext": _pod_security(),
         **_scheduling(cls),
         **({"initContainers": [_pull_engine(config, backend, engine_key, requests)]}

@@ -157,7 +157,7 @@ class _Class:
     """Build key of the untuned engine a tuned class serves while its tuned engine builds."""
     untuned: EngineResult | None = None
     waiting: str = ""
-    """Build key of the Job the class waits for, when not ``key`` (its untuned build)."""
+    """Build key of another Job the class waits for (its untuned engine's)."""
     what: str = ""
     """"tuned " or "untuned " in Events, where the class's engine is tuned."""
     profile: ClassProfile | None = None
@@ -278,8 +278,8 @@ def plan(s: Snapshot) -> Reconcile:
         status=new_status,
         events=tuple(events),
         probes=tuple(_probe_targets(s, work)),
-        waiting_on=tuple(sorted(c.waiting or c.key for c in work
-                                if c.state is EngineState.BUILDING)),
+        waiting_on=tuple(sorted({c.key for c in work if c.state is EngineState.BUILDING}
+                                | {c.waiting for c in work if c.waiting})),
         scale=scale,
     )
 
@@ -320,27 +320,29 @@ def _autoscale(s: Snapshot, work: list[_Class], rooms: Mapping[str, int]
 def _untuned_first(s: Snapshot, c: _Class, apply: list[Manifest], delete: list[ObjectRef]
                    ) -> None:
     """A tuned class's rollout does not wait for tuning (tens of minutes; unless
-    spec.build.waitForTuning): its untuned engine builds first, in its own Job and under its
-    own key, and serves until the tuned engine is ready; the tuned build starts once the
-    untuned one is done, so the two never share the class's CPUs."""
-    config = _untuned(s.config)
+    spec.build.waitForTuning): its untuned engine builds in a Job and under a key of its own
+    and serves until the tuned engine is ready. This deployment starts the tuned build once
+    the untuned one is done, so the two do not share the class's CPUs; a tuned build already
+    under way (another deployment's) is joined, with the untuned one built beside it."""
     assert c.decision.backend is not None
+    c.what = "tuned "
+    tuned = s.records.get(c.key)
+    if tuned is not None and tuned.outcome is Outcome.SUCCEEDED:
+        _engine(s, c, apply, delete)
+        return
+    config = _untuned(s.config)
     interim = _Class(c.cls, c.decision, what="untuned ")
     interim.key = c.untuned_key = engines.build_key(
         s.spec, backend=c.decision.backend, ladder=c.decision.ladder,
         hardware_fingerprint=c.cls.fingerprint, settings=_settings(config, c.decision.backend))
-    c.what = "tuned "
-    tuned_started = c.key in s.records or c.key in s.jobs
-    if tuned_started:
-        record = s.records.get(c.untuned_key)  # served meanwhile, never built again
-        if record is not None and not _over_budget(s.spec, record):
-            c.untuned = record
-    else:
-        _engine(s, interim, apply, delete, config)
-        c.events += interim.events
+    _engine(s, interim, apply, delete, config)
+    c.events += interim.events
+    if interim.state is EngineState.READY:
         c.untuned = interim.result
-        if interim.state is EngineState.BUILDING:
-            c.state, c.waiting = EngineState.BUILDING, interim.key
+    if interim.state is EngineState.BUILDING:
+        c.waiting = interim.key
+        if c.key not in s.jobs:
+            c.state = EngineState.BUILDING
             c.message = (interim.message + ": the untuned engine, served while the tuned one "
                          "builds after it")
             return
@@ -497,6 +499,19 @@ def _ready_pods(s: Snapshot, c: _Class) -> list[ServingPod]:
             and p.ip and p.engine_key == key]
 
 
+def _verified_pods(s: Snapshot, c: _Class) -> list[ServingPod]:
+    """Ready pods of the engine the class's last test inference passed on: the serving
+    engine's once it passed, the previous engine's while a rollout replaces it (so a class
+    that rolls keeps its traffic until the new engine has answered; counting only the new
+    engine's pods left a one-class deployment with every weight 0, which a gateway answers
+    with 500s)."""
+    probe = s.probes.get(c.cls.name)
+    if probe is None or not probe.ok:
+        return []
+    return [p for p in s.pods if p.node_class == c.cls.name and p.ready and not p.deleting
+            and p.ip and p.engine_key == probe.engine_key]
+
+
 def _weights(s: Snapshot, work: list[_Class]) -> None:
     caps = []
     for c in work:
@@ -504,8 +519,7 @@ def _weights(s: Snapshot, work: list[_Class]) -> None:
         sm = c.serving_summary
         c.verified = bool(probe and probe.ok and sm and probe.engine_key == sm.engine_key)
         real = sm is not None and not sm.simulated
-        caps.append(len(_ready_pods(s, c)) * _capacity(c) * c.correction
-                    if real and c.verified else 0.0)
+        caps.append(len(_verified_pods(s, c)) * _capacity(c) * c.correction if real else 0.0)
     for c, w in zip(work, traffic_weights(caps), strict=True):
         c.weight = w
 

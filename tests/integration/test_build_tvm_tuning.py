@@ -92,13 +92,7 @@ def test_a_build_killed_mid_tuning_leaves_no_process(cnn: Path, tmp_path: Path) 
     log = tmp_path / "build.log"
     proc = toolbox.spawn(build_command(*args), log)
     try:
-        tuner = toolbox.wait_until(
-            lambda: _tuner_pid(proc.pid), 300, "the tuner child to start", interval=0.5
-        )
-        toolbox.wait_until(
-            lambda: len(toolbox.descendants(tuner)) > 0, 300, "MetaSchedule's workers",
-            interval=0.5,
-        )
+        _tuning(proc.pid)
         family = [proc.pid, *toolbox.descendants(proc.pid)]
         toolbox.signal_group(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -121,13 +115,7 @@ def test_the_tuner_dies_with_a_build_killed_alone(cnn: Path, tmp_path: Path) -> 
         start_new_session=True,
     )
     try:
-        tuner = toolbox.wait_until(
-            lambda: _tuner_pid(proc.pid), 300, "the tuner child to start", interval=0.5
-        )
-        toolbox.wait_until(
-            lambda: len(toolbox.descendants(tuner)) > 0, 300, "MetaSchedule's workers",
-            interval=0.5,
-        )
+        tuner = _tuning(proc.pid)
         family = [tuner, *toolbox.descendants(tuner)]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -138,6 +126,17 @@ def test_the_tuner_dies_with_a_build_killed_alone(cnn: Path, tmp_path: Path) -> 
         )
     finally:
         toolbox.signal_group(proc.pid, signal.SIGKILL)
+
+
+def _tuning(build_pid: int) -> int:
+    """Wait until the build's tuner child and its MetaSchedule workers run; the tuner's pid."""
+    tuner: int = toolbox.wait_until(
+        lambda: _tuner_pid(build_pid), 300, "the tuner child to start", interval=0.5
+    )
+    toolbox.wait_until(
+        lambda: len(toolbox.descendants(tuner)) > 0, 300, "MetaSchedule's workers", interval=0.5
+    )
+    return tuner
 
 
 def _tuner_pid(build_pid: int) -> int | None:

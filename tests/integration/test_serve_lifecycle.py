@@ -157,6 +157,31 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(slow_dir, tmp_path) -
         server.stop()
 
 
+def test_with_a_shutdown_delay_sigterm_serves_on_not_ready_then_drains(slow_dir, tmp_path
+                                                                       ) -> None:
+    # What a pod being deleted needs: the gateway routes to it until the endpoints catch up.
+    server = ServerProcess(
+        ["--engine-dir", str(slow_dir), "--shutdown-delay-s", "2"], tmp_path / "serve.log"
+    )
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            server.sigterm()
+            deadline = time.monotonic() + 10
+            while c.get("/v2/health/ready").status_code != 503:
+                assert time.monotonic() < deadline, "readiness never turned false"
+                time.sleep(0.01)
+            during = c.post("/v2/models/slow/infer", json=_body(3.0))
+            assert during.status_code == 200, during.text  # not ready, still served
+            assert during.json()["outputs"][0]["data"][0] == 3.0
+            assert server.proc.poll() is None
+        assert server.proc.wait(30) == 0, server.log()
+        log = server.log()
+        assert "serving 2 s more" in log and "shutdown delay over" in log and "drained" in log
+    finally:
+        server.stop()
+
+
 def test_an_engine_that_fails_to_load_exits_1_with_the_reason(tmp_path) -> None:
     manifest = samples.identity_engine(tmp_path / "broken", "FP32")
     (manifest.parent / "model.onnx").write_bytes(b"this is not an ONNX model")

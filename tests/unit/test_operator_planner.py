@@ -511,7 +511,7 @@ def test_a_tuned_class_serves_its_untuned_engine_while_the_tuned_one_builds() ->
     untuned_key = untuned_job["metadata"]["labels"][naming.BUILD_KEY_LABEL]
     tuned_key = by_class(r1)[CPU].engine.build_key
     assert _trials(untuned_job) == "0" and untuned_key != tuned_key
-    assert untuned_key in r1.waiting_on and tuned_key not in r1.waiting_on
+    assert untuned_key in r1.waiting_on
     cpu = by_class(r1)[CPU]
     assert cpu.engine.state is EngineState.BUILDING and "untuned" in cpu.engine.message
     assert any("untuned tvm engine" in e.message for e in r1.events if e.reason == "BuildStarted")
@@ -543,13 +543,53 @@ def test_a_tuned_class_serves_its_untuned_engine_while_the_tuned_one_builds() ->
         j["metadata"]["labels"][naming.CLASS_LABEL] != CPU for j in kinds(r4, "Job"))
     sets, pods = _serving_state(s4, {CPU: 1})
     s5 = replace(s4, serving=sets, pods=pods, jobs={},
-                 records={untuned_key: untuned, tuned_key: ok(CPU, engine="t" * 32)})
+                 records={untuned_key: untuned, tuned_key: ok(CPU, engine="t" * 32)},
+                 probes={CPU: ProbeResult(True, "u" * 32, "ok", NOW)})
     r5 = plan(s5)
     (rolled,) = [d for d in kinds(r5, "Deployment")
                  if d["metadata"]["labels"][naming.CLASS_LABEL] == CPU]
     assert "t" * 32 in rolled["spec"]["template"]["spec"]["containers"][0]["args"][2]
     assert "Rollout" in {e.reason for e in r5.events}
     assert by_class(r5)[CPU].engine.state is EngineState.READY
+    # while it rolls, the untuned engine's verified pods keep the class's traffic
+    assert not by_class(r5)[CPU].verified and by_class(r5)[CPU].weight == 100
+
+
+def test_a_rolling_class_keeps_its_traffic_until_the_new_engine_answers() -> None:
+    keys = keys_of(plan(snap()))
+    s, _ = converge(snap(records=served(keys)))
+    sets, pods = _serving_state(s, {CPU: 2, SIM: 1})
+    verified = {CPU: ProbeResult(True, "e" * 32, "ok", NOW)}
+    s = replace(s, serving=sets, pods=pods, probes=verified)
+    assert by_class(plan(s))[CPU].weight == 100
+    # a new engine arrives (a changed budget): the old pods serve until the new one answers
+    new_spec = spec(accuracy={"metric": "cosine", "maxDeviation": 0.01})
+    new_key = keys_of(plan(replace(s, spec=new_spec)))[CPU]
+    rolling = replace(s, spec=new_spec, generation=2,
+                      records={**s.records, new_key: ok(CPU, engine="f" * 32)})
+    r = plan(rolling)
+    assert by_class(r)[CPU].weight == 100 and not by_class(r)[CPU].verified
+    # its first pod is Ready and answered: from then on the new engine's pods carry it
+    new_pod = ServingPod("cpu-new", CPU, "127.0.0.9", True, "f" * 32, False)
+    r = plan(replace(rolling, pods=(*pods, new_pod),
+                     probes={CPU: ProbeResult(True, "f" * 32, "ok", NOW)}))
+    assert by_class(r)[CPU].verified and by_class(r)[CPU].weight == 100
+    # a failed test inference on the new engine takes the class out of the route
+    r = plan(replace(rolling, pods=(*pods, new_pod),
+                     probes={CPU: ProbeResult(False, "f" * 32, "HTTP 500", NOW)}))
+    assert by_class(r)[CPU].weight == 0
+
+
+def test_a_tuned_build_of_another_deployment_is_joined_with_the_untuned_engine_beside_it(
+) -> None:
+    s = snap(config=TUNING, spec=spec(classes=TVM_ON_CPU))
+    tuned_key = by_class(plan(s))[CPU].engine.build_key
+    theirs = BuildJobState(naming.build_job_name(tuned_key), "uid-other", True, None)
+    r = plan(replace(s, jobs={tuned_key: theirs}))
+    job = _job_of(r, CPU)  # the untuned engine's: this deployment does not wait for tuning
+    assert _trials(job) == "0"
+    assert {job["metadata"]["labels"][naming.BUILD_KEY_LABEL], tuned_key} <= set(r.waiting_on)
+    assert "shared with another deployment" in by_class(r)[CPU].engine.message
 
 
 def test_wait_for_tuning_builds_only_the_tuned_engine_and_serves_nothing_new_meanwhile() -> None:

@@ -57,6 +57,32 @@ def test_ready_only_after_warm_up_and_false_while_draining(tmp_path) -> None:
     plane.close()
 
 
+def test_a_shutdown_turns_readiness_false_and_serves_on_until_the_drain(tmp_path) -> None:
+    manifest = load(samples.identity_engine(tmp_path, "INT32"))
+    engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
+    plane = DataPlane()
+    model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=4))
+    x = Tensor("x", "INT32", np.arange(6, dtype=np.int32).reshape(2, 3))
+
+    async def main() -> None:
+        await plane.warm_up(model)
+        plane.begin_shutdown()
+        assert not plane.ready() and not plane.model_ready("m")
+        assert plane.metrics.ready._value.get() == 0
+        assert not plane.draining  # connections are kept: answers go out as before
+        plane.admit()  # still let in (the gateway may not have dropped this pod yet)
+        response = await plane.infer("m", None, InferRequest((x,)))
+        plane.release()
+        np.testing.assert_array_equal(response.outputs[0].array, x.array)
+        plane.begin_drain()
+        assert plane.draining and not plane.ready()
+        with pytest.raises(NotReady, match="shutting down"):
+            plane.admit()
+
+    asyncio.run(main())
+    plane.close()
+
+
 def test_drain_refuses_new_requests_and_waits_for_those_admitted_before_it(tmp_path) -> None:
     manifest = load(samples.identity_engine(tmp_path, "INT32"))
     engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))

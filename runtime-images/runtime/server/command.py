@@ -2,7 +2,8 @@
 
 The process starts listening at once (liveness answers while a large engine loads), loads
 each engine in a worker thread, runs one warm-up batch through its batcher, and only then
-turns ready. SIGTERM (or Ctrl-C) starts a drain: readiness turns false, new inference
+turns ready. SIGTERM (or Ctrl-C) turns readiness false; after ``--shutdown-delay-s`` (requests
+still served meanwhile, while load balancers drop the server) the drain begins: new inference
 requests get 503 with ``Connection: close``, requests already in flight finish, then the
 process exits 0. A second Ctrl-C exits at once.
 
@@ -162,6 +163,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="longest SIGTERM waits for in-flight requests (default: 30)",
     )
+    parser.add_argument(
+        "--shutdown-delay-s",
+        type=float,
+        default=0.0,
+        help="after SIGTERM, seconds to keep serving (not ready) before the drain refuses new "
+        "requests: how long the load balancer takes to drop this server (default: 0; the "
+        "operator sets its own)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +188,7 @@ class ServeConfig:
     batch_size_given: bool
     engine: EngineOptions
     drain_timeout_s: float
+    shutdown_delay_s: float = 0.0
     keep_alive_s: float = 5.0
     read_timeout_s: float = 30.0
     workers: int = 1
@@ -223,6 +233,9 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
         problem = check_metrics_dir(args.metrics_dir)
         if problem:
             raise ConfigError(f"--metrics-dir: {problem}")
+    if not 0 <= args.shutdown_delay_s <= 600 or args.drain_timeout_s < 0:
+        raise ConfigError("--shutdown-delay-s must lie in 0..600 and --drain-timeout-s must "
+                          "not be negative")
     if args.keep_alive_s <= 0 or args.read_timeout_s <= 0:
         raise ConfigError("--keep-alive-s and --read-timeout-s must be positive")
     if args.max_buffer_mb < args.max_body_mb:
@@ -245,6 +258,7 @@ def parse_config(args: argparse.Namespace) -> ServeConfig:
             spin=args.spin,
         ),
         drain_timeout_s=args.drain_timeout_s,
+        shutdown_delay_s=args.shutdown_delay_s,
         keep_alive_s=args.keep_alive_s,
         read_timeout_s=args.read_timeout_s,
         workers=args.workers,

@@ -105,6 +105,8 @@ class DataPlane:
         self._expected = frozenset(expected)
         self._models: dict[str, ServedModel] = {}
         self._draining = False
+        self._stopping = False
+        """Not ready (stopping), still admitting: see :meth:`begin_shutdown`."""
         self._in_flight = 0
         # moved with _in_flight in admit/release: a callback read at scrape time cannot work
         # with --workers N, where each worker's value must be in its own metrics file
@@ -168,7 +170,7 @@ class DataPlane:
             }
             await model.batcher.submit(feed)
         model.ready = True
-        if self.peers is not None and not self._draining:
+        if self.peers is not None and not self._stopping:
             self.peers.set_model(model.index, True)
         # this worker's own readiness: with --workers N the gauge's merge is the minimum
         self.metrics.ready.set(1 if self._ready_here() else 0)
@@ -184,7 +186,7 @@ class DataPlane:
 
     def _ready_here(self) -> bool:
         return (
-            not self._draining
+            not self._stopping
             and bool(self._models)
             and self._expected <= self._models.keys()
             and all(m.ready for m in self._models.values())
@@ -194,7 +196,7 @@ class DataPlane:
         model = self.get_model(name, version)
         return (
             model.ready
-            and not self._draining
+            and not self._stopping
             and (self.peers is None or self.peers.model_ready(model.index))
         )
 
@@ -267,12 +269,21 @@ class DataPlane:
     def draining(self) -> bool:
         return self._draining
 
-    def begin_drain(self) -> None:
-        """Readiness turns false and new inference requests are refused from now on."""
-        self._draining = True
+    def begin_shutdown(self) -> None:
+        """Readiness turns false; requests are still admitted and served as before. A pod
+        being deleted stays in the gateway's (and kube-proxy's) endpoints for a moment after
+        its SIGTERM: refusing at once would answer those requests 503, or, once the process
+        has exited, leave the gateway a dead address to answer 502 with. The drain
+        (:meth:`begin_drain`) comes after the shutdown delay."""
+        self._stopping = True
         if self.peers is not None:
             self.peers.clear()
         self.metrics.ready.set(0)
+
+    def begin_drain(self) -> None:
+        """Readiness turns false and new inference requests are refused from now on."""
+        self.begin_shutdown()
+        self._draining = True
 
     async def wait_drained(self, timeout_s: float) -> bool:
         """Wait until no inference request is in flight; False when the timeout ran out."""

@@ -139,6 +139,10 @@ async def _main(
             stop.set()
 
     async def drain() -> None:
+        if config.shutdown_delay_s > 0:
+            await asyncio.sleep(config.shutdown_delay_s)
+            log.info("shutdown delay over: draining (new requests get 503)")
+            dataplane.begin_drain()
         if await dataplane.wait_drained(config.drain_timeout_s):
             log.info("drained; exiting")
         else:
@@ -146,12 +150,18 @@ async def _main(
         stop.set()
 
     def on_signal(sig: int) -> None:
-        # The first signal drains: readiness false, new inference requests 503 (and every
-        # answer closes its connection), in-flight requests finish. A second Ctrl-C exits.
+        # The first signal drains: readiness false, then after the shutdown delay (requests
+        # still served meanwhile) new inference requests 503 (and every answer closes its
+        # connection), in-flight requests finish. A second Ctrl-C exits.
         signals.append(sig)
         if len(signals) == 1:
-            log.info("signal %d: draining (not ready; new requests get 503)", sig)
-            dataplane.begin_drain()
+            if config.shutdown_delay_s > 0:
+                log.info("signal %d: not ready; serving %g s more while endpoints forget this "
+                         "server, then draining", sig, config.shutdown_delay_s)
+                dataplane.begin_shutdown()
+            else:
+                log.info("signal %d: draining (not ready; new requests get 503)", sig)
+                dataplane.begin_drain()
             tasks.append(loop.create_task(drain()))
         elif sig == signal.SIGINT:
             log.warning("second interrupt: exiting without waiting")

@@ -186,6 +186,11 @@ class OperatorConfig(_Config):
     instead of crowding the API client until its requests time out."""
     probe_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     """How often a verified class is sent a test inference again."""
+    shutdown_delay_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    """How long a serving pod that is stopping (a rollout, a scale-down) keeps answering,
+    not ready, before it refuses new requests: the time the gateway and kube-proxy take to
+    drop a deleted pod's address. Too short, and requests routed to it meanwhile fail
+    (503, or 502 once it has exited); a cloud load balancer in front may need 15-30."""
 
     @model_validator(mode="after")
     def _store_settings(self) -> OperatorConfig:
