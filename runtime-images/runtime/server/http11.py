@@ -428,6 +428,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _respond(self, request: _Request, reply: Reply) -> None:
         close = request.close or self.server.draining or (self.stopped and not self.waiting)
+        # Counted before the answer's bytes leave: a client that has its answer and then
+        # scrapes /metrics finds it there (counted after the write, a scrape from another
+        # process could land in between; CI caught 199 of 200).
+        self._finish(request, request.outcome)
         if not self.closed:
             status, content_type, headers, body = reply
             head = response_head(status, content_type, headers, len(body), self.server.date, close)
@@ -437,7 +441,6 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.write(head + body)
             else:
                 self.transport.writelines((head, body))
-        self._finish(request, request.outcome)
         self.active = None
         if close:
             self.waiting.clear()  # pipelined after a closing answer: never answered
