@@ -96,11 +96,7 @@ def test_a_build_killed_mid_tuning_leaves_no_process(cnn: Path, tmp_path: Path) 
         family = [proc.pid, *toolbox.descendants(proc.pid)]
         toolbox.signal_group(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
-        toolbox.wait_until(
-            lambda: not [p for p in family if toolbox.alive(p)], 30,
-            "every process of the build to exit",
-            explain=lambda: _ps([p for p in family if toolbox.alive(p)]),
-        )
+        _wait_gone(family, "every process of the build to exit")
     finally:
         toolbox.stop_groups([proc.pid], 5, {proc.pid: proc})
 
@@ -119,13 +115,16 @@ def test_the_tuner_dies_with_a_build_killed_alone(cnn: Path, tmp_path: Path) -> 
         family = [tuner, *toolbox.descendants(tuner)]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        toolbox.wait_until(
-            lambda: not [p for p in family if toolbox.alive(p)], 30,
-            "the tuner and its workers to exit",
-            explain=lambda: _ps([p for p in family if toolbox.alive(p)]),
-        )
+        _wait_gone(family, "the tuner and its workers to exit")
     finally:
         toolbox.signal_group(proc.pid, signal.SIGKILL)
+
+
+def _wait_gone(pids: list[int], what: str) -> None:
+    toolbox.wait_until(
+        lambda: not [p for p in pids if toolbox.alive(p)], 30, what,
+        explain=lambda: _ps([p for p in pids if toolbox.alive(p)]),
+    )
 
 
 def _tuning(build_pid: int) -> int:

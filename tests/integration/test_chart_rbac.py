@@ -28,7 +28,6 @@ from support.chart import (
 )
 from support.cluster import Kube, wait_until
 from support.operator import (
-    DEV_CONFIG,
     Operator,
     apply_deployment,
     claim,
@@ -36,6 +35,7 @@ from support.operator import (
     describe,
     local_class,
     put_model,
+    short_interval_config,
     status_of,
 )
 
@@ -61,9 +61,7 @@ class Installed:
 def chart_config(namespace: str) -> dict[str, Any]:
     """The dev cluster's operator configuration, as chart values (nominal images: the local
     executor runs `infleet` from the venv), with a short drift interval."""
-    config: dict[str, Any] = yaml.safe_load(DEV_CONFIG.read_text())
-    config["reconcileIntervalSeconds"] = 3
-    return config
+    return short_interval_config()
 
 
 @pytest.fixture

@@ -23,12 +23,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import yaml
 from serve_harness import binary_body, decode_response, json_input
 from support.arm64 import prepare_arm64_root
 from support.cluster import Kube, fresh_namespace, wait_until
 from support.operator import (
-    DEV_CONFIG,
     Operator,
     apply_deployment,
     claims,
@@ -38,8 +36,10 @@ from support.operator import (
     local_class,
     put_model,
     running_operator,
+    short_interval_config,
     status_of,
     wait_available,
+    write_config,
 )
 from test_operator import cnn_spec, reference_logits
 
@@ -80,12 +80,10 @@ def operator(kube: Kube, ns: str, store: dict[str, Path], classes: dict[str, str
     # The dev configuration, with the emulated class priced below the x86 one, so that the
     # mixed test's plan takes one replica of each (at the dev prices two x86 replicas, which
     # cover any target the emulated class could share, are cheapest).
-    raw = yaml.safe_load(DEV_CONFIG.read_text())
-    raw["reconcileIntervalSeconds"] = 3
+    raw = short_interval_config()
     raw["classes"][classes["arm64"]] = {"costPerHour": 0.005}
     work = tmp_path_factory.mktemp("arm64-operator")
-    config = work / "config.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(work, raw)
     with running_operator(kube, work / "operator", "-n", ns, config=config) as op:
         yield op
 

@@ -16,11 +16,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import yaml
 from serve_harness import binary_body, decode_response
 from support.cluster import Kube, wait_until
 from support.operator import (
-    DEV_CONFIG,
     apply_deployment,
     condition,
     deployment,
@@ -29,8 +27,10 @@ from support.operator import (
     local_class,
     put_model,
     running_operator,
+    short_interval_config,
     status_of,
     wait_available,
+    write_config,
 )
 from test_operator import cnn_spec, reference_logits
 
@@ -43,11 +43,9 @@ def test_a_tuned_class_serves_its_untuned_engine_until_the_tuned_one_rolls_out(
     kube: Kube, namespace: str, store: dict[str, Path], tmp_path: Path, gateway_url: str
 ) -> None:
     x86 = local_class(kube)
-    raw = yaml.safe_load(DEV_CONFIG.read_text())
-    raw["reconcileIntervalSeconds"] = 3
+    raw = short_interval_config()
     raw["build"].update(tuningTrials=2, tuningSeconds=600)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(tmp_path, raw)
     sha = put_model(store["models"], "cnn.onnx", small_cnn)
     spec = cnn_spec(sha, None, classes={"allow": [x86], "overrides": [
         {"class": x86, "backend": "tvm"}]}, batching={"maxBatchSize": 2, "maxQueueDelayMs": 2},

@@ -295,12 +295,20 @@ def store(kube: Kube, crd: Path, namespace: str) -> dict[str, Path]:
     return claims(kube, namespace)
 
 
-@pytest.fixture(scope="session")
-def op_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def short_interval_config() -> dict[str, Any]:
     """The dev cluster's operator configuration, with a short drift interval: tests count
     reconciles, and the shorter interval gets them sooner."""
-    raw = yaml.safe_load(DEV_CONFIG.read_text())
+    raw: dict[str, Any] = yaml.safe_load(DEV_CONFIG.read_text())
     raw["reconcileIntervalSeconds"] = 3
-    path = tmp_path_factory.mktemp("operator-config") / "config.yaml"
+    return raw
+
+
+def write_config(folder: Path, raw: dict[str, Any]) -> Path:
+    path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture(scope="session")
+def op_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_config(tmp_path_factory.mktemp("operator-config"), short_interval_config())

@@ -12,7 +12,7 @@ from infleet.runtime.manifest import EngineManifest, TensorSpec
 from infleet.runtime.server import samples
 from infleet.runtime.server.app import status_of
 from infleet.runtime.server.batcher import BatchPolicy
-from infleet.runtime.server.dataplane import DataPlane
+from infleet.runtime.server.dataplane import DataPlane, ServedModel
 from infleet.runtime.server.engines import EngineOptions, load_engine
 from infleet.runtime.server.errors import (
     BackendUnavailable,
@@ -33,13 +33,18 @@ def load(path) -> EngineManifest:
     return EngineManifest.model_validate_json(path.read_text())
 
 
-def test_ready_only_after_warm_up_and_false_while_draining(tmp_path) -> None:
-    manifest_path = samples.identity_engine(tmp_path, "INT32")
-    manifest = load(manifest_path)
+def _identity_plane(tmp_path) -> tuple[DataPlane, ServedModel, Tensor]:
+    """A data plane serving model "m" (an INT32 identity engine, batches of up to 4, not
+    warmed yet) and a two-row input for it."""
+    manifest = load(samples.identity_engine(tmp_path, "INT32"))
     engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
     plane = DataPlane()
     model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=4))
-    x = Tensor("x", "INT32", np.arange(6, dtype=np.int32).reshape(2, 3))
+    return plane, model, Tensor("x", "INT32", np.arange(6, dtype=np.int32).reshape(2, 3))
+
+
+def test_ready_only_after_warm_up_and_false_while_draining(tmp_path) -> None:
+    plane, model, x = _identity_plane(tmp_path)
 
     async def main() -> None:
         assert not plane.ready() and not plane.model_ready("m")
@@ -58,11 +63,7 @@ def test_ready_only_after_warm_up_and_false_while_draining(tmp_path) -> None:
 
 
 def test_a_shutdown_turns_readiness_false_and_serves_on_until_the_drain(tmp_path) -> None:
-    manifest = load(samples.identity_engine(tmp_path, "INT32"))
-    engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
-    plane = DataPlane()
-    model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=4))
-    x = Tensor("x", "INT32", np.arange(6, dtype=np.int32).reshape(2, 3))
+    plane, model, x = _identity_plane(tmp_path)
 
     async def main() -> None:
         await plane.warm_up(model)
@@ -84,11 +85,7 @@ def test_a_shutdown_turns_readiness_false_and_serves_on_until_the_drain(tmp_path
 
 
 def test_drain_refuses_new_requests_and_waits_for_those_admitted_before_it(tmp_path) -> None:
-    manifest = load(samples.identity_engine(tmp_path, "INT32"))
-    engine = load_engine(manifest, tmp_path, EngineOptions(threads=1))
-    plane = DataPlane()
-    model = plane.add_model("m", "1", manifest, engine, BatchPolicy(max_batch_size=4))
-    x = Tensor("x", "INT32", np.arange(6, dtype=np.int32).reshape(2, 3))
+    plane, model, x = _identity_plane(tmp_path)
 
     async def main() -> None:
         await plane.warm_up(model)
