@@ -77,11 +77,24 @@ class _Rule:
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         from tvm.s_tir.dlight import ScheduleRule
 
-        body = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
+        body: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__[:-1]):  # this class's shared apply, then the rule's
+            body.update({k: v for k, v in vars(klass).items() if not k.startswith("__")})
         rule = type(cls.__name__, (ScheduleRule,), body)
         return rule()
 
-    def apply(self, func: Any, target: Any, tunable: bool) -> Any:  # pragma: no cover
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        """dlight's entry: a schedule of ``func`` when the rule takes it, else None."""
+        from tvm import s_tir, tirx
+
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        return sch if self.schedule(sch, target) else None
+
+    def schedule(self, sch: Any, target: Any) -> bool:  # pragma: no cover
+        """Schedules ``sch`` in place; False (and ``sch`` untouched) when the rule does not
+        apply."""
         raise NotImplementedError
 
 
@@ -116,17 +129,7 @@ class Contraction(_Rule):
                 best = (nv, ri)
         return best
 
-    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
-        from tvm import s_tir, tirx
-
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
-        return sch if self.schedule(sch, target) else None
-
     def schedule(self, sch: Any, target: Any) -> bool:
-        """Schedules ``sch`` in place; False (and ``sch`` untouched) when the rule does not
-        apply."""
         from tvm import tirx
         from tvm.s_tir.dlight.analysis import normalize_prim_func
 
@@ -221,14 +224,6 @@ class Injective(_Rule):
     """Functions without a reduction: every block inlined where it can be, what remains
     parallel over its outer loops and vectorized along the innermost one."""
 
-    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
-        from tvm import s_tir, tirx
-
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
-        return sch if self.schedule(sch, target) else None
-
     def schedule(self, sch: Any, target: Any) -> bool:
         from tvm.s_tir.dlight.analysis import normalize_prim_func
         from tvm.s_tir.dlight.base import try_inline
@@ -248,14 +243,11 @@ class Fallback(_Rule):
     root block's leading spatial loops fused and run in parallel, so no function is left as
     TVM's single-threaded loop nest."""
 
-    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
-        from tvm import s_tir, tirx
+    def schedule(self, sch: Any, target: Any) -> bool:
+        from tvm import tirx
 
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
         if not _has_root(sch):
-            return None
+            return False
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             iters = sch.get(block).iter_vars
             loops = sch.get_loops(block)
@@ -267,7 +259,7 @@ class Fallback(_Rule):
                 lead += 1
             if lead:
                 sch.parallel(sch.fuse(*loops[:lead]) if lead > 1 else loops[0])
-        return sch
+        return True
 
 
 def schedule_in_place(sch: Any, target: Any) -> None:
