@@ -156,8 +156,8 @@ class _Class:
     untuned_key: str = ""
     """Build key of the untuned engine a tuned class serves while its tuned engine builds."""
     untuned: EngineResult | None = None
-    waiting: str = ""
-    """Build key of another Job the class waits for (its untuned engine's)."""
+    """The untuned engine's record, once it is ready."""
+    untuned_building: bool = False
     what: str = ""
     """"tuned " or "untuned " in Events, where the class's engine is tuned."""
     profile: ClassProfile | None = None
@@ -279,7 +279,7 @@ def plan(s: Snapshot) -> Reconcile:
         events=tuple(events),
         probes=tuple(_probe_targets(s, work)),
         waiting_on=tuple(sorted({c.key for c in work if c.state is EngineState.BUILDING}
-                                | {c.waiting for c in work if c.waiting})),
+                                | {c.untuned_key for c in work if c.untuned_building})),
         scale=scale,
     )
 
@@ -340,7 +340,7 @@ def _untuned_first(s: Snapshot, c: _Class, apply: list[Manifest], delete: list[O
     if interim.state is EngineState.READY:
         c.untuned = interim.result
     if interim.state is EngineState.BUILDING:
-        c.waiting = interim.key
+        c.untuned_building = True
         if c.key not in s.jobs:
             c.state = EngineState.BUILDING
             c.message = (interim.message + ": the untuned engine, served while the tuned one "
@@ -433,9 +433,8 @@ def _build_event(c: _Class, result: EngineResult) -> Event:
 def _serving_engine(s: Snapshot, c: _Class) -> None:
     """Which engine the class serves: the new one once ready, else its untuned one while it is
     tuned, else the previous one."""
-    summary = _ready_summary(c.result)
-    key = c.key
-    if summary is None and _ready_summary(c.untuned) is not None:
+    summary, key = _ready_summary(c.result), c.key
+    if summary is None and c.untuned is not None:
         summary, key = _ready_summary(c.untuned), c.untuned_key
     if summary is None:
         current = s.serving.get(c.cls.name)
