@@ -34,13 +34,19 @@ DEFAULT_PVC_ROOT = Path("/mnt/pvc")
 
 
 @dataclass(frozen=True)
-class FetchOptions:
+class Retries:
+    """How hard one HTTP or S3 transfer tries (model fetches and the S3 engine store)."""
+
     timeout_s: float = 30.0
     """Connect/read timeout of one HTTP or S3 request."""
     retries: int = 3
     """Extra attempts after a transport error or a 5xx answer (never after a 4xx)."""
     backoff_s: float = 0.5
     """First pause between attempts; doubles each time."""
+
+
+@dataclass(frozen=True)
+class FetchOptions(Retries):
     max_bytes: int = 8 << 30
     """Size cap for one download."""
     pvc_root: Path = field(default_factory=lambda: _env_path("INFLEET_PVC_ROOT", DEFAULT_PVC_ROOT))

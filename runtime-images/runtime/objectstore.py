@@ -19,7 +19,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +26,7 @@ import httpx
 
 from infleet.runtime import s3
 from infleet.runtime.errors import StoreError
+from infleet.runtime.fetch import Retries
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,6 @@ MAX_PUT_BYTES = 5 << 30
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Retries:
-    timeout_s: float = 30.0
-    """Connect/read timeout of one request."""
-    retries: int = 3
-    """Extra attempts after a transport error or a 5xx answer (never after a 4xx)."""
-    backoff_s: float = 0.5
-    """First pause between attempts; doubles each time."""
 
 
 class _Again(Exception):

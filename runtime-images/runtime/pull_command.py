@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from infleet.errors import InfleetError
     from infleet.runtime.command import write_termination
     from infleet.runtime.errors import StoreError
-    from infleet.runtime.objectstore import Retries
+    from infleet.runtime.fetch import Retries
     from infleet.runtime.s3store import S3EngineStore
 
     try:

@@ -43,9 +43,9 @@ from pydantic import ValidationError
 
 from infleet.runtime import s3
 from infleet.runtime.errors import FetchError, StoreError
-from infleet.runtime.fetch import sha256_file
+from infleet.runtime.fetch import Retries, sha256_file
 from infleet.runtime.manifest import MANIFEST_FILE, EngineManifest
-from infleet.runtime.objectstore import ObjectStore, Retries
+from infleet.runtime.objectstore import ObjectStore
 
 LAYOUT = 1
 MARKER = "infleet-store.json"
